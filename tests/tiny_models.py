@@ -41,9 +41,9 @@ def make_char_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-_COMMON = dict(vocab_size=TINY_VOCAB_SIZE, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, intermediate_size=96, max_position_embeddings=512, pad_token_id=0,
-               bos_token_id=4, eos_token_id=3)
+_COMMON = {"vocab_size": TINY_VOCAB_SIZE, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "intermediate_size": 96, "max_position_embeddings": 512, "pad_token_id": 0,
+               "bos_token_id": 4, "eos_token_id": 3}
 
 TINY_CONFIGS: dict[str, dict] = {
     "llama": dict(model_type="llama", **_COMMON, tie_word_embeddings=True),
@@ -53,17 +53,17 @@ TINY_CONFIGS: dict[str, dict] = {
     "gemma2": dict(model_type="gemma2", **_COMMON, head_dim=16),
     "gemma3_text": dict(model_type="gemma3_text", **_COMMON, head_dim=16, sliding_window=64),
     "phi3": dict(model_type="phi3", **_COMMON),
-    "gpt2": dict(model_type="gpt2", vocab_size=TINY_VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=512,
-                 n_inner=96, pad_token_id=0, bos_token_id=4, eos_token_id=3),
+    "gpt2": {"model_type": "gpt2", "vocab_size": TINY_VOCAB_SIZE, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512,
+                 "n_inner": 96, "pad_token_id": 0, "bos_token_id": 4, "eos_token_id": 3},
 }
 FAMILIES = list(TINY_CONFIGS)
 
 
-def make_tiny_lm(family: str = "llama", seed: int = 0) -> torch.nn.Module:
+def make_tiny_lm(family: str = "llama", seed: int = 0, **overrides) -> torch.nn.Module:
     """A randomly initialised causal LM of the given family (fp32, eval mode, eager attention)."""
     from transformers import AutoConfig
 
-    kwargs = dict(TINY_CONFIGS[family])
+    kwargs = dict(TINY_CONFIGS[family], **overrides)
     model_type = kwargs.pop("model_type")
     config = AutoConfig.for_model(model_type, **kwargs)
     config._attn_implementation = "eager"

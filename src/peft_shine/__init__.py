@@ -1,0 +1,22 @@
+"""peft-shine: SHINE hypernetworks that turn a text context into a LoRA adapter in one forward pass."""
+
+from .auto import AutoShineModel
+from .configuration_shine import ShineConfig
+from .contexts import ContextError
+from .layout import UnsupportedModelError
+from .lora_binding import LoraWeights
+from .modeling_shine import BaseModelMismatchError, ShineModel
+
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AutoShineModel",
+    "BaseModelMismatchError",
+    "ContextError",
+    "LoraWeights",
+    "ShineConfig",
+    "ShineModel",
+    "UnsupportedModelError",
+    "__version__",
+]

@@ -1,0 +1,101 @@
+"""User-facing adapter generation: contexts → named LoRA adapters on a `peft.PeftModel` sharing the base LM."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .contexts import as_context_list, context_sha256, tokenize_contexts
+from .export import add_adapters, lora_config, peft_state_dict, save_adapter, validate_adapter_names
+
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+_GENERATION_LOCK = threading.RLock()
+
+
+class AdapterGenerationMixin:
+    """`generate_adapter` / `save_adapter` for `ShineModel` (kept apart from the training mechanism)."""
+
+    def tokenize_contexts(self, contexts: str | Sequence[str], truncation: bool = False):
+        """Validate and tokenize contexts for `encode` (left-padded). Returns ``(input_ids, attention_mask)``."""
+        if self.tokenizer is None:
+            raise RuntimeError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
+        ids, mask = tokenize_contexts(self.tokenizer, as_context_list(contexts), self.config.max_context_length,
+                                      truncation=truncation)
+        device = self.memory_slots.device
+        return ids.to(device), mask.to(device)
+
+    def generate_adapter(
+        self,
+        contexts: str | Sequence[str],
+        adapter_names: str | Sequence[str] | None = None,
+        *,
+        truncation: bool = False,
+        batch_size: int = 8,
+    ) -> PeftModel:
+        """Generate one LoRA adapter per context in a single forward pass each and load them into a `PeftModel`.
+
+        Args:
+            contexts: a context string or a list of them.
+            adapter_names: one name per context. Defaults to ``"default"`` for a single context (replacing the
+                previous ``"default"``) and ``"context_0"``, ``"context_1"``, ... for a list.
+            truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
+            batch_size: contexts encoded per forward pass.
+
+        Returns:
+            The `PeftModel` wrapping **the same base LM instance** (never a copy), with the new adapters loaded and
+            the last one active. Use ``model.set_adapter(name)`` to switch, or ``adapter_names=[...]`` per row in
+            ``model(...)`` / ``model.generate(...)`` for a mixed batch. ``model.save_pretrained(dir)`` writes a
+            standard LoRA folder (a non-``"default"`` adapter goes in ``dir/<name>``; `save_adapter` writes flat).
+        """
+        texts = as_context_list(contexts)
+        names = _default_names(texts, adapter_names)
+        validate_adapter_names(names, len(texts))
+        with _GENERATION_LOCK:
+            started = time.perf_counter()
+            states = self._generate_states(texts, names, truncation, batch_size)
+            config = lora_config(self.base_lm, self.config.module_specs, self.config.lora_rank,
+                                 self.config.base_model_name_or_path, self.config.base_model_revision)
+            self.peft_model = add_adapters(self.base_lm, self.peft_model, config, states)
+            seconds = (time.perf_counter() - started) / len(texts)
+            info = getattr(self, "adapter_info", {})
+            for name, text in zip(names, texts):
+                info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
+            self.adapter_info = info
+            return self.peft_model
+
+    @torch.no_grad()  # not inference_mode: the tensors become peft parameters
+    def _generate_states(self, texts: list[str], names: list[str], truncation: bool, batch_size: int) -> dict:
+        was_training = self.training
+        self.eval()
+        states = {}
+        try:
+            for start in range(0, len(texts), batch_size):
+                ids, mask = self.tokenize_contexts(texts[start:start + batch_size], truncation=truncation)
+                lora = self.generate_lora(ids, mask)
+                for row, name in enumerate(names[start:start + batch_size]):
+                    states[name] = peft_state_dict(self.base_lm, self.config.module_specs, lora, row)
+        finally:
+            self.train(was_training)
+        return states
+
+    def save_adapter(self, path: str | Path, adapter_name: str = "default", **card_fields: Any) -> Path:
+        """Write a generated adapter as a flat, standard peft LoRA folder (``adapter_config.json`` +
+        ``adapter_model.safetensors``), atomically. It loads with ``PeftModel.from_pretrained(base, path)``."""
+        if self.peft_model is None or adapter_name not in self.peft_model.peft_config:
+            available = list(self.peft_model.peft_config) if self.peft_model is not None else []
+            raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
+        return save_adapter(self.peft_model, adapter_name, path)
+
+
+def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) -> list[str]:
+    if adapter_names is None:
+        return ["default"] if len(texts) == 1 else [f"context_{i}" for i in range(len(texts))]
+    return [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)

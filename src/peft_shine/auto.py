@@ -1,0 +1,55 @@
+"""`AutoShineModel` and the transformers Auto-class registrations (done on ``import peft_shine``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+
+from .configuration_shine import ShineConfig
+from .modeling_shine import ShineModel
+
+
+AutoConfig.register(ShineConfig.model_type, ShineConfig, exist_ok=True)
+AutoModel.register(ShineConfig, ShineModel, exist_ok=True)
+
+_MODEL_CLASSES: dict[str, type[ShineModel]] = {ShineConfig.model_type: ShineModel}
+
+
+class AutoShineModel:
+    """Loads a SHINE hypernetwork with its base LM, whatever it was saved as.
+
+    - a SHINE checkpoint (local folder or Hub repo): the hypernetwork, with the base LM named in its config
+      (or the ``base_model=`` you pass) attached;
+    - a plain causal LM (Hub id or folder): a **fresh, untrained** hypernetwork for it, to be trained.
+    """
+
+    def __init__(self) -> None:
+        raise OSError("Use AutoShineModel.from_pretrained(...) or AutoShineModel.from_base_model(...).")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *args: Any, base_model: PreTrainedModel | None = None,
+                        revision: str | None = None, **kwargs: Any) -> ShineModel:
+        """Load a hypernetwork checkpoint, or start an untrained one when ``name_or_path`` is a causal LM."""
+        from .base_models import resolve_base_model_path
+
+        config = AutoConfig.from_pretrained(resolve_base_model_path(name_or_path, revision), revision=revision)
+        model_class = _MODEL_CLASSES.get(config.model_type)
+        if model_class is None:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "%s is a %s model, not a SHINE checkpoint: creating an UNTRAINED hypernetwork for it.",
+                name_or_path, config.model_type)
+            return ShineModel.from_base_model(base_model or name_or_path, revision=revision, **kwargs)
+        return model_class.from_pretrained(name_or_path, *args, base_model=base_model, revision=revision, **kwargs)
+
+    @classmethod
+    def from_base_model(cls, base: str | PreTrainedModel, **kwargs: Any) -> ShineModel:
+        """A fresh, untrained hypernetwork for any supported causal LM (see `ShineModel.from_base_model`)."""
+        return ShineModel.from_base_model(base, **kwargs)
+
+    @classmethod
+    def register(cls, config_class: type[ShineConfig], model_class: type[ShineModel]) -> None:
+        """Register a `ShineModel` subclass for its config's ``model_type``."""
+        _MODEL_CLASSES[config_class.model_type] = model_class

@@ -1,0 +1,79 @@
+"""Turning context strings into the token batch the hypernetwork encodes, with clear errors for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+class ContextError(ValueError):
+    """A context cannot be encoded (empty, not a string, or too long)."""
+
+
+def as_context_list(contexts: str | Sequence[str]) -> list[str]:
+    """Accept one string or a sequence of strings; reject anything else, empty or whitespace-only text."""
+    items = [contexts] if isinstance(contexts, str) else contexts
+    if not isinstance(items, Sequence) or isinstance(items, bytes) or len(items) == 0:
+        raise ContextError(f"Expected a context string or a non-empty list of strings, got {type(contexts).__name__}.")
+    result = []
+    for index, text in enumerate(items):
+        if not isinstance(text, str):
+            raise ContextError(f"Context {index} is a {type(text).__name__}, not a str; decode or convert it first.")
+        if not text.strip():
+            raise ContextError(f"Context {index} is empty or whitespace only; pass the text the adapter should learn.")
+        result.append(text)
+    return result
+
+
+def context_sha256(text: str) -> str:
+    """The hex sha256 of a context's UTF-8 bytes (recorded in adapter cards instead of the text)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def tokenize_contexts(
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: list[str],
+    max_length: int,
+    truncation: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenize contexts without special tokens or chat template, **left**-padded so the memory slots that follow
+    sit right after each context's last token. Returns ``(input_ids, attention_mask)``.
+
+    A context longer than ``max_length`` tokens raises `ContextError` unless ``truncation=True`` (keeps the start).
+    """
+    encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in contexts]
+    for index, ids in enumerate(encoded):
+        if not ids:
+            raise ContextError(f"Context {index} produced no tokens with this tokenizer.")
+        if len(ids) > max_length:
+            if not truncation:
+                raise ContextError(
+                    f"Context {index} has {len(ids)} tokens, more than this hypernetwork's max_context_length "
+                    f"({max_length}). Pass truncation=True to keep the first {max_length} tokens, or split it."
+                )
+            encoded[index] = ids[:max_length]
+    return left_pad(encoded, pad_id=pad_token_id(tokenizer))
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``(input_ids, attention_mask)`` tensors."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        if ids:
+            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The pad token id, falling back to EOS (padding is always masked out)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return 0

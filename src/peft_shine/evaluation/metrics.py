@@ -1,0 +1,164 @@
+"""Answer extraction and SQuAD / HotpotQA answer metrics (shine-method.md §3.3).
+
+* :func:`normalize_answer` is the official SQuAD v1.1 normalisation.
+* :func:`exact_match` and :func:`token_f1` follow the SQuAD evaluation script, with the convention that an empty
+  normalised side gives F1 = 1 iff both sides are empty.
+* :func:`hotpot_f1` adds the HotpotQA rule: 0 if either normalised side is ``yes`` / ``no`` / ``noanswer`` and the
+  two sides differ. It is used for HotpotQA and 2WikiMultihopQA.
+* :func:`extract_answer` turns a raw generation into the answer string that is scored.
+
+All scores here are in [0, 1]; :func:`aggregate` reports means ×100 as in the paper's tables.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+
+Metric = Callable[[str, str], float]
+
+_PUNCTUATION = frozenset(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_HOTPOT_SPECIAL = frozenset({"yes", "no", "noanswer"})
+_HOTPOT_RULE_MARKERS = ("hotpot", "2wiki")
+
+_SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]*\|>")
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", flags=re.DOTALL | re.IGNORECASE)
+_UNCLOSED_THINK = re.compile(r"^\s*<think>", flags=re.IGNORECASE)
+_CLOSE_THINK = re.compile(r"</think>", flags=re.IGNORECASE)
+_ANSWER_PREFIX = re.compile(r"^\s*(?:final\s+answer|answer)\s*:", flags=re.IGNORECASE)
+
+
+def normalize_answer(s: str) -> str:
+    """Normalise an answer as the official SQuAD script does.
+
+    Lower-case, remove ASCII punctuation, remove the words ``a`` / ``an`` / ``the``, then collapse whitespace.
+
+    >>> normalize_answer("The  Denver Broncos!")
+    'denver broncos'
+    """
+    text = s.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    """1.0 if the normalised prediction equals the normalised gold answer, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def _f1_from_normalized(prediction: str, gold: str) -> float:
+    prediction_tokens = prediction.split()
+    gold_tokens = gold.split()
+    if not prediction_tokens or not gold_tokens:
+        return float(prediction_tokens == gold_tokens)
+    common = Counter(prediction_tokens) & Counter(gold_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(prediction_tokens)
+    recall = num_same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """SQuAD token F1: harmonic mean of precision and recall of the multiset overlap of normalised tokens.
+
+    If either normalised side is empty, the score is 1.0 when both are empty and 0.0 otherwise.
+    """
+    return _f1_from_normalized(normalize_answer(prediction), normalize_answer(gold))
+
+
+def hotpot_f1(prediction: str, gold: str) -> float:
+    """HotpotQA F1: :func:`token_f1`, but 0.0 if either normalised side is yes/no/noanswer and they differ."""
+    normalized_prediction = normalize_answer(prediction)
+    normalized_gold = normalize_answer(gold)
+    special = {normalized_prediction, normalized_gold} & _HOTPOT_SPECIAL
+    if special and normalized_prediction != normalized_gold:
+        return 0.0
+    return _f1_from_normalized(normalized_prediction, normalized_gold)
+
+
+def best_score(metric: Metric, prediction: str, golds: Sequence[str]) -> float:
+    """The maximum of ``metric(prediction, gold)`` over the acceptable gold answers.
+
+    Raises:
+        TypeError: if ``golds`` is a single string (pass ``[gold]``).
+        ValueError: if ``golds`` is empty.
+    """
+    if isinstance(golds, str):
+        raise TypeError("golds must be a sequence of answer strings, not a single string; pass [gold]")
+    if len(golds) == 0:
+        raise ValueError("golds is empty: at least one gold answer is needed to score a prediction")
+    return max(metric(prediction, gold) for gold in golds)
+
+
+def uses_hotpot_rule(dataset_name_or_source: str) -> bool:
+    """Whether a dataset name or record ``source`` is scored with the HotpotQA F1 (HotpotQA and 2Wiki)."""
+    key = re.sub(r"[^0-9a-z]", "", dataset_name_or_source.lower())
+    return any(marker in key for marker in _HOTPOT_RULE_MARKERS)
+
+
+def score_example(prediction: str, golds: Sequence[str], dataset_name_or_source: str) -> dict[str, float]:
+    """Score one (already extracted) prediction against its gold answers.
+
+    EM is the SQuAD exact match; F1 is :func:`hotpot_f1` for HotpotQA / 2WikiMultihopQA names or sources and
+    :func:`token_f1` otherwise; both take the maximum over ``golds``. Returns ``{"em": ..., "f1": ...}`` in [0, 1].
+    """
+    f1_metric = hotpot_f1 if uses_hotpot_rule(dataset_name_or_source) else token_f1
+    return {
+        "em": best_score(exact_match, prediction, golds),
+        "f1": best_score(f1_metric, prediction, golds),
+    }
+
+
+def aggregate(scores: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Mean EM and F1 over per-example scores, reported ×100, plus the count ``n``.
+
+    Raises:
+        ValueError: if there are no scores.
+    """
+    items = list(scores)
+    if not items:
+        raise ValueError("aggregate() needs at least one per-example score")
+    n = len(items)
+    return {
+        "em": 100.0 * sum(item["em"] for item in items) / n,
+        "f1": 100.0 * sum(item["f1"] for item in items) / n,
+        "n": n,
+    }
+
+
+def _drop_thinking(text: str) -> str:
+    text = _THINK_BLOCK.sub("", text)
+    if _UNCLOSED_THINK.match(text):
+        # thinking that never finished: there is no answer
+        return ""
+    closing = list(_CLOSE_THINK.finditer(text))
+    if closing:
+        # the opening tag was in the prompt: the answer follows the last closing tag
+        text = text[closing[-1].end() :]
+    return text
+
+
+def extract_answer(generation: str) -> str:
+    """Extract the answer to score from a raw model generation (shine-method.md §3.3).
+
+    Steps: remove ``<|...|>`` special tokens; drop a ``<think>…</think>`` block (an unclosed leading ``<think>``
+    means the model never answered and gives ``""``; a lone ``</think>`` keeps only what follows it); strip a
+    leading ``answer:`` / ``final answer:`` (case-insensitive); keep the first non-empty line; strip whitespace.
+
+    >>> extract_answer("<think>hmm</think>\\nAnswer: Paris\\nIt is the capital.")
+    'Paris'
+    """
+    text = _SPECIAL_TOKEN.sub("", generation)
+    text = _drop_thinking(text)
+    text = _ANSWER_PREFIX.sub("", text, count=1)
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""

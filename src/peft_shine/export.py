@@ -1,0 +1,121 @@
+"""Generated LoRA tensors → standard peft artefacts: `LoraConfig`, peft state dicts and a `PeftModel`.
+
+The exported adapter is a plain LoRA (``PeftType.LORA``), so stock peft, `AutoPeftModelForCausalLM` and vLLM load
+it. The hypernetwork's output scale ``s`` is folded into the weights as ``sqrt(s)`` on each of A and B and
+``lora_alpha = r``, so peft's own scaling is 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from torch import nn
+
+from .io_utils import atomic_directory, atomic_save_safetensors
+from .layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
+from .lora_binding import LoraWeights
+
+
+ADAPTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+
+def peft_target_modules(base_lm: nn.Module, specs: list[ModuleSpec]) -> list[str]:
+    """Target names for `LoraConfig`: bare leaf names (``q_proj``) when they select exactly the SHINE targets in
+    the whole model (what vLLM and most tools expect), else paths inside the decoder layer (``mlp.c_proj``)."""
+    layers_path, _ = find_decoder_layers(base_lm)
+    wanted = {f"{layers_path}.{i}.{spec.name}" for i in range(_num_layers(base_lm)) for spec in specs}
+    leaves = sorted({spec.name.rsplit(".", 1)[-1] for spec in specs})
+    matched = {name for name, _ in base_lm.named_modules() if name.rsplit(".", 1)[-1] in leaves}
+    return leaves if matched == wanted else [spec.name for spec in specs]
+
+
+def _num_layers(base_lm: nn.Module) -> int:
+    return base_lm.config.get_text_config().num_hidden_layers
+
+
+def lora_config(base_lm: nn.Module, specs: list[ModuleSpec], rank: int, base_model_name_or_path: str | None,
+                revision: str | None = None) -> LoraConfig:
+    """The `LoraConfig` of a generated adapter (scaling folded into the weights: ``lora_alpha = r``)."""
+    modules = target_layer_modules(base_lm, specs)
+    return LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=peft_target_modules(base_lm, specs),
+        fan_in_fan_out=any(is_conv1d(m) for m in modules[0]),
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model_name_or_path,
+        revision=revision,
+        init_lora_weights=False,
+    )
+
+
+def peft_state_dict(base_lm: nn.Module, specs: list[ModuleSpec], lora: LoraWeights, index: int) -> dict:
+    """The peft checkpoint-format state dict (``base_model.model.<path>.lora_A.weight``) of LoRA ``index``."""
+    layers_path, _ = find_decoder_layers(base_lm)
+    root = math.sqrt(lora.scale)
+    state = {}
+    for spec, (a, b) in zip(specs, lora.pairs):
+        for layer in range(a.shape[1]):
+            prefix = f"base_model.model.{layers_path}.{layer}.{spec.name}"
+            state[f"{prefix}.lora_A.weight"] = (a[index, layer].T * root).contiguous()
+            state[f"{prefix}.lora_B.weight"] = (b[index, layer].T * root).contiguous()
+    return state
+
+
+def validate_adapter_names(names: list[str], count: int) -> None:
+    """Adapter names: one per context, unique, letters/digits/``_``/``-`` only, not peft's reserved ``__base__``."""
+    if len(names) != count:
+        raise ValueError(f"Got {len(names)} adapter_names for {count} contexts; pass exactly one name per context.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"adapter_names must be unique, got duplicates in {names}.")
+    for name in names:
+        if not isinstance(name, str) or not ADAPTER_NAME_PATTERN.match(name):
+            raise ValueError(f"Invalid adapter name {name!r}: use 1-64 letters, digits, '_' or '-'.")
+
+
+def add_adapters(
+    base_lm: nn.Module,
+    peft_model: PeftModel | None,
+    config: LoraConfig,
+    states: dict[str, dict[str, torch.Tensor]],
+) -> PeftModel:
+    """Load each ``name → peft state dict`` as a LoRA adapter on ``base_lm`` (in place, never a copy).
+
+    Creates the `PeftModel` on first use; an existing adapter of the same name is replaced.
+    """
+    for name, state in states.items():
+        if peft_model is None:
+            peft_model = get_peft_model(base_lm, config, adapter_name=name, low_cpu_mem_usage=True)
+        else:
+            if name in peft_model.peft_config:
+                peft_model.delete_adapter(name)
+            peft_model.add_adapter(name, config, low_cpu_mem_usage=True)
+        result = set_peft_model_state_dict(peft_model, state, adapter_name=name, low_cpu_mem_usage=True)
+        unexpected = [key for key in result.unexpected_keys if "lora_" in key]
+        if unexpected:
+            raise RuntimeError(f"Generated adapter keys did not match the base model: {unexpected[:4]} ...")
+    peft_model.set_adapter(list(states)[-1])
+    peft_model.eval()
+    return peft_model
+
+
+def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None) -> Path:
+    """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically."""
+    from peft import get_peft_model_state_dict
+
+    path = Path(path)
+    with atomic_directory(path) as tmp:
+        peft_model.peft_config[adapter_name].save_pretrained(tmp)
+        state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+        atomic_save_safetensors(state, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        for name, content in (extra_files or {}).items():
+            text = content if isinstance(content, str) else json.dumps(content, indent=2)
+            (tmp / name).write_text(text)
+    return path

@@ -1,0 +1,115 @@
+"""Applying LoRA weights that are *tensors* (outputs of the hypernetwork), not parameters, to a frozen base LM.
+
+One mechanism serves both SHINE passes: the meta-LoRA while encoding the context (one LoRA shared by the batch)
+and the generated LoRA in the answer pass (one LoRA per example). Forward hooks on the base LM's target linear
+layers add ``scale · (x @ A) @ B``; gradients flow to ``A`` and ``B`` and so to the hypernetwork.
+
+Gradient checkpointing recomputes layers during backward, after the forward that bound the LoRA has returned.
+`LoraBinder.checkpoint_context_fn` is passed to `torch.utils.checkpoint` (non-reentrant) as ``context_fn``: it
+snapshots which LoRA was bound when a layer ran forward and re-binds exactly that one while the layer is
+recomputed, so gradients equal those of a run without checkpointing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LoraWeights:
+    """LoRA factors for every ``[layer][module]`` of a base LM.
+
+    ``pairs[j] = (A, B)`` for target module ``j`` with ``A`` of shape ``(n, layers, in, r)`` and ``B`` of shape
+    ``(n, layers, r, out)``. ``n`` is 1 (one LoRA for every row of the batch) or a divisor of the batch size (rows
+    grouped contiguously: row ``i`` uses LoRA ``i // (batch / n)``). The layer output gains
+    ``scale · (x @ A) @ B``.
+    """
+
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]
+    scale: float = 1.0
+
+    @property
+    def num_loras(self) -> int:
+        return self.pairs[0][0].shape[0]
+
+    def delta(self, layer: int, module: int, x: torch.Tensor) -> torch.Tensor:
+        """The LoRA contribution for input ``x (batch, ..., in)`` of one module of one layer."""
+        a, b = self.pairs[module]
+        a, b = a[:, layer].to(x.dtype), b[:, layer].to(x.dtype)
+        if a.shape[0] == 1:
+            return (x @ a[0]).mul_(self.scale) @ b[0]
+        batch = x.shape[0]
+        if batch % a.shape[0]:
+            raise ValueError(f"A batch of {batch} rows cannot be split evenly over {a.shape[0]} LoRAs.")
+        rows = x.reshape(a.shape[0], -1, x.shape[-1])
+        return (torch.bmm(rows, a).mul_(self.scale) @ b).reshape(*x.shape[:-1], b.shape[-1])
+
+
+class LoraBinder:
+    """Forward hooks on ``modules[layer][module]`` that add the currently bound `LoraWeights` (per thread)."""
+
+    def __init__(self, modules: list[list[nn.Module]]) -> None:
+        self._state = threading.local()
+        self._handles = [
+            module.register_forward_hook(partial(self._hook, layer_index, module_index))
+            for layer_index, layer in enumerate(modules)
+            for module_index, module in enumerate(layer)
+        ]
+
+    @property
+    def active(self) -> LoraWeights | None:
+        """The LoRA bound in the calling thread, if any."""
+        return getattr(self._state, "lora", None)
+
+    def _hook(self, layer: int, module: int, _mod: nn.Module, inputs: tuple, output: torch.Tensor):
+        lora = self.active
+        if lora is None:
+            return None
+        return output + lora.delta(layer, module, inputs[0])
+
+    @contextmanager
+    def bind(self, lora: LoraWeights | None) -> Iterator[None]:
+        """Bind ``lora`` for the duration of the block (``None`` unbinds), restoring the previous binding after."""
+        previous = self.active
+        self._state.lora = lora
+        try:
+            yield
+        finally:
+            self._state.lora = previous
+
+    def checkpoint_context_fn(self):
+        """``context_fn`` for non-reentrant `torch.utils.checkpoint`: recompute with the LoRA bound at forward."""
+        return nullcontext(), self.bind(self.active)
+
+    def remove(self) -> None:
+        """Remove every hook from the base LM."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@contextmanager
+def capture_layer_outputs(layers: nn.ModuleList, last_positions: int) -> Iterator[list[torch.Tensor]]:
+    """Collect the residual stream after every decoder layer at the last ``last_positions`` positions.
+
+    Yields a list that holds, after the forward, one ``(batch, last_positions, hidden)`` tensor per layer.
+    """
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: tuple, output) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        captured.append(hidden[:, -last_positions:])
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,308 @@
+"""`ShineModel`: the SHINE hypernetwork (memory slots, meta-LoRA, M2P) attached to a frozen base causal LM.
+
+Data flow (see docs/architecture.md):
+    context ids ─► pass 1: frozen LM + meta-LoRA over [context ; memory slots] ─► memory grid (B, L, M, H)
+                ─► M2P ─► parameter grid ─► slice ─► LoRA A/B per layer and module (`LoraWeights`)
+    training:   bind the LoRA (hooks) ─► pass 2 on the conversation without the context ─► loss
+    inference:  export to a peft `PeftModel` on the same base instance (`generate_adapter`)
+
+The base LM is attached after construction (`attach_base_model`) and never saved in a hypernetwork checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .adapters import AdapterGenerationMixin
+from .configuration_shine import ShineConfig
+from .layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
+from .lora_binding import LoraBinder, LoraWeights, capture_layer_outputs
+from .m2p import M2PTransformer
+
+
+BASE_PREFIX = "base_lm."
+
+
+class BaseModelMismatchError(ValueError):
+    """The base LM does not have the shapes this hypernetwork was built for."""
+
+
+@dataclass
+class ShineOutput(ModelOutput):
+    """Output of `ShineModel.forward`: the answer-pass loss and the number of labelled tokens it averages over."""
+
+    loss: torch.Tensor | None = None
+    num_label_tokens: torch.Tensor | None = None
+
+
+class ShineModel(AdapterGenerationMixin, PreTrainedModel):
+    """SHINE hypernetwork: turns a context into a LoRA adapter for a frozen causal LM in one forward pass.
+
+    User-facing adapter generation (`generate_adapter`, `save_adapter`) comes from `AdapterGenerationMixin`.
+    """
+
+    config_class = ShineConfig
+    base_model_prefix = "shine"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    accepts_loss_kwargs = True
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: ShineConfig) -> None:
+        super().__init__(config)
+        hidden, layers = config.hidden_size, config.num_base_layers
+        self.memory_slots = nn.Parameter(torch.empty(config.num_memory_slots, hidden),
+                                         requires_grad=config.train_memory_slots)
+        rank = config.meta_lora_rank
+        self.meta_lora_A = nn.ParameterList(nn.Parameter(torch.empty(layers, i, rank)) for i, _ in config.module_shapes)
+        self.meta_lora_B = nn.ParameterList(nn.Parameter(torch.empty(layers, rank, o)) for _, o in config.module_shapes)
+        self.m2p = M2PTransformer(layers, config.num_memory_slots, hidden, depth=config.m2p_num_layers,
+                                  num_heads=config.m2p_num_heads, ffn_dim=config.m2p_ffn_dim,
+                                  input_norm=config.m2p_input_norm)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._binder: LoraBinder | None = None
+        self.peft_model = None
+        self.post_init()
+
+    # ------------------------------------------------------------------ weights
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, ShineModel):
+            init.normal_(module.memory_slots, std=0.02)
+            for a, b in zip(module.meta_lora_A, module.meta_lora_B):
+                init.normal_(a, std=math.sqrt(self.config.meta_lora_init_scale))
+                init.zeros_(b)  # the meta-LoRA is an exact no-op at initialisation
+        elif isinstance(module, M2PTransformer):
+            init.zeros_(module.layer_embedding)
+            init.zeros_(module.slot_embedding)
+        else:
+            super()._init_weights(module)
+
+    @torch.no_grad()
+    def init_memory_from_embeddings(self, seed: int = 0) -> None:
+        """Start the memory slots at randomly chosen token embeddings of the base LM (in-distribution inputs)."""
+        weight = self.base_lm.get_input_embeddings().weight
+        generator = torch.Generator().manual_seed(seed)
+        rows = torch.randint(0, weight.shape[0], (self.config.num_memory_slots,), generator=generator)
+        self.memory_slots.copy_(weight[rows.to(weight.device)].float())
+
+    # ------------------------------------------------------------------ base model
+    @property
+    def base_lm(self) -> PreTrainedModel:
+        """The frozen base causal LM (raises if none is attached)."""
+        if "base_lm" not in self._modules:
+            raise RuntimeError("No base model attached: use ShineModel.from_pretrained(..., base_model=...) or "
+                               "model.attach_base_model(causal_lm, tokenizer).")
+        return self._modules["base_lm"]
+
+    def attach_base_model(self, base_lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None):
+        """Attach (by reference, never copied) and freeze the base LM; check it matches this hypernetwork."""
+        from peft import PeftModel
+
+        if isinstance(base_lm, PeftModel):
+            raise TypeError("Pass the plain causal LM, not a PeftModel (use peft_model.get_base_model()).")
+        found = ShineConfig.from_base_model(base_lm, target_modules=self.config.target_modules,
+                                            lora_rank=self.config.lora_rank)
+        if found.base_fingerprint != self.config.base_fingerprint:
+            raise BaseModelMismatchError(
+                f"This hypernetwork was built for {self.config.base_model_name_or_path!r} "
+                f"({self.config.base_model_type}, hidden {self.config.hidden_size}, {self.config.num_base_layers} "
+                f"layers, shapes {self.config.module_shapes}); the given base is {found.base_model_type}, hidden "
+                f"{found.hidden_size}, {found.num_base_layers} layers, shapes {found.module_shapes}. Load the base "
+                f"model named in the config (or pass base_model=None to load it automatically)."
+            )
+        if self._binder is not None:
+            self._binder.remove()
+        base_lm.requires_grad_(False)
+        self._modules["base_lm"] = base_lm  # registered submodule (the property below guards access)
+        self.tokenizer = tokenizer
+        self.peft_model = None
+        self._binder = LoraBinder(target_layer_modules(base_lm, self.config.module_specs))
+        device = next(base_lm.parameters()).device
+        for tensor in self.hypernetwork_parameters():
+            tensor.data = tensor.data.to(device)
+        return self
+
+    def hypernetwork_parameters(self) -> list[nn.Parameter]:
+        """Every parameter of the hypernetwork (memory slots, meta-LoRA, M2P), none of the base LM."""
+        return [p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)]
+
+    # ------------------------------------------------------------------ pass 1 and M2P
+    def meta_lora(self) -> LoraWeights | None:
+        """The meta-LoRA as a `LoraWeights` shared by the whole batch (``None`` at rank 0)."""
+        if self.config.meta_lora_rank == 0:
+            return None
+        return LoraWeights([(a[None], b[None]) for a, b in zip(self.meta_lora_A, self.meta_lora_B)])
+
+    def encode(self, context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor | None = None):
+        """Pass 1: the frozen LM with the meta-LoRA reads ``[context ; memory slots]`` and returns the residual
+        stream at the memory slots after every decoder layer: ``(batch, layers, slots, hidden)``.
+
+        Contexts must be **left**-padded. No lm_head, no KV cache.
+        """
+        inputs_embeds, mask, position_ids = self.encoder_inputs(context_input_ids, context_attention_mask)
+        base, slots = self.base_lm, self.config.num_memory_slots
+        _, layers = find_decoder_layers(base)
+        with self._peft_disabled(), self._binder.bind(self.meta_lora()), \
+                capture_layer_outputs(layers, slots) as states:
+            base.base_model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
+                            use_cache=False)
+        return torch.stack(states, dim=1).to(self.memory_slots.dtype)
+
+    def encoder_inputs(self, context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor | None = None):
+        """Pass-1 inputs: ``[context embeddings ; memory slots]``, the extended mask and position ids that count
+        from each context's first real token (contexts are left-padded)."""
+        batch, slots = context_input_ids.shape[0], self.config.num_memory_slots
+        if context_attention_mask is None:
+            context_attention_mask = torch.ones_like(context_input_ids)
+        embeds = self.base_lm.get_input_embeddings()(context_input_ids)
+        memory = self.memory_slots.to(embeds.dtype)[None].expand(batch, -1, -1)
+        inputs_embeds = torch.cat([embeds, memory], dim=1)
+        mask = torch.cat([context_attention_mask, context_attention_mask.new_ones(batch, slots)], dim=1)
+        return inputs_embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def generate_lora(self, context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor | None = None):
+        """Context ids → `LoraWeights` with one LoRA per context (differentiable)."""
+        grid = self.m2p(self.encode(context_input_ids, context_attention_mask))
+        pairs = slice_parameter_grid(grid, self.config.module_specs, self.config.lora_rank)
+        return LoraWeights(pairs, scale=self.config.lora_scale)
+
+    # ------------------------------------------------------------------ pass 2
+    @contextmanager
+    def apply_lora(self, lora: LoraWeights | None):
+        """Bind generated LoRA tensors onto the base LM for the block (differentiable; the training path)."""
+        with self._peft_disabled(), self._binder.bind(lora):
+            yield self.base_lm
+
+    def forward(
+        self,
+        context_input_ids: torch.Tensor,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        context_attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> ShineOutput:
+        """Training loss: generate a LoRA from each context, then the cross-entropy of the answer pass on the
+        conversation **without** the context, over tokens whose label is not -100 (assistant tokens).
+
+        The conversation batch may hold ``k`` rows per context (rows grouped contiguously). With
+        ``num_items_in_batch`` (given by `Trainer` under gradient accumulation) the summed loss is divided by it.
+        """
+        lora = self.generate_lora(context_input_ids, context_attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        targets = labels[:, 1:][keep[:, :-1]]
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with self.apply_lora(lora) as base:
+            logits = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False, logits_to_keep=keep).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
+        count = targets.new_tensor(targets.numel())
+        denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        return ShineOutput(loss=loss / denominator, num_label_tokens=count)
+
+    # ------------------------------------------------------------------ checkpointing
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False) -> None:
+        """Checkpoint the base LM's layers in both passes. Always non-reentrant, with a ``context_fn`` that re-binds
+        the LoRA of the original forward during recomputation (so gradients stay exact)."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.get("use_reentrant"):
+            raise ValueError("ShineModel needs non-reentrant checkpointing (use_reentrant=False).")
+        kwargs.update(use_reentrant=False, context_fn=self._binder.checkpoint_context_fn)
+        self.base_lm.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        """Alias of `activation_checkpointing_enable` (transformers 4.x name)."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.base_lm.activation_checkpointing_disable()
+
+    gradient_checkpointing_disable = activation_checkpointing_disable
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return "base_lm" in self._modules and self.base_lm.is_gradient_checkpointing
+
+    # ------------------------------------------------------------------ peft interplay
+    def _peft_disabled(self):
+        """Generated peft adapters live on the shared base: switch them off while SHINE runs it."""
+        return self.peft_model.disable_adapter() if self.peft_model is not None else nullcontext()
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:
+        """Save config + hypernetwork weights (safetensors); the base LM is never included."""
+        if state_dict is None:
+            state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BASE_PREFIX)}
+        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load hypernetwork weights; base LM keys are ignored on both sides (Trainer resume)."""
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BASE_PREFIX)}
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith(BASE_PREFIX)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Hypernetwork state dict mismatch: missing {missing}, "
+                               f"unexpected {result.unexpected_keys}.")
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, base_model: PreTrainedModel | None = None,
+                        tokenizer: PreTrainedTokenizerBase | None = None, load_base_model: bool = True,
+                        **kwargs) -> ShineModel:
+        """Load a hypernetwork and attach its base LM: ``base_model`` if given, else the one named in the config
+        (the embedded SmolLM2 default is resolved offline)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if base_model is None and load_base_model:
+            from .base_models import load_base_model as load_base
+
+            base_model, loaded_tokenizer = load_base(model.config.base_model_name_or_path,
+                                                     revision=model.config.base_model_revision)
+            tokenizer = tokenizer or loaded_tokenizer
+        if base_model is not None:
+            model.attach_base_model(base_model, tokenizer or _tokenizer_for(base_model))
+        return model.eval()
+
+    @classmethod
+    def from_base_model(cls, base: str | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None,
+                        target_modules: Sequence[str] | None = None, revision: str | None = None, seed: int = 0,
+                        **config_overrides: Any) -> ShineModel:
+        """A fresh (untrained) hypernetwork for any supported causal LM: a loaded model or a Hub id / path."""
+        if isinstance(base, str):
+            from .base_models import load_base_model as load_base
+
+            base, loaded_tokenizer = load_base(base, revision=revision)
+            tokenizer = tokenizer or loaded_tokenizer
+        config = ShineConfig.from_base_model(base, target_modules=list(target_modules or []) or None,
+                                             revision=revision, **config_overrides)
+        torch.manual_seed(seed)
+        model = cls(config).attach_base_model(base, tokenizer)
+        model.init_memory_from_embeddings(seed)
+        return model.eval()
+
+
+
+def _tokenizer_for(base_model: PreTrainedModel) -> PreTrainedTokenizerBase | None:
+    """Best effort: the tokenizer saved next to a base model loaded from a folder or the Hub."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(base_model.config.name_or_path)
+    except (OSError, ValueError):
+        return None
