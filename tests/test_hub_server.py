@@ -80,6 +80,19 @@ def test_upload_download_branches_and_shas(hub_env: FakeHub, tmp_path: Path) -> 
     assert [entry.path for entry in api.get_paths_info(REPO, ["sub", "missing.txt"])] == ["sub"]
     snapshot = Path(snapshot_download(REPO, revision="dev"))
     assert (snapshot / "sub" / "notes.txt").read_text() == "nested\n"
+    partial = httpx2.get(f"{hub_env.url}/{REPO}/resolve/main/weights.bin", headers={"Range": "bytes=2-5"})
+    assert partial.status_code == 206 and partial.content == bytes([2, 3, 4, 5])
+
+
+def test_dataset_repos(hub_env: FakeHub) -> None:
+    api = HfApi()
+    api.create_repo("tester/data", repo_type="dataset", private=True)
+    api.upload_file(path_or_fileobj=b'{"q": 1}\n', path_in_repo="train.jsonl", repo_id="tester/data", repo_type="dataset")
+    path = hf_hub_download("tester/data", "train.jsonl", repo_type="dataset")
+    assert Path(path).read_bytes() == b'{"q": 1}\n'
+    assert api.dataset_info("tester/data").private is True
+    with pytest.raises(RepositoryNotFoundError):
+        api.model_info("tester/data")  # same id, other repo type
 
 
 def test_errors_map_to_hub_exceptions(hub_env: FakeHub, tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, ext
     path = Path(path)
     with atomic_directory(path) as tmp:
         peft_model.peft_config[adapter_name].save_pretrained(tmp)
-        state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+        state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
         atomic_save_safetensors(state, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
         for name, content in (extra_files or {}).items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2)

@@ -75,6 +75,11 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         self.peft_model = None
         self.post_init()
 
+    @classmethod
+    def can_generate(cls) -> bool:
+        """The hypernetwork generates adapters, not text (no generation_config.json in checkpoints)."""
+        return False
+
     # ------------------------------------------------------------------ weights
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, ShineModel):

@@ -1,0 +1,224 @@
+"""Model cards for the Hub: a SHINE hypernetwork repo and a generated LoRA adapter repo.
+
+The Jinja templates live in the repository's top-level ``hub_cards/`` folder (the single source of truth). A wheel
+ships them as the data-only package ``peft_shine.hub_card_templates`` (a ``package-dir`` mapping in
+``pyproject.toml``); a source checkout reads them from ``hub_cards/`` directly. Cards are rendered with
+``huggingface_hub.ModelCard.from_template``, which fills the YAML front matter from a ``ModelCardData``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+
+HYPERNETWORK_TEMPLATE = "hypernetwork_card.md"
+ADAPTER_TEMPLATE = "adapter_card.md"
+HYPERNETWORK_TAGS = ["shine", "hypernetwork", "lora", "peft", "text-generation"]
+ADAPTER_TAGS = ["lora", "peft", "shine"]
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+_PACKAGED_DIR = Path(__file__).resolve().parent / "hub_card_templates"
+_CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
+
+
+def templates_dir() -> Path:
+    """The folder holding the card templates: packaged with a wheel install, ``hub_cards/`` in a checkout."""
+    for candidate in (_PACKAGED_DIR, _CHECKOUT_DIR):
+        if (candidate / HYPERNETWORK_TEMPLATE).is_file():
+            return candidate
+    raise FileNotFoundError(f"peft_shine card templates not found in {_PACKAGED_DIR} or {_CHECKOUT_DIR}")
+
+
+def render_hypernetwork_card(
+    *,
+    repo_id: str,
+    base_model: str,
+    base_model_revision: str | None = None,
+    license: str | None = "apache-2.0",  # noqa: A002 (the Hub's metadata key)
+    datasets: Sequence[str] | None = None,
+    tags: Sequence[str] | None = None,
+    lora_rank: int | None = None,
+    target_modules: Sequence[str] | None = None,
+    num_memory_slots: int | None = None,
+    m2p_num_layers: int | None = None,
+    training: Mapping[str, Any] | None = None,
+    eval_results: Sequence[Mapping[str, Any]] | None = None,
+) -> ModelCard:
+    """The card of a hypernetwork repo (``library_name: peft-shine``, ``base_model_relation: adapter``).
+
+    Args:
+        training: optional summary with any of ``stages`` (a list of stage names or of dicts with ``name`` and
+            optional ``datasets``, ``steps``, ``description``), ``datasets``, ``steps`` and ``notes``.
+        eval_results: optional rows with ``condition``, ``dataset``, ``f1``, ``em`` and ``n`` (plus optional
+            ``dataset_id`` for the Hub dataset id and ``split``); they also become ``model-index`` entries.
+    """
+    summary = _training_summary(training)
+    all_datasets = _unique([*(datasets or []), *(summary["datasets"] if summary else [])])
+    results = [dict(row) for row in eval_results or []]
+    card_data = ModelCardData(
+        base_model=base_model,
+        base_model_relation="adapter",
+        library_name="peft-shine",
+        pipeline_tag="text-generation",
+        license=license,
+        datasets=all_datasets or None,
+        tags=_unique([*HYPERNETWORK_TAGS, *(tags or [])]),
+        model_name=repo_id.split("/")[-1] if results else None,
+        eval_results=[item for row in results for item in _eval_results(row)] or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(templates_dir() / HYPERNETWORK_TEMPLATE),
+        repo_id=repo_id,
+        base_model=base_model,
+        base_model_revision=base_model_revision,
+        license=license,
+        datasets=all_datasets,
+        lora_rank=lora_rank,
+        target_modules=list(target_modules or []),
+        num_memory_slots=num_memory_slots,
+        m2p_num_layers=m2p_num_layers,
+        training=summary,
+        eval_results=[_formatted_row(row) for row in results],
+    )
+
+
+def render_adapter_card(
+    *,
+    repo_id: str,
+    base_model: str,
+    hypernetwork_repo: str,
+    base_model_revision: str | None = None,
+    hypernetwork_revision: str | None = None,
+    context_sha256: str | None = None,
+    context: str | None = None,
+    include_context: bool = False,
+    generation_seconds: float | None = None,
+    generated_at: str | None = None,
+    lora_rank: int | None = None,
+    target_modules: Sequence[str] | None = None,
+    license: str | None = None,  # noqa: A002 (the Hub's metadata key)
+    tags: Sequence[str] | None = None,
+) -> ModelCard:
+    """The card of a generated LoRA adapter repo, with peft's metadata plus the SHINE provenance.
+
+    The context text goes into the card only with ``include_context=True``; otherwise only its SHA-256 does
+    (computed from ``context`` when ``context_sha256`` is not given, and checked against it when both are).
+    """
+    digest = _context_digest(context, context_sha256)
+    card_data = ModelCardData(
+        base_model=base_model,
+        base_model_relation="adapter",
+        library_name="peft",
+        pipeline_tag="text-generation",
+        license=license,
+        tags=_unique([f"base_model:adapter:{base_model}", *ADAPTER_TAGS, *(tags or [])]),
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(templates_dir() / ADAPTER_TEMPLATE),
+        repo_id=repo_id,
+        base_model=base_model,
+        base_model_revision=base_model_revision,
+        hypernetwork_repo=hypernetwork_repo,
+        hypernetwork_revision=hypernetwork_revision,
+        context_sha256=digest,
+        context=context if include_context else None,
+        context_fence=_code_fence(context or ""),
+        generation_seconds=None if generation_seconds is None else f"{generation_seconds:.2f}",
+        generated_at=generated_at,
+        lora_rank=lora_rank,
+        target_modules=list(target_modules or []),
+        vllm_max_lora_rank=_vllm_max_lora_rank(lora_rank),
+    )
+
+
+def _context_digest(context: str | None, context_sha256: str | None) -> str | None:
+    """The context's hex SHA-256 (of its UTF-8 bytes), computed or checked against the given one."""
+    if context is None:
+        return context_sha256
+    digest = hashlib.sha256(context.encode("utf-8")).hexdigest()
+    if context_sha256 is not None and context_sha256.lower() != digest:
+        raise ValueError("context_sha256 does not match the SHA-256 of the given context")
+    return digest
+
+
+def _training_summary(training: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Normalise a training summary: stages as dicts with list-valued ``datasets``; missing keys as None/[]."""
+    if not training:
+        return None
+    stages = [_stage(stage) for stage in training.get("stages") or []]
+    datasets = _unique([*_as_list(training.get("datasets")), *(d for stage in stages for d in stage["datasets"])])
+    return {"stages": stages, "datasets": datasets, "steps": training.get("steps"), "notes": training.get("notes")}
+
+
+def _stage(stage: str | Mapping[str, Any]) -> dict[str, Any]:
+    """One training stage as a dict with ``name``, ``datasets`` (list), ``steps`` and ``description``."""
+    if isinstance(stage, str):
+        return {"name": stage, "datasets": [], "steps": None, "description": None}
+    return {
+        "name": stage.get("name", "stage"),
+        "datasets": _as_list(stage.get("datasets") or stage.get("dataset")),
+        "steps": stage.get("steps"),
+        "description": stage.get("description"),
+    }
+
+
+def _eval_results(row: Mapping[str, Any]) -> list[EvalResult]:
+    """The ``model-index`` entries (F1 and EM) of one evaluation row."""
+    dataset = str(row["dataset"])
+    return [
+        EvalResult(
+            task_type="question-answering",
+            dataset_type=str(row.get("dataset_id") or dataset),
+            dataset_name=dataset,
+            dataset_split=row.get("split"),
+            metric_type=metric,
+            metric_name=f"{metric.upper()} ({row['condition']})",
+            metric_value=row[metric],
+        )
+        for metric in ("f1", "em")
+        if row.get(metric) is not None
+    ]
+
+
+def _formatted_row(row: Mapping[str, Any]) -> dict[str, str]:
+    """An evaluation row with display strings for the card's table."""
+    return {key: _display(row.get(key)) for key in ("condition", "dataset", "f1", "em", "n")}
+
+
+def _display(value: Any) -> str:
+    """A table cell: floats with 2 decimals, missing values as a dash."""
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _code_fence(text: str) -> str:
+    """A backtick fence longer than any backtick run inside ``text`` (at least three)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def _vllm_max_lora_rank(rank: int | None) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that fits ``rank`` (16 when unknown)."""
+    if rank is None:
+        return 16
+    return next((value for value in VLLM_LORA_RANKS if value >= rank), rank)
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    """``None`` → [], a string → [string], a sequence → list."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _unique(items: Sequence[str]) -> list[str]:
+    """The items without duplicates, first occurrence order."""
+    return list(dict.fromkeys(items))

@@ -1,0 +1,236 @@
+"""`ShineTrainingArguments` and `ShineTrainer`: the two SHINE training stages on the `transformers.Trainer` loop.
+
+What the subclass adds to `Trainer` (everything else — accelerate/DDP, gradient accumulation, schedules,
+checkpoints, resume, logging — is the stock loop):
+
+* the data: `build_dataset` turns raw texts (stage ``"pretrain"``) or QA records (stage ``"instruct"``) into a
+  tokenised dataset with the arguments' lengths and ratios, batched by `ShineDataCollator`;
+* the loss: `ShineModel.forward` divides its summed loss by ``num_items_in_batch``, so gradient accumulation and
+  multi-process runs weight every labelled token equally;
+* non-finite steps: a micro-batch whose loss is NaN/Inf back-propagates NaN instead (so the usual gradient
+  all-reduce marks the step on every rank), and an optimizer pre-step hook drops the gradients of any step whose
+  gradient norm is not finite, so **no parameter, moment or weight-decay update is applied**; both are counted
+  (``nonfinite_losses``, ``skipped_steps`` in the training logs). The learning-rate schedule still advances;
+* evaluation: held-out loss with the generated adapter (``eval_loss``), with no adapter
+  (``eval_loss_no_adapter``) and with the adapter generated from a *different* context of the batch
+  (``eval_loss_wrong_context``; the context batch rolled by one). The gap between the last and the first is the
+  part of the gain that comes from the context itself;
+* checkpoints hold only the hypernetwork (`ShineModel.save_pretrained` drops the base LM); ``init_from`` starts
+  stage 2 from a stage-1 checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .configuration_shine import ShineConfig
+from .contexts import pad_token_id
+from .data import (
+    QA_MODES,
+    ShineDataCollator,
+    build_pretraining_examples,
+    build_qa_examples,
+    texts_from_column,
+    tokenize_examples,
+)
+from .modeling_shine import BASE_PREFIX, ShineModel
+
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("pretrain", "instruct")
+# config fields a stage-1 checkpoint must share with the model it initialises
+_COMPATIBLE_FIELDS = ("base_fingerprint", "lora_rank", "meta_lora_rank", "num_memory_slots", "m2p_num_layers",
+                      "m2p_num_heads", "m2p_ffn_dim")
+
+
+@dataclass
+class ShineTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the SHINE data and stage settings (``remove_unused_columns`` defaults to False:
+    the model needs the context columns that its ``forward`` signature names only partly)."""
+
+    stage: str = field(default="pretrain", metadata={"help": "'pretrain' (reconstruction/completion of texts) or "
+                                                             "'instruct' (QA records)."})
+    max_context_length: int = field(default=256, metadata={"help": "Context tokens kept (the rest is cut)."})
+    max_conversation_length: int = field(default=320, metadata={"help": "Conversation tokens; whole trailing "
+                                                                        "exchanges that do not fit are dropped."})
+    completion_ratio: float = field(default=0.5, metadata={"help": "Stage 1: share of completion items."})
+    min_completion_keep: float = field(default=0.7, metadata={"help": "Stage 1: least share of words a "
+                                                                      "completion context keeps."})
+    max_completion_keep: float = field(default=0.9, metadata={"help": "Stage 1: largest share of words kept."})
+    qa_mode: str = field(default="mixed", metadata={"help": f"Stage 2 examples: one of {QA_MODES}."})
+    num_distractors: int = field(default=2, metadata={"help": "Stage 2 single-QA: other contexts added."})
+    text_column: str = field(default="text", metadata={"help": "Stage 1: the dataset column holding the texts."})
+    init_from: str | None = field(default=None, metadata={"help": "Stage-1 checkpoint folder to start from."})
+    eval_controls: bool = field(default=True, metadata={"help": "Also report the no-adapter and wrong-context "
+                                                                "losses at evaluation."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False for SHINE."})
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}.")
+        if self.qa_mode not in QA_MODES:
+            raise ValueError(f"qa_mode must be one of {QA_MODES}, got {self.qa_mode!r}.")
+        if not 0.0 < self.min_completion_keep <= self.max_completion_keep <= 1.0:
+            raise ValueError("Need 0 < min_completion_keep <= max_completion_keep <= 1.")
+        if min(self.max_context_length, self.max_conversation_length) < 1:
+            raise ValueError("max_context_length and max_conversation_length must be positive.")
+        super().__post_init__()
+
+
+def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int | None = None):
+    """A tokenised dataset for ``args.stage``: ``data`` holds texts (a dataset with ``args.text_column``, dicts, or
+    strings) for ``"pretrain"`` and QA records (`QARecord` or dicts in the shared format) for ``"instruct"``."""
+    seed = args.seed if seed is None else seed
+    if args.stage == "pretrain":
+        examples = build_pretraining_examples(
+            texts_from_column(data, args.text_column), tokenizer, args.max_context_length,
+            args.max_conversation_length, completion_ratio=args.completion_ratio,
+            min_completion_keep=args.min_completion_keep, max_completion_keep=args.max_completion_keep, seed=seed)
+    else:
+        examples = build_qa_examples(data, tokenizer, args.max_context_length, mode=args.qa_mode,
+                                     num_distractors=args.num_distractors, seed=seed)
+    return tokenize_examples(examples, tokenizer, args.max_context_length, args.max_conversation_length)
+
+
+def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None:
+    """Copy a saved hypernetwork's weights (a `save_pretrained` or Trainer checkpoint folder) into ``model``.
+
+    Raises:
+        FileNotFoundError: if the folder has no ``model.safetensors``.
+        ValueError: if the checkpoint was built for another base LM or hypernetwork size.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(checkpoint)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"No model.safetensors in {folder}: pass a SHINE checkpoint folder.")
+    saved = ShineConfig.from_pretrained(folder)
+    differences = {name: (getattr(saved, name), getattr(model.config, name)) for name in _COMPATIBLE_FIELDS
+                   if getattr(saved, name) != getattr(model.config, name)}
+    if differences:
+        raise ValueError(f"{folder} does not fit this hypernetwork; (checkpoint, model) differ in {differences}.")
+    model.load_state_dict(load_file(str(weights), device="cpu"))
+
+
+@torch.no_grad()
+def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls: bool = True) -> torch.Tensor:
+    """Summed answer-pass losses and labelled-token counts, shape ``(3, 2)``: rows are the generated adapter, no
+    adapter and the adapter of a different context (the context batch rolled by one; zero for a single row)."""
+    result = torch.zeros(3, 2, dtype=torch.float64)
+    output = shine(**batch, num_items_in_batch=1)
+    result[0] = torch.stack([output.loss.double(), output.num_label_tokens.double()])
+    if not controls:
+        return result
+    with shine.apply_lora(None) as base:
+        loss = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    num_items_in_batch=1, use_cache=False).loss
+    result[1] = torch.stack([loss.double(), output.num_label_tokens.double()])
+    if batch["context_input_ids"].shape[0] > 1:
+        rolled = {**batch, "context_input_ids": batch["context_input_ids"].roll(1, 0),
+                  "context_attention_mask": batch["context_attention_mask"].roll(1, 0)}
+        wrong = shine(**rolled, num_items_in_batch=1)
+        result[2] = torch.stack([wrong.loss.double(), wrong.num_label_tokens.double()])
+    return result
+
+
+class ShineTrainer(Trainer):
+    """`Trainer` for a `ShineModel` (see the module docstring for what it adds).
+
+    Args:
+        model: the hypernetwork with its base LM attached (only ``hypernetwork_parameters()`` are trained).
+        args: `ShineTrainingArguments`.
+        data_collator: defaults to `ShineDataCollator` with the tokenizer's pad id.
+        processing_class: defaults to ``model.tokenizer``.
+        **kwargs: passed to `Trainer`.
+    """
+
+    def __init__(self, model: ShineModel, args: ShineTrainingArguments, data_collator=None, processing_class=None,
+                 **kwargs: Any) -> None:
+        processing_class = processing_class if processing_class is not None else model.tokenizer
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("Pass processing_class (the tokenizer) or attach the base model with a tokenizer.")
+            data_collator = ShineDataCollator(pad_token_id(processing_class))
+        if args.init_from:
+            load_hypernetwork_weights(model, args.init_from)
+        super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
+                         **kwargs)
+        self.nonfinite_losses = 0
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ non-finite steps
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if not getattr(optimizer, "_shine_skip_hook", False):
+            optimizer.register_step_pre_hook(self._skip_nonfinite_step)
+            optimizer._shine_skip_hook = True
+        return optimizer
+
+    def _skip_nonfinite_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Optimizer pre-step hook: drop every gradient of a step whose gradient norm is NaN/Inf (AdamW then leaves
+        each parameter and its state untouched)."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if params and not torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in params])):
+            for param in params:
+                param.grad = None
+            self.skipped_steps += 1
+            logger.warning("Skipped optimizer step %d: non-finite gradients.", self.state.global_step + 1)
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        if model.training and not torch.isfinite(loss.detach()).all():
+            self.nonfinite_losses += 1
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            loss = torch.stack([p.sum() for p in trainable]).sum() * float("nan")  # NaN gradients → step skipped
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs = {**logs, "nonfinite_losses": self.nonfinite_losses, "skipped_steps": self.skipped_steps}
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Held-out loss with the generated adapter and, with ``eval_controls``, the no-adapter and wrong-context
+        controls, token-weighted over all processes: ``{prefix}_loss``, ``{prefix}_loss_no_adapter``,
+        ``{prefix}_loss_wrong_context``."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, part in dataset.items():
+                metrics.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        started = time.time()
+        shine = self.accelerator.unwrap_model(self.model)
+        was_training = shine.training
+        shine.eval()
+        totals = torch.zeros(3, 2, dtype=torch.float64, device=self.args.device)
+        for batch in self.get_eval_dataloader(dataset):
+            totals += held_out_losses(shine, self._prepare_inputs(batch), self.args.eval_controls).to(totals.device)
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        shine.train(was_training)
+        names = ["loss", "loss_no_adapter", "loss_wrong_context"][: 3 if self.args.eval_controls else 1]
+        metrics = {f"{metric_key_prefix}_{name}": (totals[i, 0] / totals[i, 1]).item()
+                   for i, name in enumerate(names) if totals[i, 1] > 0}
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - started, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Resume loads hypernetwork weights only: the base LM's keys are absent by design."""
+        missing = [key for key in load_result.missing_keys if not key.startswith(BASE_PREFIX)]
+        if missing or load_result.unexpected_keys:
+            logger.warning("Checkpoint load: missing %s, unexpected %s.", missing, load_result.unexpected_keys)

@@ -1,0 +1,149 @@
+"""Model card templates: rendering, metadata round trip, context privacy and packaging."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, ModelCard
+
+from hub_server import FakeHub
+from peft_shine import hub_cards
+from peft_shine.hub_cards import render_adapter_card, render_hypernetwork_card, templates_dir
+
+
+pytest_plugins = ["hub_fixtures"]
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+CONTEXT = "The secret launch code of project Quokka is ``` 4-8-15-16 ```."
+FULL_HYPERNETWORK = {
+    "repo_id": "peft-shine/shine-smollm2-135m",
+    "base_model": BASE,
+    "base_model_revision": "12fd25f77366fa6b3b4b768ec3050bf629380bac",
+    "license": "apache-2.0",
+    "datasets": ["rajpurkar/squad"],
+    "tags": ["question-answering"],
+    "lora_rank": 8,
+    "target_modules": ["q_proj", "v_proj"],
+    "num_memory_slots": 32,
+    "m2p_num_layers": 4,
+    "training": {
+        "stages": [{"name": "reconstruction", "datasets": "Salesforce/wikitext", "steps": 2000}, "qa"],
+        "steps": 5000,
+        "notes": "Trained on one CPU.",
+    },
+    "eval_results": [
+        {"condition": "shine", "dataset": "squad", "dataset_id": "rajpurkar/squad", "f1": 0.5312, "em": 0.41, "n": 200},
+        {"condition": "no-context", "dataset": "squad", "f1": 0.102, "em": 0.05, "n": 200},
+    ],
+}
+
+
+def _round_trip(card: ModelCard) -> ModelCard:
+    """Parse a rendered card back from its text, as the Hub would."""
+    return ModelCard(str(card))
+
+
+def test_hypernetwork_card_with_all_fields() -> None:
+    card = render_hypernetwork_card(**FULL_HYPERNETWORK)
+    data = _round_trip(card).data
+    assert data.library_name == "peft-shine"
+    assert data.base_model == BASE and data["base_model_relation"] == "adapter"
+    assert data.pipeline_tag == "text-generation" and data.license == "apache-2.0"
+    assert data.tags == ["shine", "hypernetwork", "lora", "peft", "text-generation", "question-answering"]
+    assert data.datasets == ["rajpurkar/squad", "Salesforce/wikitext"]
+    metrics = {(result.metric_name, result.metric_value) for result in data.eval_results}
+    assert metrics == {("F1 (shine)", 0.5312), ("EM (shine)", 0.41), ("F1 (no-context)", 0.102),
+                       ("EM (no-context)", 0.05)}
+    assert {result.dataset_type for result in data.eval_results} == {"rajpurkar/squad", "squad"}
+
+    text = card.text
+    assert 'AutoShineModel.from_pretrained("peft-shine/shine-smollm2-135m")' in text
+    assert FULL_HYPERNETWORK["base_model_revision"] in text
+    assert "| shine | squad | 0.53 | 0.41 | 200 |" in text
+    assert "| reconstruction | Salesforce/wikitext | 2000 |" in text and "Total optimisation steps: 5000." in text
+    assert "`q_proj`, `v_proj`" in text and "| Memory slots | 32 |" in text and "| M2P depth (layers) | 4 |" in text
+    assert "2602.06358" in text
+    assert "SHINE: A Scalable In-Context Hypernetwork for Mapping Context to LoRA in a Single Pass" in text
+
+
+def test_hypernetwork_card_minimal() -> None:
+    card = render_hypernetwork_card(repo_id="me/shine", base_model=BASE)
+    data = _round_trip(card).data
+    assert data.library_name == "peft-shine" and data.base_model == BASE
+    assert data.eval_results is None and data.datasets is None
+    assert "## Evaluation" not in card.text and "Training details were not recorded" in card.text
+    assert 'AutoShineModel.from_pretrained("me/shine")' in card.text
+    assert "not pinned" in card.text and "None" not in card.text
+
+
+def test_adapter_card_hides_context_unless_asked() -> None:
+    digest = hashlib.sha256(CONTEXT.encode("utf-8")).hexdigest()
+    fields = {"repo_id": "me/quokka-adapter", "base_model": BASE, "hypernetwork_repo": "peft-shine/shine-smollm2-135m",
+              "hypernetwork_revision": "abc123", "base_model_revision": "def456", "generation_seconds": 0.1234}
+    hidden = render_adapter_card(**fields, context=CONTEXT)
+    assert "Quokka" not in str(hidden) and digest in hidden.text
+    assert "abc123" in hidden.text and "def456" in hidden.text and "0.12 s" in hidden.text
+
+    shown = render_adapter_card(**fields, context=CONTEXT, include_context=True)
+    assert CONTEXT in shown.text and "````text" in shown.text  # a fence longer than the context's backticks
+    assert _round_trip(shown).data.to_dict() == _round_trip(hidden).data.to_dict()
+
+
+def test_adapter_card_metadata_and_usage() -> None:
+    card = render_adapter_card(repo_id="me/adapter", base_model=BASE, hypernetwork_repo="peft-shine/shine",
+                               context_sha256="ab" * 32, lora_rank=8, target_modules=["q_proj"], tags=["squad"])
+    data = _round_trip(card).data
+    assert data.library_name == "peft" and data.base_model == BASE and data.pipeline_tag == "text-generation"
+    assert data.tags == [f"base_model:adapter:{BASE}", "lora", "peft", "shine", "squad"]
+    assert 'PeftModel.from_pretrained(base, "me/adapter")' in card.text
+    assert 'snapshot_download("me/adapter")' in card.text and "max_lora_rank=8" in card.text
+    assert "ab" * 32 in card.text
+
+
+def test_adapter_card_minimal_and_hash_mismatch() -> None:
+    card = render_adapter_card(repo_id="me/adapter", base_model=BASE, hypernetwork_repo="peft-shine/shine")
+    assert "hash was not recorded" in card.text and "None" not in card.text
+    assert _round_trip(card).data.library_name == "peft"
+    with pytest.raises(ValueError, match="does not match"):
+        render_adapter_card(repo_id="me/adapter", base_model=BASE, hypernetwork_repo="h/n", context="a",
+                            context_sha256="0" * 64)
+
+
+def test_cards_push_to_the_hub_and_load_back(hub_env: FakeHub) -> None:
+    card = render_hypernetwork_card(**FULL_HYPERNETWORK)
+    HfApi().create_repo(FULL_HYPERNETWORK["repo_id"])
+    card.push_to_hub(FULL_HYPERNETWORK["repo_id"])  # validates the YAML against the (fake) Hub first
+    loaded = ModelCard.load(FULL_HYPERNETWORK["repo_id"])
+    assert loaded.content == card.content
+    info = HfApi().model_info(FULL_HYPERNETWORK["repo_id"])
+    assert info.card_data.library_name == "peft-shine" and "hypernetwork" in info.tags
+
+
+def test_templates_dir_prefers_packaged_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert templates_dir() in (ROOT / "hub_cards", Path(hub_cards.__file__).parent / "hub_card_templates")
+    packaged = tmp_path / "hub_card_templates"
+    packaged.mkdir()
+    (packaged / hub_cards.HYPERNETWORK_TEMPLATE).write_text("---\n{{ card_data }}\n---\n")
+    monkeypatch.setattr(hub_cards, "_PACKAGED_DIR", packaged)
+    assert templates_dir() == packaged
+    monkeypatch.setattr(hub_cards, "_CHECKOUT_DIR", tmp_path / "missing")
+    monkeypatch.setattr(hub_cards, "_PACKAGED_DIR", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):
+        templates_dir()
+
+
+def test_pyproject_ships_templates_and_every_subpackage() -> None:
+    setuptools_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools_config["package-dir"]["peft_shine.hub_card_templates"] == "hub_cards"
+    assert "*.md" in setuptools_config["package-data"]["peft_shine.hub_card_templates"]
+    src = ROOT / "src"
+    on_disk = {
+        ".".join(path.relative_to(src).parts)
+        for path in [src / "peft_shine", *(src / "peft_shine").rglob("*")]
+        if path.is_dir() and path.name != "__pycache__" and path.name.isidentifier()
+    }
+    assert set(setuptools_config["packages"]) == on_disk | {"peft_shine.hub_card_templates"}
