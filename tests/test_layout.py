@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import FAMILIES, make_tiny_lm
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
 from peft_shine import ShineConfig, UnsupportedModelError
 from peft_shine.layout import ModuleSpec, discover_modules, layer_lora_numel, slice_offsets, slice_parameter_grid
+from tiny_models import FAMILIES, make_tiny_lm
 
 
 def smollm2_like_config() -> LlamaConfig:

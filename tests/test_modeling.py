@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, chat_batch, make_shine
 from peft import PeftModel
-from tiny_models import make_tiny_lm
 from transformers import AutoModelForCausalLM
 
+from conftest import FAMILIES, chat_batch, make_shine
 from peft_shine import ContextError
+from tiny_models import make_tiny_lm
 
 
 CONTEXTS = ["Alice moved to Lyon in 2019.", "Bob's cat is called Tom."]

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import make_shine
 from safetensors import safe_open
-from tiny_models import make_char_tokenizer, make_tiny_lm
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+from conftest import make_shine
 from peft_shine import AutoShineModel, BaseModelMismatchError, ShineConfig, ShineModel
+from tiny_models import make_char_tokenizer, make_tiny_lm
 
 
 @pytest.fixture
