@@ -29,8 +29,13 @@ def chat(*pairs: tuple[str, str]) -> list[dict[str, str]]:
     return [m for q, a in pairs for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
 
 
+def text_of(tokenizer, ids: list[int]) -> str:
+    """Decoded text of the character tokenizer (its WordLevel decoder would join tokens with spaces)."""
+    return "".join(tokenizer.convert_ids_to_tokens(ids))
+
+
 def labelled_text(tokenizer, ids: list[int], labels: list[int]) -> str:
-    return tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
+    return text_of(tokenizer, [t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
 
 
 # ---------------------------------------------------------------------------------------------- label masks
@@ -40,7 +45,7 @@ def test_labels_are_exactly_the_answers_and_their_end_of_turn_tokens(tokenizer):
     messages = chat(("Who?", "Bob"), ("Where?", "Lyon"))
     ids, labels, dropped = encode_conversation(tokenizer, messages, max_length=1000)
     assert dropped == 0
-    assert tokenizer.decode(ids) == tokenizer.apply_chat_template(messages, tokenize=False)
+    assert text_of(tokenizer, ids) == tokenizer.apply_chat_template(messages, tokenize=False)
     assert labelled_text(tokenizer, ids, labels) == "Bob<|im_end|>Lyon<|im_end|>"
     assert all(label in (IGNORE_INDEX, token) for token, label in zip(ids, labels))
     # the newline after <|im_end|> and every prompt token stay unlabelled
@@ -66,7 +71,8 @@ def test_real_smollm2_template_labels_answers_only():
 
     smol = AutoTokenizer.from_pretrained(resolve_base_model_path("HuggingFaceTB/SmolLM2-135M-Instruct"))
     ids, labels, _ = encode_conversation(smol, chat(("Who?", "Bob Dylan"), ("Where?", "Lyon, France")), 1000)
-    assert labelled_text(smol, ids, labels) == "Bob Dylan<|im_end|>Lyon, France<|im_end|>"
+    assert smol.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX]) == (
+        "Bob Dylan<|im_end|>Lyon, France<|im_end|>")
     assert "system" in smol.decode(ids)  # the template's default system prompt is kept, as at inference
 
 

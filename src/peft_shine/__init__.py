@@ -1,6 +1,7 @@
 """peft-shine: SHINE hypernetworks that turn a text context into a LoRA adapter in one forward pass."""
 
 from .auto import AutoShineModel
+from .checkpoints import CheckpointError
 from .configuration_shine import ShineConfig
 from .contexts import ContextError
 from .layout import UnsupportedModelError
@@ -13,6 +14,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AutoShineModel",
     "BaseModelMismatchError",
+    "CheckpointError",
     "ContextError",
     "LoraWeights",
     "ShineConfig",

@@ -38,6 +38,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "remove_stale_temporaries",
+    "staged_files",
 ]
 
 _TMP_TAG = ".tmp-"
@@ -144,6 +145,32 @@ def atomic_directory(target: str | Path, *, fsync: bool = True) -> Iterator[Path
         raise
     if fsync:
         _fsync_path(target.parent)
+
+
+@contextlib.contextmanager
+def staged_files(directory: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+    """Write files into a hidden temporary folder, then move each one into ``directory`` with ``os.replace``.
+
+    Unlike `atomic_directory`, other files already in ``directory`` are kept (a Trainer checkpoint folder, a user's
+    output folder). Each file is atomic: a reader sees the complete old or the complete new version, never a partial
+    one. If the block raises, nothing in ``directory`` changes.
+    """
+    directory = Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    temp_dir = _make_temp_dir(directory / "staged")
+    try:
+        yield temp_dir
+        for source in sorted(temp_dir.rglob("*")):
+            if source.is_file():
+                destination = directory / source.relative_to(temp_dir)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                if fsync:
+                    _fsync_path(source)
+                os.replace(source, destination)
+        if fsync:
+            _fsync_path(directory)
+    finally:
+        _remove(temp_dir)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from transformers.utils import ModelOutput
 
 from .adapters import AdapterGenerationMixin
 from .configuration_shine import ShineConfig
+from .io_utils import staged_files
 from .layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
 from .lora_binding import LoraBinder, LoraWeights, capture_layer_outputs
 from .m2p import M2PTransformer
@@ -126,6 +127,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
                 f"{found.hidden_size}, {found.num_base_layers} layers, shapes {found.module_shapes}. Load the base "
                 f"model named in the config (or pass base_model=None to load it automatically)."
             )
+        _check_tokenizer(tokenizer, base_lm)
         if self._binder is not None:
             self._binder.remove()
         base_lm.requires_grad_(False)
@@ -251,11 +253,15 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:
-        """Save config + hypernetwork weights (safetensors); the base LM is never included."""
+        """Save config + hypernetwork weights (safetensors); the base LM is never included. Each file is written
+        atomically: a crash mid-save leaves the previous checkpoint readable."""
         if state_dict is None:
             state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BASE_PREFIX)}
-        super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        if kwargs.get("push_to_hub"):
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        with staged_files(save_directory) as staging:  # each file replaced atomically; other files kept
+            super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load hypernetwork weights; base LM keys are ignored on both sides (Trainer resume)."""
@@ -270,10 +276,18 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, base_model: PreTrainedModel | None = None,
                         tokenizer: PreTrainedTokenizerBase | None = None, load_base_model: bool = True,
-                        **kwargs) -> ShineModel:
+                        allow_pickle: bool = False, **kwargs) -> ShineModel:
         """Load a hypernetwork and attach its base LM: ``base_model`` if given, else the one named in the config
-        (the embedded SmolLM2 default is resolved offline)."""
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        (the embedded SmolLM2 default is resolved offline).
+
+        Only safetensors weights are read; pickle-based files (``.bin``, ``.pt``) are refused unless
+        ``allow_pickle=True`` (they can run code when unpickled: only for files you trust). A truncated or
+        corrupted checkpoint raises `CheckpointError` and no model is returned.
+        """
+        from .checkpoints import load_checkpoint_safely
+
+        model = load_checkpoint_safely(super().from_pretrained, pretrained_model_name_or_path, args, kwargs,
+                                       allow_pickle=allow_pickle)
         if base_model is None and load_base_model:
             from .base_models import load_base_model as load_base
 
@@ -301,6 +315,18 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         model.init_memory_from_embeddings(seed)
         return model.eval()
 
+
+
+def _check_tokenizer(tokenizer: PreTrainedTokenizerBase | None, base_lm: PreTrainedModel) -> None:
+    """A tokenizer whose ids do not fit the base's embedding matrix would index garbage or crash later."""
+    if tokenizer is None:
+        return
+    rows = base_lm.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise BaseModelMismatchError(
+            f"The tokenizer has {len(tokenizer)} tokens but the base model's embedding matrix has {rows} rows: it "
+            f"belongs to another model. Pass the tokenizer saved with {base_lm.config.name_or_path!r}."
+        )
 
 
 def _tokenizer_for(base_model: PreTrainedModel) -> PreTrainedTokenizerBase | None:

@@ -53,8 +53,11 @@ _COMPATIBLE_FIELDS = ("base_fingerprint", "lora_rank", "meta_lora_rank", "num_me
 
 @dataclass
 class ShineTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the SHINE data and stage settings (``remove_unused_columns`` defaults to False:
-    the model needs the context columns that its ``forward`` signature names only partly)."""
+    """`TrainingArguments` plus the SHINE data and stage settings.
+
+    ``remove_unused_columns`` defaults to False (the collator's columns are exactly what ``forward`` takes) and
+    ``ddp_find_unused_parameters`` to False (every trainable tensor takes part in every step).
+    """
 
     stage: str = field(default="pretrain", metadata={"help": "'pretrain' (reconstruction/completion of texts) or "
                                                              "'instruct' (QA records)."})
@@ -72,6 +75,8 @@ class ShineTrainingArguments(TrainingArguments):
     eval_controls: bool = field(default=True, metadata={"help": "Also report the no-adapter and wrong-context "
                                                                 "losses at evaluation."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False for SHINE."})
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata={
+        "help": "Every trainable hypernetwork tensor is used in each step, so DDP needs no unused-parameter search."})
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -1,0 +1,187 @@
+"""``shine train``: train a SHINE hypernetwork — stage 1 (``pretrain``) or stage 2 (``instruct``).
+
+Examples::
+
+    shine train --stage pretrain --data wikitext --output runs/stage1 --max-steps 500
+    shine train --stage instruct --data squad:train --init-from runs/stage1 --output runs/stage2
+    accelerate launch --num_processes 2 --cpu -m peft_shine.cli train --stage pretrain ... (multi-process)
+
+``--config`` takes a JSON or YAML file of `ShineTrainingArguments` fields (any `TrainingArguments` field too) and an
+optional ``model`` mapping of `ShineConfig` fields for a new hypernetwork (e.g. ``lora_rank``). Flags given on the
+command line win over the file. The output folder receives the final hypernetwork, Trainer checkpoints and
+``loss.png`` (training loss and the held-out losses with the adapter, a wrong-context adapter and no adapter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from ..base_models import DEFAULT_BASE_MODEL
+
+
+BUNDLED_TEXTS = {"wikitext": "wikitext_sample.jsonl"}
+TEXT_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+# CLI defaults under the config file (shine-method.md §6: micro-batch 1, accumulation 4, warm-up, clip 1.0)
+DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 1, "per_device_eval_batch_size": 4, "gradient_accumulation_steps": 4,
+    "weight_decay": 0.01, "max_grad_norm": 1.0, "warmup_steps": 0.05, "logging_steps": 10, "eval_strategy": "steps",
+    "eval_steps": 100, "save_steps": 200, "save_total_limit": 2, "report_to": "none",
+}
+LEARNING_RATES = {"pretrain": 5e-5, "instruct": 3e-5}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a SHINE hypernetwork (stage 1 pretrain, stage 2 instruct)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["pretrain", "instruct"], required=True)
+    parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base causal LM (Hub id or folder)")
+    parser.add_argument("--data", required=True,
+                        help="pretrain: 'wikitext' (bundled) or a .jsonl/.json/.csv/.parquet/.txt file with a text "
+                             "column; instruct: a QA JSONL file in the shared format or a bundled name such as "
+                             "'squad:train'")
+    parser.add_argument("--eval-data", default=None, help="held-out data (default: a split of --data)")
+    parser.add_argument("--eval-fraction", type=float, default=0.1,
+                        help="share of --data held out for evaluation when --eval-data is not given (by article "
+                             "for QA records; 0: no evaluation)")
+    parser.add_argument("--output", required=True, help="output folder (checkpoints, final model, loss.png)")
+    parser.add_argument("--config", default=None, help="JSON or YAML file of training arguments (+ 'model')")
+    parser.add_argument("--init-from", default=None, help="stage-1 checkpoint folder to start stage 2 from")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="resume from the latest checkpoint in --output, or from the given checkpoint")
+    parser.set_defaults(func=run)
+
+
+def read_config(path: str | None) -> dict[str, Any]:
+    """The JSON or YAML mapping in ``path`` (empty without a path)."""
+    if path is None:
+        return {}
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of training arguments.")
+    return data
+
+
+def training_arguments(args: argparse.Namespace, config: dict[str, Any]):
+    """`ShineTrainingArguments` from the defaults, the config file and the command line, in rising priority."""
+    from transformers import HfArgumentParser
+
+    from ..trainer import ShineTrainingArguments
+
+    values = {**DEFAULTS, "learning_rate": LEARNING_RATES[args.stage], **config, "stage": args.stage,
+              "output_dir": args.output}
+    flags = {"init_from": args.init_from, "max_steps": args.max_steps, "seed": args.seed}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    (parsed,) = HfArgumentParser(ShineTrainingArguments).parse_dict(values)
+    return parsed
+
+
+def load_texts(source: str, column: str) -> list[str]:
+    """Texts of a bundled text sample or a local file (``datasets`` builders by extension), else a Hub dataset."""
+    import datasets
+
+    from ..data import texts_from_column
+    from ..evaluation.qa_data import bundled_path
+
+    path = bundled_path(BUNDLED_TEXTS[source]) if source in BUNDLED_TEXTS else Path(source)
+    if path.is_file():
+        builder = TEXT_FORMATS.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"Unknown text file type {path.suffix!r}; use one of {sorted(TEXT_FORMATS)}.")
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+    else:
+        dataset = datasets.load_dataset(source, split="train")
+    return texts_from_column(dataset, column)
+
+
+def load_records(source: str) -> list:
+    """QA records of a JSONL file or a bundled name, optionally ``name:split`` (e.g. ``squad:train``)."""
+    from ..evaluation.qa_data import load_qa_records
+
+    if Path(source).is_file() or ":" not in source:
+        return load_qa_records(source)
+    name, split = source.rsplit(":", 1)
+    return load_qa_records(name, split=split)
+
+
+def train_and_eval_data(args: argparse.Namespace, training) -> tuple[list, list]:
+    """Raw training and held-out data for the stage: ``--eval-data``, else a seeded split of ``--data``."""
+    from ..evaluation.qa_data import held_out_split
+
+    load = load_records if training.stage == "instruct" else lambda s: load_texts(s, training.text_column)
+    data = load(args.data)
+    if args.eval_data is not None:
+        return data, load(args.eval_data)
+    if args.eval_fraction <= 0:
+        return data, []
+    if training.stage == "instruct":
+        return held_out_split(data, eval_fraction=args.eval_fraction, seed=training.seed)
+    shuffled = random.Random(training.seed).sample(data, len(data))
+    cut = max(1, round(len(data) * args.eval_fraction))
+    return shuffled[cut:], shuffled[:cut]
+
+
+def build_model(base: str, training, model_config: dict[str, Any]):
+    """A fresh hypernetwork for ``base`` (or one shaped like the ``init_from`` checkpoint, whose weights the
+    trainer then loads)."""
+    from ..base_models import load_base_model
+    from ..configuration_shine import ShineConfig
+    from ..modeling_shine import ShineModel
+
+    base_lm, tokenizer = load_base_model(base)
+    if training.init_from:
+        return ShineModel(ShineConfig.from_pretrained(training.init_from)).attach_base_model(base_lm, tokenizer)
+    lengths = {"max_context_length": training.max_context_length,
+               "max_conversation_length": training.max_conversation_length}
+    return ShineModel.from_base_model(base_lm, tokenizer, seed=training.seed, **{**lengths, **model_config})
+
+
+def train(args: argparse.Namespace):
+    """Run ``shine train`` and return the finished `ShineTrainer` (final model saved in ``--output``)."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    from ..trainer import ShineTrainer, build_dataset
+
+    config = read_config(args.config)
+    training = training_arguments(args, {k: v for k, v in config.items() if k != "model"})
+    shine = build_model(args.base, training, config.get("model", {}))
+    train_data, eval_data = train_and_eval_data(args, training)
+    train_set = build_dataset(training, shine.tokenizer, train_data)
+    eval_set = build_dataset(training, shine.tokenizer, eval_data) if eval_data else None
+    if eval_set is None:
+        training.eval_strategy = IntervalStrategy.NO
+    trainer = ShineTrainer(shine, training, train_dataset=train_set, eval_dataset=eval_set)
+    resume = True if args.resume == "latest" else args.resume
+    trainer.train(resume_from_checkpoint=resume)
+    evaluated = {entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry}
+    if eval_set is not None and trainer.state.global_step not in evaluated:
+        trainer.evaluate()  # the plot and summary end on the final weights
+    trainer.save_model(args.output)
+    trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..plots import plot_losses
+
+    trainer = train(args)
+    if trainer.is_world_process_zero():
+        history = trainer.state.log_history
+        plot = plot_losses(history, Path(args.output) / "loss.png", title=f"SHINE {args.stage} on {args.data}")
+        final = next((entry for entry in reversed(history) if "eval_loss" in entry), {})
+        summary = ", ".join(f"{key} {value:.4f}" for key, value in final.items() if key.startswith("eval_loss"))
+        print(f"Hypernetwork saved to {args.output}/; loss plot {plot}")
+        if summary:
+            print(f"Held-out (step {final['step']}): {summary}")
+    return 0

@@ -1,0 +1,168 @@
+"""`run_evaluation`: every condition on the same questions and base model, resumable, with a JSON/markdown/PNG
+report (shine-method.md §3).
+
+Files in ``output_dir``:
+
+* ``settings.json`` — what the predictions depend on (hypernetwork weights hash, base model, decoding, SFT, seed);
+  a resumed run must match it;
+* ``predictions.jsonl`` — one line per answered (condition, question), appended as batches complete;
+* ``results.json``, ``results.md``, ``results.png`` — the final report, written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io_utils import atomic_write_text
+from ..prompting import IN_CONTEXT_TEMPLATE
+from .conditions import CONDITIONS, DEFAULT_CONDITIONS, SHINE, distinct_contexts, plan_tasks, resolve_conditions
+from .metrics import aggregate
+from .qa_data import QARecord
+from .report import write_reports
+from .runner import Row, RunOptions, execute_tasks
+from .sft import SFTConfig
+from .store import PredictionLog
+
+
+SETTINGS_FILE = "settings.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+RESULTS_FORMAT = 1
+
+
+def hypernetwork_fingerprint(shine) -> str:
+    """sha256 of the hypernetwork's parameter names and bytes (identifies the weights a run used)."""
+    digest = hashlib.sha256()
+    for name, param in shine.named_parameters():
+        if name.startswith("base_lm."):
+            continue
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_settings(shine, options: RunOptions) -> dict[str, Any]:
+    """The settings that determine the predictions (checked when resuming)."""
+    return {
+        "format": RESULTS_FORMAT,
+        "base_model": shine.config.base_model_name_or_path,
+        "base_model_revision": shine.config.base_model_revision,
+        "hypernetwork_sha256": hypernetwork_fingerprint(shine),
+        "lora_rank": shine.config.lora_rank,
+        "in_context_template": IN_CONTEXT_TEMPLATE,
+        "max_new_tokens": options.max_new_tokens,
+        "truncation": options.truncation,
+        "seed": options.seed,
+        "sft": {"steps": options.sft.steps, "learning_rate": options.sft.learning_rate,
+                "weight_decay": options.sft.weight_decay},
+    }
+
+
+def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Write ``settings.json`` for a new run; for a resumed one, refuse different settings."""
+    path = output_dir / SETTINGS_FILE
+    if not path.exists():
+        if (output_dir / PREDICTIONS_FILE).exists():
+            raise ValueError(f"{output_dir} holds predictions but no {SETTINGS_FILE}; use an empty output folder")
+        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+        return
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    changed = sorted(key for key in set(recorded) | set(settings) if recorded.get(key) != settings.get(key))
+    if changed:
+        details = "; ".join(f"{key}: {recorded.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
+        raise ValueError(f"{output_dir} holds results of a run with other settings ({details}); resume with the "
+                         f"same settings or choose another output folder")
+
+
+def summarize(rows: Sequence[Row]) -> dict[str, Any]:
+    """Aggregates of one condition: EM/F1 ×100, mean answer seconds and prompt tokens per question, and the mean
+    seconds to make an adapter, over the distinct adapters used (``None`` without adapters)."""
+    adapters = {row["adapter_context_sha256"]: row["adapter_seconds"] for row in rows
+                if row["adapter_context_sha256"] is not None}
+    n = len(rows)
+    return {
+        **aggregate(rows),
+        "answer_seconds": sum(row["answer_seconds"] for row in rows) / n,
+        "prompt_tokens": sum(row["prompt_tokens"] for row in rows) / n,
+        "num_adapters": len(adapters),
+        "adapter_seconds": sum(adapters.values()) / len(adapters) if adapters else None,
+    }
+
+
+def run_evaluation(
+    shine,
+    records: Sequence[QARecord],
+    conditions: str | Iterable[str] = DEFAULT_CONDITIONS,
+    output_dir: str | Path = "eval-results",
+    *,
+    batch_size: int = 8,
+    adapter_batch_size: int = 8,
+    max_new_tokens: int = 32,
+    sft: SFTConfig | None = None,
+    seed: int = 0,
+    truncation: bool = False,
+    progress: bool = True,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Answer ``records`` under each condition (see `conditions.CONDITIONS`) and write the report.
+
+    Greedy and deterministic. A run interrupted at any point resumes from ``output_dir``: finished (condition,
+    question) pairs are read back from ``predictions.jsonl`` and not recomputed, and the final numbers equal those of
+    an uninterrupted run. Adapters made for the evaluation are deleted from ``shine.peft_model`` afterwards.
+
+    Args:
+        shine: a `ShineModel` with its base LM and tokenizer attached.
+        records: the questions (e.g. from `load_qa_records`, optionally `group_contexts`); ids must be unique.
+        conditions: condition names, in report order (or a comma-separated string; ``"all"``).
+        output_dir: folder for settings, the resumable prediction log and the report.
+        batch_size: questions per generation batch; adapter_batch_size: contexts per adapter-generation batch
+            (and the most SHINE adapters loaded at once).
+        max_new_tokens: greedy decoding budget per answer.
+        sft: training of the ``sft`` baseline (default `SFTConfig()`).
+        seed: seed of the ``wrong_context`` derangement and of the SFT initialisation.
+        truncation: generate adapters from the first ``max_context_length`` tokens of longer contexts (else raise).
+        progress: show a tqdm progress bar.
+        metadata: extra JSON-ready facts to record in the report (data set, limit, hypernetwork path, ...).
+
+    Returns:
+        ``{"settings", "metadata", "conditions", "aggregates": {condition: {...}}, "predictions": [row, ...]}``,
+        also written to ``results.json`` (with ``results.md`` and ``results.png``).
+    """
+    from tqdm.auto import tqdm
+
+    if not records:
+        raise ValueError("no records to evaluate")
+    names = resolve_conditions(conditions)
+    options = RunOptions(batch_size, adapter_batch_size, max_new_tokens, truncation, sft or SFTConfig(), seed)
+    tasks = plan_tasks(records, names, shine.tokenizer, seed)
+    if truncation is False and any(CONDITIONS[name].adapter == SHINE for name in names):
+        shine.tokenize_contexts(distinct_contexts(records))  # raise now, not after the first conditions
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = run_settings(shine, options)
+    _check_settings(output_dir, settings)
+    log = PredictionLog(output_dir / PREDICTIONS_FILE)
+    done = log.keys()
+    with tqdm(total=len(tasks), initial=sum(t.key in done for t in tasks), desc="shine eval", unit="q",
+              disable=not progress) as bar:
+        def record(rows: list[Row]) -> None:
+            log.append(rows)
+            bar.update(len(rows))
+
+        execute_tasks(shine, tasks, options, done, on_rows=record, on_status=bar.set_postfix_str)
+    rows = [log.rows[task.key] for task in tasks]
+    results = {
+        "settings": settings,
+        "metadata": {**(metadata or {}), "num_questions": len(records),
+                     "num_contexts": len(distinct_contexts(records))},
+        "conditions": {name: CONDITIONS[name].description for name in names},
+        "aggregates": {name: summarize([r for r in rows if r["condition"] == name]) for name in names},
+        "predictions": rows,
+    }
+    write_reports(results, output_dir)
+    return results

@@ -1,0 +1,193 @@
+"""Executing planned tasks: make the adapters they need, answer in mixed-adapter batches, score, clean up.
+
+Work is cut into *chunks*: one for the base-model conditions, one per ``adapter_batch_size`` distinct contexts for
+the SHINE adapters (generated together, shared by ``adapter``, ``wrong_context`` and ``adapter+context``), one per
+context for the SFT adapters (trained one at a time). A chunk's adapters exist only while its questions are
+answered; at most one chunk's adapters are loaded at a time and all are deleted afterwards.
+
+Within a chunk, each condition's tasks are sorted by prompt length and cut into batches of ``batch_size`` (rows
+of one batch may carry different adapters: peft's ``adapter_names``). Chunks and batches are formed from the
+**full** plan, so a resumed run recomputes exactly the batches an uninterrupted run would have, and gets
+identical predictions; batches whose tasks are all done are skipped, and chunks with nothing left to do create no
+adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..prompting import BASE_ADAPTER, generate_answers
+from .conditions import SFT, SHINE, Task, TaskKey, context_id
+from .metrics import extract_answer, score_example
+from .sft import SFTConfig, train_sft_adapter
+
+
+Row = dict[str, Any]
+ADAPTER_PREFIX = "shine-eval"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Batching, decoding and baseline settings of an evaluation run."""
+
+    batch_size: int = 8
+    adapter_batch_size: int = 8
+    max_new_tokens: int = 32
+    truncation: bool = False  # generate adapters from the first max_context_length tokens of longer contexts
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    seed: int = 0  # initialisation of the SFT adapters
+
+    def __post_init__(self) -> None:
+        if min(self.batch_size, self.adapter_batch_size, self.max_new_tokens) < 1:
+            raise ValueError("batch_size, adapter_batch_size and max_new_tokens must be >= 1")
+
+
+@dataclass
+class Chunk:
+    """Tasks that share one set of adapters: their kind, the contexts to make them from, the answer batches."""
+
+    kind: str | None
+    contexts: list[str]
+    batches: list[list[Task]]
+
+
+def adapter_name(kind: str, context: str) -> str:
+    """The peft adapter name of an evaluation adapter (valid for `export.validate_adapter_names`)."""
+    return f"{ADAPTER_PREFIX}-{kind}-{context_id(context)[:16]}"
+
+
+def _batches(tasks: Sequence[Task], batch_size: int) -> list[list[Task]]:
+    by_condition: dict[str, list[Task]] = {}
+    for task in tasks:
+        by_condition.setdefault(task.condition, []).append(task)
+    batches = []
+    for group in by_condition.values():
+        ordered = sorted(group, key=lambda t: t.prompt_tokens)  # stable: ties keep the plan order
+        batches += [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return batches
+
+
+def plan_chunks(tasks: Sequence[Task], options: RunOptions) -> list[Chunk]:
+    """The chunks of a plan, in execution order: base model, SHINE adapters, SFT adapters."""
+    chunks = [Chunk(None, [], _batches([t for t in tasks if t.adapter_kind is None], options.batch_size))]
+    for kind, size in ((SHINE, options.adapter_batch_size), (SFT, 1)):
+        contexts = list(dict.fromkeys(t.adapter_context for t in tasks if t.adapter_kind == kind))
+        for start in range(0, len(contexts), size):
+            members = set(contexts[start:start + size])
+            chunk_tasks = [t for t in tasks if t.adapter_kind == kind and t.adapter_context in members]
+            chunks.append(Chunk(kind, contexts[start:start + size], _batches(chunk_tasks, options.batch_size)))
+    return [chunk for chunk in chunks if chunk.batches]
+
+
+def remove_adapters(shine, names: Collection[str]) -> None:
+    """Delete the named adapters from ``shine.peft_model`` (and their `adapter_info`); when no adapter is left,
+    unwrap the base LM so it is plain again and ``shine.peft_model`` is ``None``."""
+    for name in names:
+        getattr(shine, "adapter_info", {}).pop(name, None)
+    model = shine.peft_model
+    if model is None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft warns when the active adapter goes
+        for name in names:
+            if name in model.peft_config:
+                model.delete_adapter(name)
+    if not model.peft_config:
+        model.unload()
+        shine.peft_model = None
+
+
+@contextlib.contextmanager
+def adapter_scope(shine) -> Iterator[list[str]]:
+    """Yield a list; every adapter name appended to it is deleted when the block ends, however it ends. The
+    adapter that was active before is active again afterwards (when it still exists)."""
+    previous = shine.peft_model.active_adapter if shine.peft_model is not None else None
+    names: list[str] = []
+    try:
+        yield names
+    finally:
+        remove_adapters(shine, names)
+        if shine.peft_model is not None and previous in shine.peft_model.peft_config:
+            shine.peft_model.set_adapter(previous)
+
+
+def _make_adapters(shine, chunk: Chunk, options: RunOptions, scope: list[str],
+                   status: Callable[[str], None]) -> dict[str, tuple[str, float]]:
+    """Create the chunk's adapters; returns ``context -> (adapter name, seconds to make it)``."""
+    names = [adapter_name(chunk.kind, context) for context in chunk.contexts]
+    scope.extend(names)
+    if chunk.kind == SHINE:
+        status(f"generating {len(names)} SHINE adapter(s)")
+        shine.generate_adapter(chunk.contexts, adapter_names=names, truncation=options.truncation,
+                               batch_size=options.adapter_batch_size)
+        seconds = [shine.adapter_info[name]["generation_seconds"] for name in names]
+    else:
+        status(f"training SFT adapter ({options.sft.steps} steps)")
+        seconds = [train_sft_adapter(shine, c, n, options.sft, options.seed) for c, n in zip(chunk.contexts, names)]
+    return {context: (name, s) for context, name, s in zip(chunk.contexts, names, seconds)}
+
+
+def make_row(task: Task, generation: str, adapter_seconds: float | None, answer_seconds: float) -> Row:
+    """The JSON record of one answered task: the prediction, its scores and its costs."""
+    prediction = extract_answer(generation)
+    record = task.record
+    return {
+        "condition": task.condition, "id": record.id, "source": record.source, "title": record.title,
+        "question": record.question, "answers": list(record.answers),
+        "generation": generation, "prediction": prediction,
+        **score_example(prediction, record.answers, record.source),
+        "context_sha256": context_id(record.context),
+        "adapter_context_sha256": None if task.adapter_context is None else context_id(task.adapter_context),
+        "adapter_seconds": adapter_seconds, "answer_seconds": answer_seconds, "prompt_tokens": task.prompt_tokens,
+    }
+
+
+def answer_batch(shine, batch: Sequence[Task], adapters: dict[str, tuple[str, float]], max_new_tokens: int) -> list[Row]:
+    """Answer one batch greedily (one adapter per row) and return its scored rows."""
+    model = shine.peft_model if shine.peft_model is not None else shine.base_lm
+    names = None
+    if shine.peft_model is not None:
+        names = [BASE_ADAPTER if t.adapter_context is None else adapters[t.adapter_context][0] for t in batch]
+    started = time.perf_counter()
+    generations = generate_answers(model, shine.tokenizer, [t.prompt for t in batch], names, max_new_tokens)
+    seconds = (time.perf_counter() - started) / len(batch)
+    return [make_row(t, text, None if t.adapter_context is None else adapters[t.adapter_context][1], seconds)
+            for t, text in zip(batch, generations)]
+
+
+def warm_up(shine, prompt: str) -> None:
+    """One tiny generation, so one-off start-up costs are not charged to the first timed batch."""
+    model = shine.peft_model if shine.peft_model is not None else shine.base_lm
+    names = [BASE_ADAPTER] if shine.peft_model is not None else None
+    generate_answers(model, shine.tokenizer, [prompt], names, max_new_tokens=1)
+
+
+def execute_tasks(
+    shine,
+    tasks: Sequence[Task],
+    options: RunOptions,
+    done: Collection[TaskKey] = (),
+    on_rows: Callable[[list[Row]], None] = lambda rows: None,
+    on_status: Callable[[str], None] = lambda message: None,
+) -> None:
+    """Answer every task whose key is not in ``done``, calling ``on_rows`` with each batch's new rows as soon as
+    the batch is answered. Adapters are created per chunk and always deleted afterwards."""
+    warmed = False
+    for chunk in plan_chunks(tasks, options):
+        pending = [batch for batch in chunk.batches if any(t.key not in done for t in batch)]
+        if not pending:
+            continue
+        if not warmed:
+            warm_up(shine, pending[0][0].prompt)
+            warmed = True
+        with adapter_scope(shine) as scope:
+            adapters = _make_adapters(shine, chunk, options, scope, on_status) if chunk.kind else {}
+            on_status(f"answering ({chunk.kind or 'base model'})")
+            for batch in pending:
+                rows = answer_batch(shine, batch, adapters, options.max_new_tokens)
+                on_rows([row for row, task in zip(rows, batch) if task.key not in done])
