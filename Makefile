@@ -8,6 +8,11 @@ TORCH_VERSION := 2.13.0
 .PHONY: quickstart test lint format setup clean
 
 setup: $(STAMP)
+	# headless Chromium for the browser test in tests/test_demo.py: Debian's package (no browser download)
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian's chromium for the browser test ..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

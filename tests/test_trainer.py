@@ -243,14 +243,20 @@ def test_tiny_fit_adapter_beats_both_controls(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A saved tiny base model folder and a small training config for ``shine train``."""
+    """A saved tiny base model folder, a small training config, a text file and a QA file (two articles)."""
     folder = tmp_path_factory.mktemp("tiny-run")
     make_tiny_lm("llama", initializer_range=0.2).save_pretrained(folder / "base")
     make_char_tokenizer().save_pretrained(folder / "base")
-    config = {"max_context_length": 32, "max_conversation_length": 64, "per_device_train_batch_size": 2,
+    config = {"max_context_length": 48, "max_conversation_length": 192, "per_device_train_batch_size": 2,
               "gradient_accumulation_steps": 2, "logging_steps": 1, "eval_steps": 2, "use_cpu": True,
               "disable_tqdm": True, "model": {"lora_rank": 2, "lora_scale": 0.03}}
     (folder / "config.json").write_text(json.dumps(config))
+    lines = [json.dumps({"text": " ".join(random_words(8, seed=i, length=4))}) for i in range(24)]
+    (folder / "texts.jsonl").write_text("\n".join(lines))
+    records = load_qa_records("squad", split="train")
+    titles = sorted({r.title for r in records})
+    sample = [r for title in titles for r in [r for r in records if r.title == title][:6]]
+    (folder / "qa.jsonl").write_text("\n".join(json.dumps(r.to_dict()) for r in sample))
     return folder
 
 
@@ -258,9 +264,9 @@ def test_cli_trains_both_stages_and_writes_model_and_plot(tiny_run, tmp_path):
     from peft_shine.cli import main
 
     common = ["--base", str(tiny_run / "base"), "--config", str(tiny_run / "config.json"), "--max-steps", "2"]
-    assert main(["train", "--stage", "pretrain", "--data", "wikitext", "--eval-fraction", "0.02",
+    assert main(["train", "--stage", "pretrain", "--data", str(tiny_run / "texts.jsonl"), "--eval-fraction", "0.2",
                  "--output", str(tmp_path / "s1"), *common]) == 0
-    assert main(["train", "--stage", "instruct", "--data", "squad:train", "--init-from", str(tmp_path / "s1"),
+    assert main(["train", "--stage", "instruct", "--data", str(tiny_run / "qa.jsonl"), "--init-from", str(tmp_path / "s1"),
                  "--output", str(tmp_path / "s2"), *common]) == 0
     for stage in ("s1", "s2"):
         assert (tmp_path / stage / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -270,17 +276,19 @@ def test_cli_trains_both_stages_and_writes_model_and_plot(tiny_run, tmp_path):
 
 
 DDP_WORKER = textwrap.dedent("""
+    import argparse
     import sys
     import torch
-    from peft_shine.cli import build_parser
-    from peft_shine.commands.train import train
+    from peft_shine.commands import train as command
 
     out, base, config = sys.argv[1:4]
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
     for stage, data, extra in (("pretrain", "wikitext", []),
                                ("instruct", "squad:train", ["--init-from", f"{out}/pretrain"])):
-        args = build_parser().parse_args(["train", "--stage", stage, "--base", base, "--data", data, "--output",
+        args = parser.parse_args(["train", "--stage", stage, "--base", base, "--data", data, "--output",
                                           f"{out}/{stage}", "--config", config, "--max-steps", "3", *extra])
-        trainer = train(args)
+        trainer = command.train(args)
         state = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not n.startswith("base_lm.")}
         state["first_batch"] = next(iter(trainer.get_train_dataloader()))["input_ids"]
         torch.save(state, f"{out}/{stage}-rank{trainer.args.process_index}.pt")

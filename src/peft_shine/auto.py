@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoModel, PreTrainedModel
@@ -30,10 +31,24 @@ class AutoShineModel:
     @classmethod
     def from_pretrained(cls, name_or_path: str, *args: Any, base_model: PreTrainedModel | None = None,
                         revision: str | None = None, **kwargs: Any) -> ShineModel:
-        """Load a hypernetwork checkpoint, or start an untrained one when ``name_or_path`` is a causal LM."""
+        """Load a hypernetwork checkpoint, or start an untrained one when ``name_or_path`` is a causal LM.
+
+        From the Hub, the revision (branch, tag or commit; default ``main``) is resolved to one commit for the whole
+        load, only ``config.json`` and ``model.safetensors`` are downloaded (through the cache; never pickle files),
+        offline mode (``HF_HUB_OFFLINE=1``) is served from the cache, and ``model.hub_origin`` records the repo id,
+        revision and commit (`peft_shine.hub.push_adapter` writes them into adapter cards). A missing repo, a
+        refused token or a cold cache offline raise a `peft_shine.hub.HubError` that says what to do.
+        """
         from .base_models import resolve_base_model_path
 
-        config = AutoConfig.from_pretrained(resolve_base_model_path(name_or_path, revision), revision=revision)
+        source = resolve_base_model_path(name_or_path, revision)
+        origin, pinned = None, revision
+        if not Path(source).is_dir():  # a Hub id
+            from .hub import hub_origin, resolve_hub_revision
+
+            pinned = resolve_hub_revision(source, revision, token=kwargs.get("token"))
+            origin = hub_origin(source, pinned)
+        config = AutoConfig.from_pretrained(source, revision=pinned, token=kwargs.get("token"))
         model_class = _MODEL_CLASSES.get(config.model_type)
         if model_class is None:
             import logging
@@ -42,7 +57,9 @@ class AutoShineModel:
                 "%s is a %s model, not a SHINE checkpoint: creating an UNTRAINED hypernetwork for it.",
                 name_or_path, config.model_type)
             return ShineModel.from_base_model(base_model or name_or_path, revision=revision, **kwargs)
-        return model_class.from_pretrained(name_or_path, *args, base_model=base_model, revision=revision, **kwargs)
+        model = model_class.from_pretrained(name_or_path, *args, base_model=base_model, revision=pinned, **kwargs)
+        model.hub_origin = origin
+        return model
 
     @classmethod
     def from_base_model(cls, base: str | PreTrainedModel, **kwargs: Any) -> ShineModel:

@@ -88,16 +88,18 @@ def add_adapters(
 ) -> PeftModel:
     """Load each ``name → peft state dict`` as a LoRA adapter on ``base_lm`` (in place, never a copy).
 
-    Creates the `PeftModel` on first use; an existing adapter of the same name is replaced.
+    Creates the `PeftModel` on first use; an existing adapter of the same name gets the new weights in place.
     """
     for name, state in states.items():
+        replacing = peft_model is not None and name in peft_model.peft_config
         if peft_model is None:
             peft_model = get_peft_model(base_lm, config, adapter_name=name, low_cpu_mem_usage=True)
-        else:
-            if name in peft_model.peft_config:
-                peft_model.delete_adapter(name)
+        elif not replacing:
             peft_model.add_adapter(name, config, low_cpu_mem_usage=True)
-        result = set_peft_model_state_dict(peft_model, state, adapter_name=name, low_cpu_mem_usage=True)
+        # a new adapter's weights are meta tensors to be assigned; an existing one is overwritten in place (cheap)
+        result = set_peft_model_state_dict(peft_model, state, adapter_name=name, low_cpu_mem_usage=not replacing)
+        if config.base_model_name_or_path:  # peft copies the base's `name_or_path`, unset on models built in code
+            peft_model.peft_config[name].base_model_name_or_path = config.base_model_name_or_path
         unexpected = [key for key in result.unexpected_keys if "lora_" in key]
         if unexpected:
             raise RuntimeError(f"Generated adapter keys did not match the base model: {unexpected[:4]} ...")

@@ -12,6 +12,7 @@ The base LM is attached after construction (`attach_base_model`) and never saved
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -258,10 +259,13 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         if state_dict is None:
             state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BASE_PREFIX)}
-        if kwargs.get("push_to_hub"):
-            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        push = kwargs.pop("push_to_hub", False)
+        hub_options = {k: kwargs.pop(k) for k in ("repo_id", "private", "token", "commit_message") if k in kwargs}
         with staged_files(save_directory) as staging:  # each file replaced atomically; other files kept
             super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
+        if push:  # through our push_to_hub, which writes the SHINE model card
+            repo_id = hub_options.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))
+            self.push_to_hub(repo_id, **hub_options)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load hypernetwork weights; base LM keys are ignored on both sides (Trainer resume)."""
@@ -314,6 +318,23 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         model = cls(config).attach_base_model(base, tokenizer)
         model.init_memory_from_embeddings(seed)
         return model.eval()
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+                    commit_message: str | None = None, commit_description: str | None = None,
+                    token: bool | str | None = None, create_pr: bool = False,
+                    model_card_fields: dict[str, Any] | None = None):
+        """Upload the hypernetwork (config + safetensors, never the base LM) with a SHINE model card, in one commit.
+
+        Replaces transformers' version, which would overwrite the card with a generic one. ``revision`` is a branch
+        (created when missing); ``model_card_fields`` go to `peft_shine.hub_cards.render_hypernetwork_card`
+        (``license``, ``datasets``, ``training``, ``eval_results``, ...). Returns the `CommitInfo`. See
+        `peft_shine.hub.push_hypernetwork`.
+        """
+        from .hub import push_hypernetwork
+
+        return push_hypernetwork(self, repo_id, model_card_fields=model_card_fields, private=private,
+                                 revision=revision, commit_message=commit_message,
+                                 commit_description=commit_description, token=token, create_pr=create_pr)
 
 
 

@@ -1,7 +1,18 @@
-"""Evaluation: answer extraction, SQuAD / HotpotQA metrics and QA data (shine-method.md §3)."""
+"""Evaluation: answer extraction, SQuAD / HotpotQA metrics, QA data and the evaluation harness (shine-method.md §3)."""
 
 from __future__ import annotations
 
+from peft_shine.evaluation.conditions import (
+    CONDITIONS,
+    DEFAULT_CONDITIONS,
+    Condition,
+    Task,
+    derangement,
+    plan_tasks,
+    resolve_conditions,
+    wrong_context_map,
+)
+from peft_shine.evaluation.harness import run_evaluation
 from peft_shine.evaluation.metrics import (
     aggregate,
     best_score,
@@ -24,25 +35,42 @@ from peft_shine.evaluation.qa_data import (
     load_sample_context,
     sample_indices,
 )
+from peft_shine.evaluation.report import format_markdown, markdown_table, plot_results, write_reports
+from peft_shine.evaluation.sft import SFTConfig, train_sft_adapter
 
 
 __all__ = [
     "BUNDLED_QA_FILES",
+    "CONDITIONS",
+    "DEFAULT_CONDITIONS",
+    "Condition",
     "QARecord",
+    "SFTConfig",
+    "Task",
     "aggregate",
     "available_bundled",
     "best_score",
     "bundled_path",
+    "derangement",
     "exact_match",
     "extract_answer",
+    "format_markdown",
     "group_contexts",
     "held_out_split",
     "hotpot_f1",
     "load_qa_records",
     "load_sample_context",
+    "markdown_table",
     "normalize_answer",
+    "plan_tasks",
+    "plot_results",
+    "resolve_conditions",
+    "run_evaluation",
     "sample_indices",
     "score_example",
     "token_f1",
+    "train_sft_adapter",
     "uses_hotpot_rule",
+    "write_reports",
+    "wrong_context_map",
 ]

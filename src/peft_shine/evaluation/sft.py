@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from ..data import RECONSTRUCTION_INSTRUCTION, conversation_turns
 from ..export import lora_config
 
 
@@ -35,6 +34,8 @@ class SFTConfig:
 
 def reconstruction_batch(tokenizer, context: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, labels)`` of one reconstruction exchange about ``context`` (labels -100 outside the answer)."""
+    from ..data import RECONSTRUCTION_INSTRUCTION, conversation_turns  # data imports evaluation: not at import time
+
     messages = [{"role": "user", "content": RECONSTRUCTION_INSTRUCTION}, {"role": "assistant", "content": context}]
     (ids, labels), = conversation_turns(tokenizer, messages)
     return torch.tensor([ids]), torch.tensor([labels])

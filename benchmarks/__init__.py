@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of peft-shine (run `python -m benchmarks.run`)."""

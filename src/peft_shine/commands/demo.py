@@ -1,0 +1,44 @@
+"""``shine demo``: run the Gradio demo (`peft_shine.demo_app`) locally on the shipped or an untrained hypernetwork."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..base_models import DEFAULT_BASE_MODEL
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("demo", help="run the Gradio demo (context → adapter → chat, compare, download)")
+    parser.add_argument("--hypernetwork", default=None,
+                        help="SHINE checkpoint (folder or Hub id); default: the shipped one, else an untrained one")
+    parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base LM for an untrained hypernetwork")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", type=_bool, default=False, metavar="{true,false}",
+                        help="also open a public gradio.live link (default: false)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo_app import build_demo, launch_options
+    from ..demo_engine import DemoEngine
+
+    engine = DemoEngine(args.hypernetwork, base=args.base, max_new_tokens=args.max_new_tokens)
+    demo = build_demo(engine)
+    print("Loading the hypernetwork and base model (first request) ...", flush=True)
+    engine.hypernetwork()
+    try:
+        demo.launch(**launch_options(server_name=args.host, server_port=args.port, share=args.share))
+    finally:
+        engine.close()
+    return 0

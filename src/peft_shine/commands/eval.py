@@ -1,0 +1,78 @@
+"""``shine eval``: every evaluation condition on the same QA records and base model; resumable; JSON/md/PNG report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..base_models import DEFAULT_BASE_MODEL
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..evaluation.conditions import CONDITIONS, DEFAULT_CONDITIONS
+
+    parser = subparsers.add_parser(
+        "eval", help="compare the generated adapter with question-only, in-context, SFT and wrong-context baselines",
+        description="Answer QA records under each condition with greedy decoding and write results.json, "
+                    "results.md and results.png. Rerun the same command to resume an interrupted run.")
+    parser.add_argument("--hypernetwork", default=None,
+                        help="SHINE checkpoint (folder or Hub id), or 'none' for an untrained hypernetwork; "
+                             "default: the shipped one, else an untrained one")
+    parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base LM for an untrained hypernetwork")
+    parser.add_argument("--data", default="squad",
+                        help="a bundled QA name (squad, hotpotqa, nq_open) or a JSONL file in the shared QA format")
+    parser.add_argument("--split", default=None, help="split of a bundled name (validation or train)")
+    parser.add_argument("--limit", type=int, default=None, help="number of questions, drawn by --seed (default all)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling, grouping, wrong-context and SFT seed")
+    parser.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS),
+                        help=f"comma-separated, in report order, from {', '.join(CONDITIONS)} (or 'all')")
+    parser.add_argument("--group-tokens", type=int, default=0,
+                        help="group paragraphs with distractors into contexts of about N tokens "
+                             "(512, 1024, 2048: SQuAD-512/1K/2K); 0 = each paragraph alone")
+    parser.add_argument("--output", default="eval-results", help="output folder (reused to resume)")
+    parser.add_argument("--sft-steps", type=int, default=20, help="training steps of the SFT baseline per context")
+    parser.add_argument("--sft-lr", type=float, default=2e-3, help="peak learning rate of the SFT baseline")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions per generation batch")
+    parser.add_argument("--adapter-batch-size", type=int, default=8, help="contexts per adapter-generation batch")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--truncate-contexts", action="store_true",
+                        help="generate adapters from the first max_context_length tokens of longer contexts")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def load_for_eval(hypernetwork: str | None, base: str):
+    """The hypernetwork to evaluate and a label for the report; ``"none"`` means a fresh, untrained one."""
+    from ..modeling_shine import ShineModel
+    from .quickstart import load_hypernetwork
+
+    if hypernetwork is not None and hypernetwork.lower() == "none":
+        return ShineModel.from_base_model(base), f"UNTRAINED hypernetwork (randomly initialised) for {base}"
+    return load_hypernetwork(hypernetwork, base)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import SFTConfig, group_contexts, load_qa_records, resolve_conditions, run_evaluation
+    from ..evaluation.report import RESULTS_CHART, RESULTS_JSON, RESULTS_MARKDOWN, markdown_table
+
+    conditions = resolve_conditions(args.conditions)
+    started = time.perf_counter()
+    shine, label = load_for_eval(args.hypernetwork, args.base)
+    print(f"Loaded {label} for {shine.config.base_model_name_or_path} in {time.perf_counter() - started:.1f} s")
+    records = load_qa_records(args.data, split=args.split, limit=args.limit, seed=args.seed)
+    if args.group_tokens > 0:
+        records = group_contexts(records, args.group_tokens, shine.tokenizer, seed=args.seed)
+    metadata = {"hypernetwork": label, "data": str(args.data), "split": args.split, "limit": args.limit,
+                "group_tokens": args.group_tokens}
+    results = run_evaluation(
+        shine, records, conditions, args.output, batch_size=args.batch_size,
+        adapter_batch_size=args.adapter_batch_size, max_new_tokens=args.max_new_tokens,
+        sft=SFTConfig(steps=args.sft_steps, learning_rate=args.sft_lr), seed=args.seed,
+        truncation=args.truncate_contexts, progress=not args.no_progress, metadata=metadata)
+    meta = results["metadata"]
+    print(f"\n{meta['num_questions']} questions, {meta['num_contexts']} contexts ({label})\n")
+    print(markdown_table(results["aggregates"]))
+    output = Path(args.output)
+    print("Report: " + ", ".join(str(output / name) for name in (RESULTS_MARKDOWN, RESULTS_JSON, RESULTS_CHART)))
+    return 0

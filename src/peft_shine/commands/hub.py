@@ -1,0 +1,120 @@
+"""``shine push`` and ``shine pull``: share hypernetworks and generated adapters on the Hugging Face Hub.
+
+Examples::
+
+    shine push hypernetwork runs/stage2 user/shine-smollm2 --private --card card.yaml
+    shine push adapter my-adapter user/my-adapter --hypernetwork-repo user/shine-smollm2 --context-file notes.txt
+    shine pull user/shine-smollm2 --revision v1 --output shine-smollm2
+
+The token comes from ``HF_TOKEN`` or ``hf auth login`` (there is deliberately no ``--token`` flag: command lines
+end up in shell histories and process lists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``push`` (with ``hypernetwork`` / ``adapter``) and ``pull`` subcommands."""
+    push = subparsers.add_parser("push", help="upload a hypernetwork or a generated adapter folder to the Hub",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = push.add_subparsers(dest="kind", required=True)
+    hypernetwork = kinds.add_parser("hypernetwork", help="a hypernetwork folder (save_pretrained output)")
+    _common_push_arguments(hypernetwork)
+    hypernetwork.add_argument("--card", default=None,
+                              help="JSON or YAML file of model card fields: license, datasets, tags, training, "
+                                   "eval_results")
+    hypernetwork.set_defaults(func=run_push_hypernetwork)
+
+    adapter = kinds.add_parser("adapter", help="a generated adapter folder (save_adapter output)")
+    _common_push_arguments(adapter)
+    adapter.add_argument("--hypernetwork-repo", required=True, help="Hub repo of the hypernetwork that generated it")
+    adapter.add_argument("--hypernetwork-revision", default=None, help="its commit sha (or branch / tag)")
+    adapter.add_argument("--context-sha256", default=None, help="SHA-256 of the context (recorded in the card)")
+    adapter.add_argument("--context-file", default=None,
+                         help="the context text file: its SHA-256 goes in the card (the text only with "
+                              "--include-context)")
+    adapter.add_argument("--include-context", action="store_true", help="publish the context text in the card")
+    adapter.add_argument("--generation-seconds", type=float, default=None, help="adapter generation time")
+    adapter.add_argument("--base-model", default=None,
+                         help="base model Hub id for the card (default: adapter_config.json's base_model_name_or_path)")
+    adapter.set_defaults(func=run_push_adapter)
+
+    pull = subparsers.add_parser("pull", help="download a hypernetwork or adapter repo into a local folder")
+    pull.add_argument("repo_id", help="Hub repo id (user/name)")
+    pull.add_argument("--revision", default=None, help="branch, tag or commit sha (default: main)")
+    pull.add_argument("--output", default=None, help="local folder (default: ./<repo name>)")
+    pull.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    pull.set_defaults(func=run_pull)
+
+
+def _common_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="local folder to upload (read only)")
+    parser.add_argument("repo_id", help="Hub repo id (user/name); created when missing")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--revision", default=None, help="branch to push to (created from main when missing)")
+    parser.add_argument("--message", default=None, help="commit message")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+
+
+def _push_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"private": args.private or None, "revision": args.revision, "commit_message": args.message,
+            "create_pr": args.create_pr}
+
+
+def run_push_hypernetwork(args: argparse.Namespace) -> int:
+    """``shine push hypernetwork FOLDER REPO_ID``."""
+    from ..hub import push_hypernetwork_folder
+    from .train import read_config
+
+    info = push_hypernetwork_folder(args.folder, args.repo_id, model_card_fields=read_config(args.card),
+                                    **_push_options(args))
+    _report_push(info)
+    return 0
+
+
+def run_push_adapter(args: argparse.Namespace) -> int:
+    """``shine push adapter FOLDER REPO_ID --hypernetwork-repo ID``."""
+    from ..hub import push_adapter_folder
+
+    context = Path(args.context_file).read_text(encoding="utf-8") if args.context_file else None
+    if args.include_context and context is None:
+        raise ValueError("--include-context needs --context-file.")
+    digest = args.context_sha256 or (hashlib.sha256(context.encode("utf-8")).hexdigest() if context else None)
+    fields = {"context_sha256": digest, "generation_seconds": args.generation_seconds}
+    if args.base_model:
+        fields["base_model"] = args.base_model
+    info = push_adapter_folder(args.folder, args.repo_id, hypernetwork_repo=args.hypernetwork_repo,
+                               hypernetwork_revision=args.hypernetwork_revision,
+                               context=context if args.include_context else None,
+                               include_context=args.include_context, model_card_fields=fields,
+                               **_push_options(args))
+    _report_push(info)
+    return 0
+
+
+def _report_push(info: Any) -> None:
+    print(f"Pushed {info.repo_url.repo_id}: commit {info.oid}")
+    print(info.pr_url or info.commit_url)
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    """``shine pull REPO_ID [--revision R] [--output DIR]``."""
+    from ..hub import download
+
+    try:
+        path, kind, origin = download(args.repo_id, args.output, revision=args.revision, overwrite=args.force)
+    except FileExistsError as error:
+        print(f"shine pull: error: {error} (use --force to replace it)", file=sys.stderr)
+        return 2
+    print(f"Downloaded {kind} {origin.repo_id} at {origin.revision} (commit {origin.commit}) to {path}/")
+    if kind == "hypernetwork":
+        print(f"Load it with: AutoShineModel.from_pretrained({str(path)!r})")
+    elif kind == "adapter":
+        print(f"Load it with: PeftModel.from_pretrained(base_model, {str(path)!r})")
+    return 0

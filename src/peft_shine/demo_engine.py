@@ -1,0 +1,307 @@
+"""The model side of the SHINE demo: hypernetworks, per-session adapters, answers, zips and Hub pushes.
+
+Free of Gradio so it can be used and tested alone; `peft_shine.demo_app` is the UI over it. Isolation rules:
+
+* every session gets fresh adapter names (``s<uuid>``) and only ever answers through its own adapter, named
+  explicitly per row (``adapter_names=[...]``); the PeftModel's globally active adapter is never relied on;
+* a session's previous adapter is deleted when it generates a new one (or when its Gradio state is dropped);
+* model work is serialised by one lock (on top of Gradio's queue);
+* nothing returned to a user names a server path (`scrub` removes paths and secrets from error text).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .base_models import DEFAULT_BASE_MODEL
+from .demo_hub import HUB_ID_PATTERN, push_adapter_to_hub, write_adapter_card
+from .prompting import BASE_ADAPTER, build_prompt, generate_answers
+
+
+DEFAULT_KEY = "default"
+FOLDER_NAME = "shine-adapter"
+ZIP_NAME = f"{FOLDER_NAME}.zip"
+MAX_UPLOAD_BYTES = 1_000_000
+MAX_CHAT_TURNS = 4  # earlier turns are dropped from the prompt to keep CPU answers fast
+_PATH_PATTERN = re.compile(r"(?<![\w.:/\\-])(?:~|[A-Za-z]:)?(?:[/\\][\w.@+-]+){2,}[/\\]?")
+
+
+class DemoError(Exception):
+    """A problem to show the user as is (its message names no server path and no secret)."""
+
+
+def scrub(message: str, secrets: Iterable[str | None] = ()) -> str:
+    """``message`` with secrets replaced by ``***`` and filesystem paths by ``<path>`` (URLs and repo ids kept)."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return _PATH_PATTERN.sub("<path>", message)
+
+
+@dataclass
+class Hypernetwork:
+    """A loaded hypernetwork with its own base LM and PeftModel; ``label`` is safe to display."""
+
+    shine: Any
+    label: str
+    trained: bool
+    hub_id: str | None = None
+
+
+@dataclass
+class Adapter:
+    """One generated adapter, owned by one session."""
+
+    name: str
+    hypernetwork: str
+    context: str
+    context_sha256: str
+    context_tokens: int
+    seconds: float
+    size_bytes: int
+    folder: Path
+    zip_path: Path
+
+
+@dataclass(frozen=True)
+class Session:
+    """Per-browser-session state kept server-side in a ``gr.State``: which hypernetwork and which adapter."""
+
+    hypernetwork: str = DEFAULT_KEY
+    adapter: str | None = None
+
+
+class DemoEngine:
+    """Loads hypernetworks lazily and serves generate / chat / compare / zip / push for many sessions."""
+
+    def __init__(self, hypernetwork: str | None = None, base: str = DEFAULT_BASE_MODEL, *, max_new_tokens: int = 64,
+                 max_hypernetworks: int = 2, max_adapters: int = 32, allow_local_paths: bool = True) -> None:
+        self.default_source, self.base = hypernetwork, base
+        self.max_new_tokens, self.max_hypernetworks, self.max_adapters = max_new_tokens, max_hypernetworks, max_adapters
+        self.allow_local_paths = allow_local_paths
+        self.workdir = Path(tempfile.mkdtemp(prefix="shine-demo-"))
+        self.hypernetworks: dict[str, Hypernetwork] = {}  # least recently used first
+        self.adapters: dict[str, Adapter] = {}  # least recently used first
+        self._orphans: dict[str, set[str]] = {}  # adapters kept only because peft cannot drop its last one
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ hypernetworks
+    def hypernetwork(self, key: str = DEFAULT_KEY) -> Hypernetwork:
+        """The loaded hypernetwork for ``key`` (the default one is loaded on first use)."""
+        with self._lock:
+            if key not in self.hypernetworks:
+                if key != DEFAULT_KEY:
+                    raise DemoError(f"The hypernetwork {key!r} was unloaded to free memory; load it again.")
+                self._insert(DEFAULT_KEY, self._load_default())
+            self.hypernetworks[key] = self.hypernetworks.pop(key)
+            return self.hypernetworks[key]
+
+    def _load_default(self) -> Hypernetwork:
+        from .shipped import SHIPPED_NAME, shipped_checkpoint
+
+        if self.default_source:
+            return self._load(self.default_source)
+        shipped = shipped_checkpoint()
+        if shipped is not None:
+            from .auto import AutoShineModel
+
+            return Hypernetwork(AutoShineModel.from_pretrained(str(shipped)), SHIPPED_NAME, trained=True)
+        return self._load(self.base)
+
+    def _load(self, source: str) -> Hypernetwork:
+        """A SHINE checkpoint (Hub id or folder), or an untrained hypernetwork when ``source`` is a plain LM."""
+        from transformers import AutoConfig
+
+        from .auto import AutoShineModel
+        from .base_models import resolve_base_model_path
+        from .configuration_shine import ShineConfig
+        from .modeling_shine import ShineModel
+
+        local = Path(source).expanduser()
+        hub_id = None if local.is_dir() else source
+        label = local.name if local.is_dir() else source
+        if AutoConfig.from_pretrained(resolve_base_model_path(source)).model_type == ShineConfig.model_type:
+            return Hypernetwork(AutoShineModel.from_pretrained(source), label, trained=True, hub_id=hub_id)
+        return Hypernetwork(ShineModel.from_base_model(source), "untrained (randomly initialised)", trained=False)
+
+    def load_hypernetwork(self, session: Session, source: str) -> tuple[Session, Hypernetwork]:
+        """Switch ``session`` to the hypernetwork at ``source`` (Hub repo id, or a local folder if allowed)."""
+        source = (source or "").strip()
+        is_dir = self.allow_local_paths and Path(source).expanduser().is_dir()
+        if not is_dir and not HUB_ID_PATTERN.match(source):
+            where = "a Hub repo id like `org/name` or a local folder" if self.allow_local_paths else "a Hub repo id"
+            raise DemoError(f"Enter {where}.")
+        with self._lock:
+            if source not in self.hypernetworks:
+                self._insert(source, self._load(source))
+            self._release(session.adapter)
+            return Session(hypernetwork=source), self.hypernetwork(source)
+
+    def _insert(self, key: str, loaded: Hypernetwork) -> None:
+        self.hypernetworks[key] = loaded
+        evictable = [k for k in self.hypernetworks if k not in (key, DEFAULT_KEY)]
+        while len(self.hypernetworks) > self.max_hypernetworks and evictable:
+            evicted = evictable.pop(0)
+            for name in [n for n, a in self.adapters.items() if a.hypernetwork == evicted]:
+                shutil.rmtree(self.adapters.pop(name).folder.parent, ignore_errors=True)
+            del self.hypernetworks[evicted]
+            self._orphans.pop(evicted, None)
+
+    # ------------------------------------------------------------------ adapters
+    def generate(self, session: Session, context: str) -> tuple[Session, Adapter]:
+        """Generate ``session``'s adapter from ``context`` (replacing its previous one) and package it as a zip.
+
+        Raises `peft_shine.ContextError` for empty, non-string or too long contexts."""
+        from .contexts import as_context_list, context_sha256
+
+        as_context_list(context)  # clear ContextError before any model work
+        with self._lock:
+            loaded = self.hypernetwork(session.hypernetwork)
+            shine, name = loaded.shine, f"s{uuid.uuid4().hex[:16]}"
+            started = time.perf_counter()
+            shine.generate_adapter(context, adapter_names=name)
+            seconds = time.perf_counter() - started
+            tokens = len(shine.tokenizer(context, add_special_tokens=False).input_ids)
+            adapter = Adapter(name, session.hypernetwork, context, context_sha256(context), tokens, seconds, 0,
+                              *self._package(loaded, name, context_sha256(context), seconds))
+            adapter.size_bytes = (adapter.folder / "adapter_model.safetensors").stat().st_size
+            self.adapters[name] = adapter
+            self._release(session.adapter)
+            self._drop_orphans(session.hypernetwork)
+            while len(self.adapters) > self.max_adapters:
+                self._release(next(iter(self.adapters)))
+            return replace(session, adapter=name), adapter
+
+    def _package(self, loaded: Hypernetwork, name: str, sha256: str, seconds: float) -> tuple[Path, Path]:
+        """Save the adapter as a flat peft folder and zip it (``shine-adapter/…``) in a fresh temp dir."""
+        root = self.workdir / uuid.uuid4().hex
+        folder = loaded.shine.save_adapter(root / FOLDER_NAME, name)
+        write_adapter_card(folder, loaded.shine, loaded.hub_id, FOLDER_NAME, sha256, seconds)
+        zip_path = root / ZIP_NAME
+        with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(folder.iterdir()):
+                archive.write(file, f"{FOLDER_NAME}/{file.name}")
+        return folder, zip_path
+
+    def _release(self, name: str | None) -> None:
+        """Delete an adapter (files and peft weights); peft cannot delete its last adapter, so that one waits."""
+        adapter = self.adapters.pop(name, None) if name else None
+        if adapter is None:
+            return
+        shutil.rmtree(adapter.folder.parent, ignore_errors=True)
+        self._orphans.setdefault(adapter.hypernetwork, set()).add(name)
+        self._drop_orphans(adapter.hypernetwork)
+
+    def _drop_orphans(self, key: str) -> None:
+        loaded = self.hypernetworks.get(key)
+        peft_model = loaded.shine.peft_model if loaded else None
+        for name in sorted(self._orphans.get(key, ())):
+            if peft_model is None or name not in peft_model.peft_config:
+                self._orphans[key].discard(name)
+            elif len(peft_model.peft_config) > 1:
+                peft_model.delete_adapter(name)
+                loaded.shine.adapter_info.pop(name, None)
+                self._orphans[key].discard(name)
+
+    def release_session(self, session: Session | None) -> None:
+        """Free a session's adapter (the ``gr.State`` delete callback)."""
+        if isinstance(session, Session):
+            with self._lock:
+                self._release(session.adapter)
+
+    def session_adapter(self, session: Session) -> tuple[Hypernetwork, Adapter]:
+        """The session's hypernetwork and adapter, or a `DemoError` telling the user what to do."""
+        adapter = self.adapters.get(session.adapter) if session.adapter else None
+        if adapter is None:
+            hint = "It expired; generate it again." if session.adapter else "Generate one from a context first."
+            raise DemoError(f"No adapter for this session. {hint}")
+        self.adapters[adapter.name] = self.adapters.pop(adapter.name)
+        return self.hypernetwork(adapter.hypernetwork), adapter
+
+    # ------------------------------------------------------------------ answers
+    def chat(self, session: Session, history: list[dict], message: str) -> str:
+        """The adapter's answer to ``message`` after the earlier turns of ``history`` (no context in the prompt)."""
+        if not (message or "").strip():
+            raise DemoError("Type a question first.")
+        with self._lock:
+            loaded, adapter = self.session_adapter(session)
+            turns = [{"role": m["role"], "content": message_text(m["content"])} for m in history
+                     if m.get("role") in ("user", "assistant")][-2 * MAX_CHAT_TURNS:]
+            tokenizer = loaded.shine.tokenizer
+            prompt = tokenizer.apply_chat_template([*turns, {"role": "user", "content": message.strip()}],
+                                                   tokenize=False, add_generation_prompt=True)
+            return generate_answers(loaded.shine.peft_model, tokenizer, [prompt], [adapter.name],
+                                    self.max_new_tokens)[0]
+
+    def compare(self, session: Session, question: str) -> tuple[str, str, str]:
+        """One mixed-adapter batch: (adapter without context, base without context, base with context in prompt)."""
+        if not (question or "").strip():
+            raise DemoError("Type a question first.")
+        with self._lock:
+            loaded, adapter = self.session_adapter(session)
+            tokenizer, question = loaded.shine.tokenizer, question.strip()
+            prompts = [build_prompt(tokenizer, question)] * 2 + [build_prompt(tokenizer, question, adapter.context)]
+            answers = generate_answers(loaded.shine.peft_model, tokenizer, prompts,
+                                       [adapter.name, BASE_ADAPTER, BASE_ADAPTER], self.max_new_tokens)
+            return answers[0], answers[1], answers[2]
+
+    def describe(self, session: Session) -> dict[str, Any]:
+        """What the session currently uses (no paths, no adapter weights)."""
+        with self._lock:
+            loaded = self.hypernetwork(session.hypernetwork)
+            adapter = self.adapters.get(session.adapter) if session.adapter else None
+            summary = None if adapter is None else {
+                "context_sha256": adapter.context_sha256, "context_tokens": adapter.context_tokens,
+                "generation_seconds": round(adapter.seconds, 3), "size_bytes": adapter.size_bytes}
+            return {"hypernetwork": loaded.label, "trained": loaded.trained,
+                    "base_model": loaded.shine.config.base_model_name_or_path,
+                    "max_context_tokens": loaded.shine.config.max_context_length, "adapter": summary}
+
+    def push(self, session: Session, repo_id: str, token: str | None, private: bool = True) -> str:
+        """Push the session's adapter to ``repo_id``; returns the repo URL."""
+        repo_id = (repo_id or "").strip()
+        if not HUB_ID_PATTERN.match(repo_id):
+            raise DemoError("Enter the target repo as `your-name/adapter-name`.")
+        if not token:
+            raise DemoError("No Hugging Face token: sign in, or paste a token with write access.")
+        with self._lock:
+            loaded, adapter = self.session_adapter(session)
+            return push_adapter_to_hub(loaded.shine, adapter.name, repo_id, token=token, private=private,
+                                       folder=adapter.folder, hypernetwork_repo=loaded.hub_id,
+                                       context_sha256=adapter.context_sha256, seconds=adapter.seconds)
+
+    def close(self) -> None:
+        """Remove the temp dir with every packaged adapter."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def message_text(content: Any) -> str:
+    """The text of a chat message's content: a string or Gradio's list of ``{"type": "text", "text": ...}`` parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    return "" if content is None else str(content)
+
+
+def read_context_file(path: str | Path) -> str:
+    """The text of an uploaded ``.txt`` / ``.md`` file (UTF-8, at most 1 MB)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".txt", ".md"):
+        raise DemoError("Upload a .txt or .md file.")
+    if path.stat().st_size > MAX_UPLOAD_BYTES:
+        raise DemoError(f"The file is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB; contexts are much shorter.")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise DemoError("The file is not UTF-8 text.") from None
