@@ -135,15 +135,20 @@ def test_sessions_never_see_each_others_adapters(app):
     assert history[-1]["content"][0]["text"] == expected
 
 
-def test_a_closed_session_frees_its_adapter(app):
+def test_closed_sessions_free_their_adapters(app):
     from peft_shine.demo_engine import Session
 
     engine = app[1]
-    session, adapter = engine.generate(Session(), "Delta text: the gate code is 5555.")
-    assert adapter.name in engine.hypernetwork().shine.peft_model.peft_config and adapter.zip_path.is_file()
-    engine.release_session(session)  # what the gr.State delete callback does when the browser session ends
-    assert adapter.name not in engine.adapters and not adapter.zip_path.exists()
-    assert adapter.name not in engine.hypernetwork().shine.peft_model.peft_config
+    first, kept = engine.generate(Session(), "Delta text: the gate code is 5555.")
+    peft_config = engine.hypernetwork().shine.peft_model.peft_config
+    second, last = engine.generate(Session(), "Epsilon text: the gate code is 6666.")
+    engine.release_session(first)  # what the gr.State delete callback does when a browser session ends
+    assert kept.name not in engine.adapters and kept.name not in peft_config and not kept.zip_path.exists()
+    engine.release_session(second)  # peft cannot delete its last adapter: it goes once another one exists
+    assert last.name not in engine.adapters and not last.zip_path.exists()
+    third, _ = engine.generate(Session(), "Zeta text: the gate code is 7777.")
+    assert last.name not in peft_config
+    engine.release_session(third)
 
 
 def test_empty_and_too_long_contexts_give_clear_errors(app):

@@ -81,8 +81,8 @@ def test_plan_rejects_duplicate_ids_and_a_single_context_control(tokenizer):
 def test_chunks_group_adapters_and_cover_every_task_once(tokenizer):
     tasks = plan_tasks(make_records(4, 3), "all", tokenizer, seed=1)
     chunks = plan_chunks(tasks, RunOptions(batch_size=4, adapter_batch_size=3))
-    assert [c.kind for c in chunks] == [None, SHINE, SHINE, SFT, SFT, SFT, SFT]
-    assert [len(c.contexts) for c in chunks] == [0, 3, 1, 1, 1, 1, 1]
+    assert [c.kind for c in chunks] == [None, SHINE, SHINE, SFT, SFT]
+    assert [len(c.contexts) for c in chunks] == [0, 3, 1, 3, 1]
     batched = [t for c in chunks for b in c.batches for t in b]
     assert sorted(t.key for t in batched) == sorted(t.key for t in tasks)
     for chunk in chunks:

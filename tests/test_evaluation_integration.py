@@ -4,6 +4,7 @@ hypernetwork: the test checks the harness, not the quality)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from peft_shine import ShineModel
 from peft_shine.base_models import load_base_model
@@ -27,6 +28,15 @@ RUN = {"batch_size": 4, "max_new_tokens": 10, "sft": SFTConfig(steps=2), "progre
 
 def untimed(rows):
     return [{k: v for k, v in row.items() if k not in ("adapter_seconds", "answer_seconds")} for row in rows]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, two threads that wait on each other were ~8x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

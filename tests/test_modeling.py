@@ -186,3 +186,16 @@ def test_too_long_context_raises_unless_truncated():
 def test_bad_adapter_names(names, message):
     with pytest.raises(ValueError, match=message):
         make_shine("llama").generate_adapter(CONTEXTS, adapter_names=names)
+
+
+def test_generation_works_after_every_adapter_was_deleted():
+    shine = make_shine("llama", lora_scale=0.05)
+    model = shine.generate_adapter(CONTEXTS[0], adapter_names="first")
+    model.delete_adapter("first")
+    model = shine.generate_adapter(CONTEXTS[1], adapter_names="second")
+    assert list(model.peft_config) == ["second"] and model.active_adapter == "second"
+    with torch.no_grad():
+        lora = shine.generate_lora(*shine.tokenize_contexts(CONTEXTS[1]))
+        ids = torch.randint(5, 100, (1, 6))
+        with shine.apply_lora(lora) as base:
+            torch.testing.assert_close(model(ids).logits, base(ids).logits, atol=1e-5, rtol=1e-4)

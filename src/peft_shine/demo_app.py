@@ -51,8 +51,7 @@ def user_errors(fn: Callable) -> Callable:
             raise gr.Error(scrub(str(error)), print_exception=False) from None
         except (ValueError, KeyError, OSError, RuntimeError) as error:
             logger.warning("demo request failed", exc_info=True)
-            secrets = [value for value in kwargs.values() if isinstance(value, str)]
-            raise gr.Error(scrub(f"{type(error).__name__}: {error}", secrets), print_exception=False) from None
+            raise gr.Error(scrub(f"{type(error).__name__}: {error}"), print_exception=False) from None
         except Exception:
             logger.exception("unexpected demo error")
             raise gr.Error("Unexpected server error; the details are in the server log.", print_exception=False) \

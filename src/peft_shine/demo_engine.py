@@ -118,7 +118,7 @@ class DemoEngine:
             return Hypernetwork(AutoShineModel.from_pretrained(str(shipped)), SHIPPED_NAME, trained=True)
         return self._load(self.base)
 
-    def _load(self, source: str) -> Hypernetwork:
+    def _load(self, source: str, allow_untrained: bool = True) -> Hypernetwork:
         """A SHINE checkpoint (Hub id or folder), or an untrained hypernetwork when ``source`` is a plain LM."""
         from transformers import AutoConfig
 
@@ -132,6 +132,8 @@ class DemoEngine:
         label = local.name if local.is_dir() else source
         if AutoConfig.from_pretrained(resolve_base_model_path(source)).model_type == ShineConfig.model_type:
             return Hypernetwork(AutoShineModel.from_pretrained(source), label, trained=True, hub_id=hub_id)
+        if not allow_untrained:  # a public Space does not download arbitrary base models for visitors
+            raise DemoError(f"{source} is not a SHINE hypernetwork checkpoint.")
         return Hypernetwork(ShineModel.from_base_model(source), "untrained (randomly initialised)", trained=False)
 
     def load_hypernetwork(self, session: Session, source: str) -> tuple[Session, Hypernetwork]:
@@ -143,7 +145,7 @@ class DemoEngine:
             raise DemoError(f"Enter {where}.")
         with self._lock:
             if source not in self.hypernetworks:
-                self._insert(source, self._load(source))
+                self._insert(source, self._load(source, allow_untrained=self.allow_local_paths))
             self._release(session.adapter)
             return Session(hypernetwork=source), self.hypernetwork(source)
 
@@ -172,9 +174,10 @@ class DemoEngine:
             shine.generate_adapter(context, adapter_names=name)
             seconds = time.perf_counter() - started
             tokens = len(shine.tokenizer(context, add_special_tokens=False).input_ids)
-            adapter = Adapter(name, session.hypernetwork, context, context_sha256(context), tokens, seconds, 0,
-                              *self._package(loaded, name, context_sha256(context), seconds))
-            adapter.size_bytes = (adapter.folder / "adapter_model.safetensors").stat().st_size
+            digest = context_sha256(context)
+            folder, zip_path = self._package(loaded, name, digest, seconds)
+            size = (folder / "adapter_model.safetensors").stat().st_size
+            adapter = Adapter(name, session.hypernetwork, context, digest, tokens, seconds, size, folder, zip_path)
             self.adapters[name] = adapter
             self._release(session.adapter)
             self._drop_orphans(session.hypernetwork)

@@ -250,7 +250,9 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
     # ------------------------------------------------------------------ peft interplay
     def _peft_disabled(self):
         """Generated peft adapters live on the shared base: switch them off while SHINE runs it."""
-        return self.peft_model.disable_adapter() if self.peft_model is not None else nullcontext()
+        if self.peft_model is None or not self.peft_model.peft_config:  # peft cannot disable zero adapters
+            return nullcontext()
+        return self.peft_model.disable_adapter()
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:

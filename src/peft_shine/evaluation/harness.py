@@ -120,8 +120,8 @@ def run_evaluation(
         records: the questions (e.g. from `load_qa_records`, optionally `group_contexts`); ids must be unique.
         conditions: condition names, in report order (or a comma-separated string; ``"all"``).
         output_dir: folder for settings, the resumable prediction log and the report.
-        batch_size: questions per generation batch; adapter_batch_size: contexts per adapter-generation batch
-            (and the most SHINE adapters loaded at once).
+        batch_size: questions per generation batch.
+        adapter_batch_size: contexts per adapter-generation batch, and the most adapters loaded at once.
         max_new_tokens: greedy decoding budget per answer.
         sft: training of the ``sft`` baseline (default `SFTConfig()`).
         seed: seed of the ``wrong_context`` derangement and of the SFT initialisation.

@@ -40,7 +40,7 @@ def markdown_table(aggregates: Mapping[str, Mapping[str, Any]]) -> str:
 def format_markdown(results: Mapping[str, Any]) -> str:
     """The markdown report: what was run, the table, and what each condition means."""
     settings, meta = results["settings"], results["metadata"]
-    facts = {key: value for key, value in meta.items() if key not in ("num_questions", "num_contexts")}
+    facts = {k: v for k, v in meta.items() if k not in ("num_questions", "num_contexts") and v is not None}
     header = [
         "# SHINE evaluation",
         "",

@@ -1,9 +1,10 @@
 """Executing planned tasks: make the adapters they need, answer in mixed-adapter batches, score, clean up.
 
-Work is cut into *chunks*: one for the base-model conditions, one per ``adapter_batch_size`` distinct contexts for
-the SHINE adapters (generated together, shared by ``adapter``, ``wrong_context`` and ``adapter+context``), one per
-context for the SFT adapters (trained one at a time). A chunk's adapters exist only while its questions are
-answered; at most one chunk's adapters are loaded at a time and all are deleted afterwards.
+Work is cut into *chunks*: one for the base-model conditions, then one per ``adapter_batch_size`` distinct
+contexts for the SHINE adapters (generated together, shared by ``adapter``, ``wrong_context`` and
+``adapter+context``), then likewise for the SFT adapters (trained one after the other). A chunk's adapters exist
+only while its questions are answered; at most one chunk's adapters are loaded at a time and all are deleted
+afterwards.
 
 Within a chunk, each condition's tasks are sorted by prompt length and cut into batches of ``batch_size`` (rows
 of one batch may carry different adapters: peft's ``adapter_names``). Chunks and batches are formed from the
@@ -75,7 +76,8 @@ def _batches(tasks: Sequence[Task], batch_size: int) -> list[list[Task]]:
 def plan_chunks(tasks: Sequence[Task], options: RunOptions) -> list[Chunk]:
     """The chunks of a plan, in execution order: base model, SHINE adapters, SFT adapters."""
     chunks = [Chunk(None, [], _batches([t for t in tasks if t.adapter_kind is None], options.batch_size))]
-    for kind, size in ((SHINE, options.adapter_batch_size), (SFT, 1)):
+    size = options.adapter_batch_size
+    for kind in (SHINE, SFT):
         contexts = list(dict.fromkeys(t.adapter_context for t in tasks if t.adapter_kind == kind))
         for start in range(0, len(contexts), size):
             members = set(contexts[start:start + size])
@@ -127,7 +129,7 @@ def _make_adapters(shine, chunk: Chunk, options: RunOptions, scope: list[str],
                                batch_size=options.adapter_batch_size)
         seconds = [shine.adapter_info[name]["generation_seconds"] for name in names]
     else:
-        status(f"training SFT adapter ({options.sft.steps} steps)")
+        status(f"training {len(names)} SFT adapter(s), {options.sft.steps} steps each")
         seconds = [train_sft_adapter(shine, c, n, options.sft, options.seed) for c, n in zip(chunk.contexts, names)]
     return {context: (name, s) for context, name, s in zip(chunk.contexts, names, seconds)}
 
