@@ -23,6 +23,15 @@ from peft_shine.trainer import ShineTrainer, ShineTrainingArguments, build_datas
 from tiny_models import make_char_tokenizer, make_tiny_lm
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls gain nothing from threads; on a shared 2-core box two threads ran the tiny fit ~9x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_shine(seed: int = 0, **config) -> ShineModel:
     """A SHINE on the tiny llama with an init that can actually be fitted (see test_modeling)."""
     lm = make_tiny_lm("llama", seed=seed, initializer_range=0.2)
@@ -273,6 +282,22 @@ def test_cli_trains_both_stages_and_writes_model_and_plot(tiny_run, tmp_path):
         assert not any(k.startswith("base_lm") for k in load_file(tmp_path / stage / "model.safetensors"))
         history = json.loads((tmp_path / stage / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
         assert {"eval_loss", "eval_loss_no_adapter", "eval_loss_wrong_context"} <= set(history[-1])
+
+
+def test_cli_config_file_is_merged_under_the_flags(tmp_path):
+    from peft_shine.cli import build_parser
+    from peft_shine.commands.train import read_config, training_arguments
+
+    (tmp_path / "run.yaml").write_text("learning_rate: 5e-5\nmax_steps: 7\nqa_mode: multi\nmodel:\n  lora_rank: 2\n")
+    args = build_parser().parse_args(["train", "--stage", "instruct", "--data", "x", "--output", str(tmp_path),
+                                      "--config", str(tmp_path / "run.yaml"), "--max-steps", "3"])
+    config = read_config(args.config)
+    assert config["model"] == {"lora_rank": 2}
+    parsed = training_arguments(args, {k: v for k, v in config.items() if k != "model"})
+    assert (parsed.stage, parsed.max_steps, parsed.learning_rate, parsed.qa_mode) == ("instruct", 3, 5e-5, "multi")
+    assert (parsed.gradient_accumulation_steps, parsed.remove_unused_columns) == (4, False)  # CLI defaults
+    with pytest.raises(ValueError, match="not used by the HfArgumentParser: \\['lora_rank'\\]"):
+        training_arguments(args, config["model"])  # a misplaced model field is refused, not ignored
 
 
 DDP_WORKER = textwrap.dedent("""

@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sft-lr", type=float, default=2e-3, help="peak learning rate of the SFT baseline")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generation batch")
     parser.add_argument("--adapter-batch-size", type=int, default=8, help="contexts per adapter-generation batch")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy decoding budget per answer")
     parser.add_argument("--truncate-contexts", action="store_true",
                         help="generate adapters from the first max_context_length tokens of longer contexts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -48,7 +48,7 @@ def load_for_eval(hypernetwork: str | None, base: str):
     from .quickstart import load_hypernetwork
 
     if hypernetwork is not None and hypernetwork.lower() == "none":
-        return ShineModel.from_base_model(base), f"UNTRAINED hypernetwork (randomly initialised) for {base}"
+        return ShineModel.from_base_model(base), "UNTRAINED hypernetwork (randomly initialised)"
     return load_hypernetwork(hypernetwork, base)
 
 

@@ -15,6 +15,7 @@ command line win over the file. The output folder receives the final hypernetwor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -83,6 +84,9 @@ def training_arguments(args: argparse.Namespace, config: dict[str, Any]):
               "output_dir": args.output}
     flags = {"init_from": args.init_from, "max_steps": args.max_steps, "seed": args.seed}
     values.update({key: value for key, value in flags.items() if value is not None})
+    # YAML reads "5e-5" (no dot) as a string: convert strings given for float-valued fields
+    floats = {f.name for f in dataclasses.fields(ShineTrainingArguments) if isinstance(f.default, float)}
+    values = {k: float(v) if k in floats and isinstance(v, str) else v for k, v in values.items()}
     (parsed,) = HfArgumentParser(ShineTrainingArguments).parse_dict(values)
     return parsed
 

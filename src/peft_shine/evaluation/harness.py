@@ -140,7 +140,7 @@ def run_evaluation(
     names = resolve_conditions(conditions)
     options = RunOptions(batch_size, adapter_batch_size, max_new_tokens, truncation, sft or SFTConfig(), seed)
     tasks = plan_tasks(records, names, shine.tokenizer, seed)
-    if truncation is False and any(CONDITIONS[name].adapter == SHINE for name in names):
+    if not truncation and any(CONDITIONS[name].adapter == SHINE for name in names):
         shine.tokenize_contexts(distinct_contexts(records))  # raise now, not after the first conditions
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
