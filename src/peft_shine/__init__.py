@@ -7,6 +7,7 @@ from .contexts import ContextError
 from .layout import UnsupportedModelError
 from .lora_binding import LoraWeights
 from .modeling_shine import BaseModelMismatchError, ShineModel
+from .trainer import ShineTrainer, ShineTrainingArguments
 
 
 __version__ = "0.1.0.dev0"
@@ -19,6 +20,8 @@ __all__ = [
     "LoraWeights",
     "ShineConfig",
     "ShineModel",
+    "ShineTrainer",
+    "ShineTrainingArguments",
     "UnsupportedModelError",
     "__version__",
 ]
