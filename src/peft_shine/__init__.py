@@ -7,7 +7,6 @@ from .contexts import ContextError
 from .layout import UnsupportedModelError
 from .lora_binding import LoraWeights
 from .modeling_shine import BaseModelMismatchError, ShineModel
-from .trainer import ShineTrainer, ShineTrainingArguments
 
 
 __version__ = "0.1.0.dev0"
@@ -25,3 +24,12 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """`ShineTrainer` and `ShineTrainingArguments` are imported on first use (transformers' Trainer is heavy)."""
+    if name in ("ShineTrainer", "ShineTrainingArguments"):
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'peft_shine' has no attribute {name!r}")
