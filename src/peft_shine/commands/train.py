@@ -4,7 +4,8 @@ Examples::
 
     shine train --stage pretrain --data wikitext --output runs/stage1 --max-steps 500
     shine train --stage instruct --data squad:train --init-from runs/stage1 --output runs/stage2
-    accelerate launch --num_processes 2 --cpu -m peft_shine.cli train --stage pretrain ... (multi-process)
+    accelerate launch --multi_gpu --num_processes 2 -m peft_shine.cli train --stage pretrain ... (2 CPU processes;
+    with --cpu alone accelerate 1.15 starts a single process)
 
 ``--config`` takes a JSON or YAML file of `ShineTrainingArguments` fields (any `TrainingArguments` field too) and an
 optional ``model`` mapping of `ShineConfig` fields for a new hypernetwork (e.g. ``lora_rank``). Flags given on the
