@@ -164,6 +164,7 @@ def staged_files(directory: str | Path, *, fsync: bool = True) -> Iterator[Path]
             if source.is_file():
                 destination = directory / source.relative_to(temp_dir)
                 destination.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(source, 0o666 & ~_current_umask())  # writers such as safetensors create files 0600
                 if fsync:
                     _fsync_path(source)
                 os.replace(source, destination)

@@ -1,0 +1,102 @@
+"""Training faults: a training process killed with SIGKILL resumes from its last checkpoint and finishes;
+the data pipeline never crashes on arbitrary text (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from peft_shine.data import ShineDataCollator, build_pretraining_examples, build_qa_examples, tokenize_examples
+from tiny_models import make_char_tokenizer, make_tiny_lm
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("killed-run")
+    make_tiny_lm("llama", initializer_range=0.2).save_pretrained(folder / "base")
+    make_char_tokenizer().save_pretrained(folder / "base")
+    config = {"max_context_length": 48, "max_conversation_length": 160, "per_device_train_batch_size": 2,
+              "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": 2, "save_total_limit": 10,
+              "eval_strategy": "no", "use_cpu": True, "disable_tqdm": True, "model": {"lora_rank": 2}}
+    (folder / "config.json").write_text(json.dumps(config))
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "theta", "kappa"]
+    lines = [json.dumps({"text": " ".join(words[(i + j) % 8] for j in range(6))}) for i in range(64)]
+    (folder / "texts.jsonl").write_text("\n".join(lines))
+    return folder
+
+
+def train_command(folder, output, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "peft_shine.cli", "train", "--stage", "pretrain", "--data",
+            str(folder / "texts.jsonl"), "--base", str(folder / "base"), "--config", str(folder / "config.json"),
+            "--eval-fraction", "0", "--output", str(output), "--max-steps", "40", *extra]
+
+
+def checkpoints(output) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*") if (p / "trainer_state.json").exists())
+
+
+@pytest.mark.integration
+def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(run_folder, tmp_path):
+    output = tmp_path / "run"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(train_command(run_folder, output), env=environment, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not checkpoints(output) or checkpoints(output)[-1] < 6):
+        assert process.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = checkpoints(output)
+    assert killed_at and killed_at[-1] < 40, "the run was not interrupted mid-way"
+    finished = subprocess.run(train_command(run_folder, output, "--resume"), env=environment, capture_output=True,
+                              text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    state = json.loads((output / "checkpoint-40" / "trainer_state.json").read_text())
+    assert state["global_step"] == 40
+    logged_steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert logged_steps[-1] == 40 and killed_at[-1] in logged_steps  # history continues the killed run's
+    assert (output / "model.safetensors").exists() and (output / "config.json").exists()
+
+
+_tokenizer = make_char_tokenizer()
+text_strategy = st.one_of(st.text(max_size=80), st.text(alphabet=st.characters(categories=["Cc", "Zs", "Lo"]),
+                                                        max_size=30), st.text(alphabet="ab ", min_size=200, max_size=600))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(text_strategy, min_size=1, max_size=5), seed=st.integers(0, 10))
+def test_pretraining_pipeline_never_crashes_on_arbitrary_text(texts, seed):
+    try:
+        examples = build_pretraining_examples(texts, _tokenizer, 48, 160, seed=seed)
+    except ValueError as error:
+        assert "text" in str(error)
+        return
+    dataset = tokenize_examples(examples, _tokenizer, 48, 160)
+    if len(dataset):
+        batch = ShineDataCollator(_tokenizer.pad_token_id)([dataset[i] for i in range(min(3, len(dataset)))])
+        assert batch["input_ids"].shape == batch["labels"].shape
+        assert batch["context_input_ids"].shape[1] <= 48 and batch["input_ids"].shape[1] <= 160
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(contexts=st.lists(text_strategy, min_size=1, max_size=3), question=text_strategy, answer=text_strategy)
+def test_qa_pipeline_never_crashes_on_arbitrary_records(contexts, question, answer):
+    records = [{"id": str(i), "source": "fuzz", "title": f"t{i}", "context": c, "question": question,
+                "answers": [answer]} for i, c in enumerate(contexts)]
+    try:
+        examples = build_qa_examples(records, _tokenizer, 48, mode="mixed")
+    except ValueError as error:
+        assert "context" in str(error) or "question" in str(error) or "answers" in str(error) or "empty" in str(error)
+        return
+    dataset = tokenize_examples(examples, _tokenizer, 48, 160)
+    for row in dataset:
+        assert len(row["context_input_ids"]) <= 48 and len(row["input_ids"]) <= 160
