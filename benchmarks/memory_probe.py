@@ -22,6 +22,7 @@ def probe(kind: str, tokens: int, hypernetwork: str | None) -> dict:
     from .workloads import context_of_length
 
     shine, _ = load_hypernetwork(hypernetwork, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    shine.config.max_context_length = max(shine.config.max_context_length, tokens)
     text = context_of_length(shine.tokenizer, tokens)
     ids, mask = shine.tokenize_contexts(text)
     before = peak_rss_mib()

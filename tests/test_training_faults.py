@@ -68,6 +68,7 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(run_folde
 
 
 _tokenizer = make_char_tokenizer()
+DOCUMENTED = ("empty", "No examples", "dropped", "max_conversation_length", "max_context_length", "field")
 text_strategy = st.one_of(st.text(max_size=80), st.text(alphabet=st.characters(categories=["Cc", "Zs", "Lo"]),
                                                         max_size=30), st.text(alphabet="ab ", min_size=200, max_size=600))
 
@@ -77,14 +78,13 @@ text_strategy = st.one_of(st.text(max_size=80), st.text(alphabet=st.characters(c
 def test_pretraining_pipeline_never_crashes_on_arbitrary_text(texts, seed):
     try:
         examples = build_pretraining_examples(texts, _tokenizer, 48, 160, seed=seed)
-    except ValueError as error:
-        assert "text" in str(error)
+        dataset = tokenize_examples(examples, _tokenizer, 48, 160)
+    except ValueError as error:  # the documented failure: a message naming the problem
+        assert any(word in str(error) for word in DOCUMENTED), str(error)
         return
-    dataset = tokenize_examples(examples, _tokenizer, 48, 160)
-    if len(dataset):
-        batch = ShineDataCollator(_tokenizer.pad_token_id)([dataset[i] for i in range(min(3, len(dataset)))])
-        assert batch["input_ids"].shape == batch["labels"].shape
-        assert batch["context_input_ids"].shape[1] <= 48 and batch["input_ids"].shape[1] <= 160
+    batch = ShineDataCollator(_tokenizer.pad_token_id)([dataset[i] for i in range(min(3, len(dataset)))])
+    assert batch["input_ids"].shape == batch["labels"].shape
+    assert batch["context_input_ids"].shape[1] <= 48 and batch["input_ids"].shape[1] <= 160
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -94,9 +94,9 @@ def test_qa_pipeline_never_crashes_on_arbitrary_records(contexts, question, answ
                 "answers": [answer]} for i, c in enumerate(contexts)]
     try:
         examples = build_qa_examples(records, _tokenizer, 48, mode="mixed")
+        dataset = tokenize_examples(examples, _tokenizer, 48, 160)
     except ValueError as error:
-        assert "context" in str(error) or "question" in str(error) or "answers" in str(error) or "empty" in str(error)
+        assert any(word in str(error) for word in DOCUMENTED), str(error)
         return
-    dataset = tokenize_examples(examples, _tokenizer, 48, 160)
     for row in dataset:
         assert len(row["context_input_ids"]) <= 48 and len(row["input_ids"]) <= 160
