@@ -15,8 +15,9 @@ from .workloads import context_of_length
 
 
 def _conversation(tokenizer, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A reconstruction exchange about a text of about ``tokens`` tokens (labels on the answer)."""
-    return reconstruction_batch(tokenizer, context_of_length(tokenizer, tokens))
+    """A reconstruction exchange of about ``tokens`` tokens in all (chat template included; labels on the answer)."""
+    overhead = reconstruction_batch(tokenizer, "x")[0].shape[1] - 1
+    return reconstruction_batch(tokenizer, context_of_length(tokenizer, max(1, tokens - overhead)))
 
 
 def training_step_ratio(shine, context_tokens: int, conversation_tokens: int, repeats: int) -> dict:
@@ -25,7 +26,7 @@ def training_step_ratio(shine, context_tokens: int, conversation_tokens: int, re
     tokenizer = shine.tokenizer
     context = context_of_length(tokenizer, context_tokens)
     ids, mask = shine.tokenize_contexts(context)
-    conversation, labels = _conversation(tokenizer, conversation_tokens - 12)
+    conversation, labels = _conversation(tokenizer, conversation_tokens)
     shine.train()
     optimizer = torch.optim.AdamW(shine.hypernetwork_parameters(), lr=1e-6)
 

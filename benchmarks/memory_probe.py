@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from .timing import peak_rss_mib
+from .timing import PeakMemory
 
 
 def probe(kind: str, tokens: int, hypernetwork: str | None) -> dict:
@@ -25,21 +25,26 @@ def probe(kind: str, tokens: int, hypernetwork: str | None) -> dict:
     shine.config.max_context_length = max(shine.config.max_context_length, tokens)
     text = context_of_length(shine.tokenizer, tokens)
     ids, mask = shine.tokenize_contexts(text)
-    before = peak_rss_mib()
-    if kind == "generate":
-        with torch.inference_mode():
-            shine.generate_lora(ids, mask)
-    elif kind == "prefill":
-        with torch.inference_mode():
-            shine.base_lm(ids, use_cache=True, logits_to_keep=1)
-    elif kind == "train":
-        from peft_shine.evaluation.sft import reconstruction_batch
+    warm_ids, warm_mask = shine.tokenize_contexts(context_of_length(shine.tokenizer, 16))
+    with torch.inference_mode():  # first calls allocate thread pools and workspaces: not the operation's cost
+        shine.generate_lora(warm_ids, warm_mask)
+        shine.base_lm(warm_ids, use_cache=True, logits_to_keep=1)
+    with PeakMemory() as memory:
+        if kind == "generate":
+            with torch.inference_mode():
+                shine.generate_lora(ids, mask)
+        elif kind == "prefill":
+            with torch.inference_mode():
+                shine.base_lm(ids, use_cache=True, logits_to_keep=1)
+        elif kind == "train":
+            from peft_shine.evaluation.sft import reconstruction_batch
 
-        conversation, labels = reconstruction_batch(shine.tokenizer, context_of_length(shine.tokenizer, 84))
-        shine.train()
-        shine(context_input_ids=ids, context_attention_mask=mask, input_ids=conversation, labels=labels).loss.backward()
-    return {"kind": kind, "context_tokens": int(ids.shape[1]), "baseline_mib": before,
-            "peak_mib": peak_rss_mib(), "increase_mib": peak_rss_mib() - before}
+            conversation, labels = reconstruction_batch(shine.tokenizer, context_of_length(shine.tokenizer, 56))
+            shine.train()
+            shine(context_input_ids=ids, context_attention_mask=mask, input_ids=conversation,
+                  labels=labels).loss.backward()
+    return {"kind": kind, "context_tokens": int(ids.shape[1]), "before_mib": memory.before_mib,
+            "peak_mib": memory.peak_mib, "increase_mib": memory.increase_mib}
 
 
 def measure(kind: str, tokens: int, hypernetwork: str | None = None) -> dict:

@@ -41,7 +41,7 @@ def markdown(results: dict) -> str:
                                                  "peft_lora_step_s", "ratio", "trainable_parameters"]), "",
               table([results["finetune"]], ["context_tokens", "adapter_loss", "finetune_steps", "reached",
                                             "finetune_s", "generation_s", "time_ratio"]), ""]
-    parts += ["**Peak memory** (increase over the loaded model, MiB, fresh process each)", "",
+    parts += ["**Peak memory** (resident-memory increase during the operation, sampled every 2 ms, fresh process each, after a warm-up call)", "",
               table(results["memory"], ["kind", "context_tokens", "increase_mib"]), ""]
     return "\n".join(parts)
 
@@ -70,6 +70,9 @@ def plots(results: dict, folder: Path) -> list[Path]:
         axes[2].plot([r["context_tokens"] for r in rows], [r["increase_mib"] for r in rows], "o-", label=kind)
     axes[2].set(xscale="log", xlabel="context tokens", ylabel="peak increase (MiB)", title="Memory")
     axes[2].legend()
+    for axis in (axes[0], axes[2]):
+        axis.set_xticks(lengths, [str(n) for n in lengths])
+        axis.minorticks_off()
     figure.tight_layout()
     path = folder / "benchmarks.png"
     figure.savefig(path, dpi=110)

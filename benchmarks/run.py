@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="short lengths and few repeats (smoke test)")
     parser.add_argument("--output", default="benchmarks/results")
     parser.add_argument("--hypernetwork", default=None)
+    parser.add_argument("--only", default=None, help="comma-separated sections to (re)run into an existing results.json")
     args = parser.parse_args(argv)
     lengths = [128, 256] if args.quick else [128, 256, 512, 1024, 2048]
     repeats = 2 if args.quick else 5
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
                             for kind in ("generate", "prefill") for n in lengths]
                    + [memory_probe.measure("train", 256, args.hypernetwork)]),
     ]
+    if args.only:
+        results = {**json.loads((Path(args.output) / "results.json").read_text()), "machine": machine_info()}
+        steps = [(name, run) for name, run in steps if name in args.only.split(",")]
     for name, run in steps:
         print(f"[bench] {name} ...", flush=True)
         results[name] = run()

@@ -41,8 +41,40 @@ def machine_info() -> dict:
     }
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux ``ru_maxrss`` is in KiB)."""
-    import resource
+def current_rss_mib() -> float:
+    """Resident memory of this process now, in MiB (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+class PeakMemory:
+    """Samples the resident memory every few milliseconds inside a ``with`` block; ``increase_mib`` is the peak
+    over the block minus the memory just before it (``ru_maxrss`` cannot do this: model loading peaks higher)."""
+
+    def __init__(self, interval_s: float = 0.002) -> None:
+        self.interval_s, self.peak_mib, self.before_mib = interval_s, 0.0, 0.0
+
+    def __enter__(self) -> PeakMemory:
+        import gc
+        import threading
+
+        gc.collect()
+        self.before_mib = self.peak_mib = current_rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mib = max(self.peak_mib, current_rss_mib())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mib = max(self.peak_mib, current_rss_mib())
+
+    @property
+    def increase_mib(self) -> float:
+        return self.peak_mib - self.before_mib
