@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, KeyError, OSError, RuntimeError, TypeError) as error:
         print(f"shine {args.command}: error: {error}", file=sys.stderr)
         return 2
 
