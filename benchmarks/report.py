@@ -41,6 +41,12 @@ def markdown(results: dict) -> str:
                                                  "peft_lora_step_s", "ratio", "trainable_parameters"]), "",
               table([results["finetune"]], ["context_tokens", "adapter_loss", "finetune_steps", "reached",
                                             "finetune_s", "generation_s", "time_ratio"]), ""]
+    if "effects" in results:
+        effects = results["effects"]
+        parts += ["**Effect of single optimisations** (same run)", "",
+                  table([effects["logits_only_at_labels"]], ["conversation_tokens", "label_tokens", "all_positions_s",
+                                                             "labelled_positions_s", "speedup"]), "",
+                  table([effects["adapter_export"]], ["new_adapter_s", "replace_in_place_s", "speedup"]), ""]
     parts += ["**Peak memory** (resident-memory increase during the operation, sampled every 2 ms, fresh process each, after a warm-up call)", "",
               table(results["memory"], ["kind", "context_tokens", "increase_mib"]), ""]
     return "\n".join(parts)

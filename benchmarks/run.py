@@ -13,7 +13,7 @@ import torch
 
 from peft_shine.commands.quickstart import load_hypernetwork
 
-from . import bench_answering, bench_generation, bench_training, memory_probe, report
+from . import bench_answering, bench_effects, bench_generation, bench_training, memory_probe, report
 from .timing import machine_info
 
 
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
         ("answering", lambda: bench_answering.answer_latency(shine, 2 if args.quick else 4, 16, repeats)),
         ("training_step", lambda: bench_training.training_step_ratio(shine, 256, 96, repeats)),
         ("finetune", lambda: bench_training.finetune_until_adapter_loss(shine, 256, 20 if args.quick else 300)),
+        ("effects", lambda: {"logits_only_at_labels": bench_effects.logits_only_at_labels(shine, 96, repeats),
+                             "adapter_export": bench_effects.adapter_export(shine, repeats)}),
         ("memory", lambda: [memory_probe.measure(kind, n, args.hypernetwork)
                             for kind in ("generate", "prefill") for n in lengths]
                    + [memory_probe.measure("train", 256, args.hypernetwork)]),
