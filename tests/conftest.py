@@ -40,6 +40,16 @@ def chat_batch(tokenizer, question: str, answer: str, rows: int = 1):
     return ids.repeat(rows, 1), labels.repeat(rows, 1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: tiny models are overhead-bound, and on a busy 2-core machine two threads
+    that wait on each other ran several times slower. The previous setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

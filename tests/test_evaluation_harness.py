@@ -42,12 +42,8 @@ def untimed(rows):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models are overhead-bound: one intra-op thread is several times faster on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Every test of this module runs on one intra-op thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

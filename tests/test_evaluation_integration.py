@@ -4,7 +4,6 @@ hypernetwork: the test checks the harness, not the quality)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from peft_shine import ShineModel
 from peft_shine.base_models import load_base_model
@@ -31,12 +30,8 @@ def untimed(rows):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads that wait on each other were ~8x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_thread):
+    """Every test of this module runs on one intra-op thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

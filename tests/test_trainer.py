@@ -23,13 +23,9 @@ from peft_shine.trainer import ShineTrainer, ShineTrainingArguments, build_datas
 from tiny_models import make_char_tokenizer, make_tiny_lm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls gain nothing from threads; on a shared 2-core box two threads ran the tiny fit ~9x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    """Every test of this module runs on one intra-op thread (see conftest.one_thread)."""
 
 
 def tiny_shine(seed: int = 0, **config) -> ShineModel:
