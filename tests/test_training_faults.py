@@ -100,3 +100,17 @@ def test_qa_pipeline_never_crashes_on_arbitrary_records(contexts, question, answ
         return
     for row in dataset:
         assert len(row["context_input_ids"]) <= 48 and len(row["input_ids"]) <= 160
+
+
+def test_resume_skips_a_checkpoint_left_incomplete_by_a_crash(tmp_path):
+    from peft_shine.trainer import CHECKPOINT_FILES, last_complete_checkpoint
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        for name in CHECKPOINT_FILES:
+            (tmp_path / f"checkpoint-{step}" / name).write_text("{}")
+    (tmp_path / "checkpoint-6").mkdir()  # killed mid-write: weights there, no trainer state yet
+    (tmp_path / "checkpoint-6" / "model.safetensors").write_text("")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    with pytest.raises(FileNotFoundError, match="No complete checkpoint to resume from"):
+        last_complete_checkpoint(tmp_path / "nowhere")

@@ -126,6 +126,21 @@ def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None
     model.load_state_dict(load_file(str(weights), device="cpu"))
 
 
+CHECKPOINT_FILES = ("trainer_state.json", "config.json", "model.safetensors")
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path:
+    """The newest ``checkpoint-N`` folder holding everything a resume needs. A process killed while writing a
+    checkpoint leaves a newer, incomplete folder behind; it is skipped (and named in the log), never resumed from."""
+    folders = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                     key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for folder in folders:
+        if all((folder / name).is_file() for name in CHECKPOINT_FILES):
+            return folder
+        logger.warning("Skipping incomplete checkpoint %s (interrupted while it was being written).", folder)
+    raise FileNotFoundError(f"No complete checkpoint to resume from in {output_dir}: start without --resume.")
+
+
 @torch.no_grad()
 def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls: bool = True) -> torch.Tensor:
     """Summed answer-pass losses and labelled-token counts, shape ``(3, 2)``: rows are the generated adapter, no

@@ -156,7 +156,7 @@ def train(args: argparse.Namespace):
     """Run ``shine train`` and return the finished `ShineTrainer` (final model saved in ``--output``)."""
     from transformers.trainer_utils import IntervalStrategy
 
-    from ..trainer import ShineTrainer, build_dataset
+    from ..trainer import ShineTrainer, build_dataset, last_complete_checkpoint
 
     config = read_config(args.config)
     training = training_arguments(args, {k: v for k, v in config.items() if k != "model"})
@@ -167,7 +167,7 @@ def train(args: argparse.Namespace):
     if eval_set is None:
         training.eval_strategy = IntervalStrategy.NO
     trainer = ShineTrainer(shine, training, train_dataset=train_set, eval_dataset=eval_set)
-    resume = True if args.resume == "latest" else args.resume
+    resume = str(last_complete_checkpoint(args.output)) if args.resume == "latest" else args.resume
     trainer.train(resume_from_checkpoint=resume)
     evaluated = {entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry}
     if eval_set is not None and trainer.state.global_step not in evaluated:
