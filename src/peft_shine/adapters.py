@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from .export import add_adapters, lora_config, peft_state_dict, save_adapter, va
 
 
 if TYPE_CHECKING:
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
 
 _GENERATION_LOCK = threading.RLock()
 
@@ -61,15 +62,21 @@ class AdapterGenerationMixin:
         with _GENERATION_LOCK:
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size)
-            config = lora_config(self.base_lm, self.config.module_specs, self.config.lora_rank,
-                                 self.config.base_model_name_or_path, self.config.base_model_revision)
-            self.peft_model = add_adapters(self.base_lm, self.peft_model, config, states)
+            self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
             seconds = (time.perf_counter() - started) / len(texts)
             info = getattr(self, "adapter_info", {})
             for name, text in zip(names, texts):
                 info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
             self.adapter_info = info
             return self.peft_model
+
+    def adapter_lora_config(self) -> LoraConfig:
+        """A fresh copy of the generated adapters' `LoraConfig`. It depends only on the base layout, so it is derived
+        once per attached base (before peft wraps the base, whose module count then grows with every adapter)."""
+        if getattr(self, "_adapter_config", None) is None:
+            self._adapter_config = lora_config(self.base_lm, self.config.module_specs, self.config.lora_rank,
+                                               self.config.base_model_name_or_path, self.config.base_model_revision)
+        return copy.deepcopy(self._adapter_config)
 
     @torch.no_grad()  # not inference_mode: the tensors become peft parameters
     def _generate_states(self, texts: list[str], names: list[str], truncation: bool, batch_size: int) -> dict:

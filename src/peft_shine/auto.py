@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from .modeling_shine import ShineModel
 AutoConfig.register(ShineConfig.model_type, ShineConfig, exist_ok=True)
 AutoModel.register(ShineConfig, ShineModel, exist_ok=True)
 
+logger = logging.getLogger(__name__)
 _MODEL_CLASSES: dict[str, type[ShineModel]] = {ShineConfig.model_type: ShineModel}
 
 
@@ -51,9 +53,7 @@ class AutoShineModel:
         config = AutoConfig.from_pretrained(source, revision=pinned, token=kwargs.get("token"))
         model_class = _MODEL_CLASSES.get(config.model_type)
         if model_class is None:
-            import logging
-
-            logging.getLogger(__name__).warning(
+            logger.warning(
                 "%s is a %s model, not a SHINE checkpoint: creating an UNTRAINED hypernetwork for it.",
                 name_or_path, config.model_type)
             return ShineModel.from_base_model(base_model or name_or_path, revision=revision, **kwargs)

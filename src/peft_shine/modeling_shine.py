@@ -135,6 +135,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         self._modules["base_lm"] = base_lm  # registered submodule (the property below guards access)
         self.tokenizer = tokenizer
         self.peft_model = None
+        self._adapter_config = None  # derived from the new base on first use
         self._binder = LoraBinder(target_layer_modules(base_lm, self.config.module_specs))
         device = next(base_lm.parameters()).device
         for tensor in self.hypernetwork_parameters():

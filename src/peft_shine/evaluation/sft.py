@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from ..export import lora_config
-
 
 @dataclass(frozen=True)
 class SFTConfig:
@@ -43,9 +41,7 @@ def reconstruction_batch(tokenizer, context: str) -> tuple[torch.Tensor, torch.T
 
 def sft_lora_config(shine) -> LoraConfig:
     """A trainable `LoraConfig` with the generated adapters' rank and targets (standard init, ``B = 0``)."""
-    config = lora_config(shine.base_lm, shine.config.module_specs, shine.config.lora_rank,
-                         shine.config.base_model_name_or_path, shine.config.base_model_revision)
-    return dataclasses.replace(config, init_lora_weights=True)
+    return dataclasses.replace(shine.adapter_lora_config(), init_lora_weights=True)
 
 
 def _add_trainable_adapter(shine, name: str, config: LoraConfig) -> PeftModel:
