@@ -23,6 +23,7 @@ from peft_shine.data import (
     tokenize_examples,
 )
 from peft_shine.evaluation.qa_data import load_qa_records
+from peft_shine.prompting import ANSWER_SYSTEM_PROMPT, answer_system_message, build_prompt
 
 
 def chat(*pairs: tuple[str, str]) -> list[dict[str, str]]:
@@ -190,7 +191,8 @@ def test_multi_qa_puts_all_questions_of_a_context_in_one_conversation(tokenizer,
     assert len(examples) == len({r.context for r in squad})
     for example in examples:
         records = [r for r in squad if r.context == example["context"]]
-        pairs = list(zip(example["messages"][::2], example["messages"][1::2]))
+        assert example["messages"][0] == answer_system_message()
+        pairs = list(zip(example["messages"][1::2], example["messages"][2::2]))
         assert sorted((q["content"], a["content"]) for q, a in pairs) == sorted(
             (r.question, r.answers[0]) for r in records)
 
@@ -200,13 +202,21 @@ def test_single_qa_adds_distractors_within_the_budget(tokenizer, squad):
     assert len(examples) == len(squad)
     contexts = {r.context for r in squad}
     for example in examples:
-        question = example["messages"][0]["content"]
+        question = example["messages"][1]["content"]
         own = next(r.context for r in squad if r.question == question)
         pieces = example["context"].split("\n\n")
         assert own in pieces and set(pieces) <= contexts and len(pieces) <= 3
         assert len(tokenizer(example["context"], add_special_tokens=False)["input_ids"]) <= 3000
     tight = build_qa_examples(squad, tokenizer, max_context_length=1, mode="single")
     assert all(e["context"] in contexts for e in tight)  # nothing else fits: the own paragraph alone
+
+
+def test_qa_training_prompts_are_the_inference_prompts(tokenizer, squad):
+    example = build_qa_examples(squad[:1], tokenizer, 10_000, mode="single")[0]
+    (ids, labels), = conversation_turns(tokenizer, example["messages"])
+    prompt_ids = ids[:labels.index(next(label for label in labels if label != -100))]
+    expected = tokenizer(build_prompt(tokenizer, squad[0].question), add_special_tokens=False)["input_ids"]
+    assert prompt_ids == expected and ANSWER_SYSTEM_PROMPT in build_prompt(tokenizer, squad[0].question)
 
 
 def test_mixed_mode_and_bad_records(tokenizer, squad):

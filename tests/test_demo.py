@@ -1,7 +1,7 @@
 """The Gradio demo, driven like a user would: its HTTP API through `gradio_client` and the page in headless Chromium.
 
-One app (real SmolLM2-135M-Instruct, untrained hypernetwork, short answers) is launched on 127.0.0.1 for the whole
-module; every `gradio_client.Client` is a separate browser session. Hub pushes and pulls go to the fake Hub.
+One app (real SmolLM2-135M-Instruct, the shipped default hypernetwork, short answers) is launched on 127.0.0.1 for
+the whole module; every `gradio_client.Client` is a separate browser session. Hub pushes and pulls go to the fake Hub.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from peft_shine.demo_app import build_demo, launch_options
 from peft_shine.demo_engine import DemoEngine, scrub
 from peft_shine.demo_hub import resolve_token
 from peft_shine.prompting import generate_answers
+from peft_shine.shipped import SHIPPED_NAME
 
 
 pytest_plugins = ["hub_fixtures"]
@@ -234,8 +235,9 @@ def test_browser_generates_an_adapter_and_chats(app):
         try:
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             page.goto(app[0], wait_until="domcontentloaded")
-            expect(page.locator("#hypernetwork-line")).to_contain_text("untrained", timeout=60_000)
-            expect(page.locator("#untrained-banner")).to_be_visible()
+            # the default is the shipped, trained hypernetwork: its name, and no "untrained" warning
+            expect(page.locator("#hypernetwork-line")).to_contain_text(SHIPPED_NAME, timeout=60_000)
+            expect(page.locator("#untrained-banner")).to_be_hidden()
             page.locator("#context textarea").fill(CONTEXT)
             page.locator("#generate").click()
             expect(page.locator("#adapter-status")).to_contain_text("Adapter ready", timeout=90_000)

@@ -166,6 +166,35 @@ def test_resume_refuses_other_settings(shine, reference):
         run_evaluation(shine, RECORDS, "all", output, **{**RUN, "max_new_tokens": 5})
 
 
+def test_another_hypernetwork_reuses_baselines_and_redoes_shine_rows(shine, reference, tmp_path, monkeypatch):
+    results, output, _ = reference
+    for name in ("settings.json", "predictions.jsonl"):
+        (tmp_path / name).write_bytes((output / name).read_bytes())
+    other = make_shine()
+    with torch.no_grad():
+        next(other.m2p.parameters()).add_(0.5)  # other hypernetwork weights, same shapes and base
+    generated = []
+    answer = runner_module.generate_answers
+
+    def counting(model, tokenizer, prompts, names=None, max_new_tokens=32):
+        if max_new_tokens > 1:
+            generated.extend(prompts)
+        return answer(model, tokenizer, prompts, names, max_new_tokens)
+
+    monkeypatch.setattr(runner_module, "generate_answers", counting)
+    redone = run_evaluation(other, RECORDS, "all", tmp_path, **RUN)
+    shine_conditions = {name for name, c in CONDITIONS.items() if c.adapter == "shine"}
+    assert len(generated) == 4 * len(shine_conditions)  # only SHINE rows are answered again
+    new_hash = redone["settings"]["hypernetwork_sha256"]
+    assert new_hash != results["settings"]["hypernetwork_sha256"]
+    assert json.loads((tmp_path / "settings.json").read_text())["hypernetwork_sha256"] == new_hash
+    for old, new in zip(untimed(results["predictions"]), untimed(redone["predictions"])):
+        if old["condition"] in shine_conditions:
+            assert new["hypernetwork_sha256"] == new_hash
+        else:
+            assert new == old
+
+
 def test_a_users_adapters_survive_the_evaluation(tmp_path):
     shine = make_shine()
     shine.generate_adapter("My own context.", adapter_names=["mine"])

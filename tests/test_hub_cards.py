@@ -147,3 +147,28 @@ def test_pyproject_ships_templates_and_every_subpackage() -> None:
         if path.is_dir() and path.name != "__pycache__" and path.name.isidentifier()
     }
     assert set(setuptools_config["packages"]) == on_disk | {"peft_shine.hub_card_templates"}
+
+
+def test_card_command_writes_the_card_of_a_local_folder(tmp_path: Path) -> None:
+    import json
+
+    from peft_shine.cli import main
+
+    folder = tmp_path / "shine-tiny"
+    folder.mkdir()
+    config = {"model_type": "shine", "base_model_name_or_path": BASE, "lora_rank": 3, "num_memory_slots": 53,
+              "m2p_num_layers": 2, "target_modules": ["q_proj", "down_proj"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    fields = tmp_path / "card.yaml"
+    fields.write_text("license: apache-2.0\ntraining:\n  stages:\n    - {name: pretrain, steps: 750}\n")
+    results = {"aggregates": {"adapter": {"f1": 31.234, "em": 20.0, "n": 349},
+                              "question_only": {"f1": 9.5, "em": 4.0, "n": 349}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert main(["card", str(folder), "--card", str(fields), "--eval-results", str(tmp_path / "results.json")]) == 0
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == BASE and card.data.library_name == "peft-shine"
+    assert "| adapter | SQuAD v1.1 | 31.23 | 20.00 | 349 |" in card.text and "| pretrain | – | 750 |" in card.text
+    assert "`q_proj`, `down_proj`" in card.text and "| Memory slots | 53 |" in card.text
+    metrics = {(m.metric_name, m.metric_value) for m in card.data.eval_results}
+    assert ("F1 (adapter)", 31.23) in metrics and ("EM (question_only)", 4.0) in metrics
+    assert main(["card", str(tmp_path / "missing")]) == 2

@@ -57,3 +57,22 @@ def test_quickstart_command_runs_end_to_end(tmp_path, capsys):
     assert "Adapter generated in" in out and "question only" in out and "context in prompt" in out
     assert "UNTRAINED" in out or "trained hypernetwork" in out
     assert {p.name for p in (tmp_path / "qs").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+
+
+def test_chat_command_answers_questions_from_flags_and_stdin(tmp_path, capsys, monkeypatch):
+    import io
+
+    from peft_shine.cli import main
+
+    context = tmp_path / "notes.txt"
+    context.write_text("The Eiffel Tower was finished in 1889 for the World's Fair.", encoding="utf-8")
+    args = ["chat", "--context-file", str(context), "--max-new-tokens", "6"]
+    assert main([*args, "--question", "When was it finished?", "--compare", "--save-adapter", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "Adapter generated in" in out and out.count("adapter> ") == 1
+    assert "base model, no context> " in out and "base model, context in prompt> " in out
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Who built it?\n\nWhat for?\nexit\nnever asked\n"))
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("adapter> ") == 2
+    assert main(["chat", "--context-file", str(tmp_path / "missing.txt")]) != 0

@@ -125,7 +125,12 @@ def test_aggregate_reports_percentages() -> None:
         ("FINAL ANSWER:  Paris \nbecause it is the capital", "Paris"),
         ("final answer:\n\n  Paris", "Paris"),
         ("answer : Paris", "Paris"),
-        ("The answer: Paris", "The answer: Paris"),  # only a leading prefix is stripped
+        ("The answer: Paris", "Paris"),
+        ("The answer to this question is: \"Rollo\"", "\"Rollo\""),
+        ("The answer is: The answer is: The answer is: 1066", "1066"),  # a looping preamble
+        ("The answer is 42.", "42."),
+        ("Paris. The answer: Paris", "Paris. The answer: Paris"),  # only a leading prefix is stripped
+        ("Answers vary by region", "Answers vary by region"),
         ("\n\n  Paris\nThe capital of France.", "Paris"),
         ("Paris<|im_end|>", "Paris"),
         ("<|im_start|>assistant\nParis", "assistant"),  # role text is not a special token

@@ -271,13 +271,34 @@ def test_cli_trains_both_stages_and_writes_model_and_plot(tiny_run, tmp_path):
     common = ["--base", str(tiny_run / "base"), "--config", str(tiny_run / "config.json"), "--max-steps", "2"]
     assert main(["train", "--stage", "pretrain", "--data", str(tiny_run / "texts.jsonl"), "--eval-fraction", "0.2",
                  "--output", str(tmp_path / "s1"), *common]) == 0
+    stage2 = {**json.loads((tiny_run / "config.json").read_text()), "max_context_length": 64}
+    (tmp_path / "stage2.json").write_text(json.dumps(stage2))
     assert main(["train", "--stage", "instruct", "--data", str(tiny_run / "qa.jsonl"), "--init-from", str(tmp_path / "s1"),
-                 "--output", str(tmp_path / "s2"), *common]) == 0
+                 "--output", str(tmp_path / "s2"), *common, "--config", str(tmp_path / "stage2.json")]) == 0
+    lengths = [json.loads((tmp_path / s / "config.json").read_text())["max_context_length"] for s in ("s1", "s2")]
+    assert lengths == [48, 64]  # stage 2 keeps the stage-1 shapes but its own context budget
     for stage in ("s1", "s2"):
         assert (tmp_path / stage / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert not any(k.startswith("base_lm") for k in load_file(tmp_path / stage / "model.safetensors"))
         history = json.loads((tmp_path / stage / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
         assert {"eval_loss", "eval_loss_no_adapter", "eval_loss_wrong_context"} <= set(history[-1])
+
+
+def test_cli_holds_back_evaluation_articles_and_trims_the_monitor(tiny_run):
+    from peft_shine.cli import build_parser
+    from peft_shine.commands.train import train_and_eval_data, training_arguments
+
+    records = load_qa_records(str(tiny_run / "qa.jsonl"))
+    args = build_parser().parse_args(["train", "--stage", "instruct", "--data", str(tiny_run / "qa.jsonl"),
+                                      "--output", "unused", "--eval-data", str(tiny_run / "qa.jsonl"),
+                                      "--eval-contexts", "1"])
+    train, held_out = train_and_eval_data(args, training_arguments(args, {}))
+    assert {r.context for r in held_out} == {records[0].context}  # the monitor: the first context only
+    assert train and all(r.title != records[0].title for r in train)  # its whole article is held back
+    assert {r.title for r in train} == {r.title for r in records} - {records[0].title}
+    args.eval_data, args.exclude_articles = None, [str(tiny_run / "qa.jsonl")]
+    with pytest.raises(ValueError, match="--exclude-articles"):
+        train_and_eval_data(args, training_arguments(args, {}))
 
 
 def test_cli_config_file_is_merged_under_the_flags(tmp_path):

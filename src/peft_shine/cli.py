@@ -8,7 +8,7 @@ import sys
 
 
 # subcommand modules, each with `register(subparsers)`; a module sets `func` on its parser
-COMMANDS = ["quickstart", "train", "eval", "demo", "hub"]
+COMMANDS = ["quickstart", "chat", "train", "eval", "demo", "hub"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,8 @@ about one context in one conversation, in a random order) and/or *single-QA with
 paragraph placed at a random position among other records' paragraphs, added only while they fit).
 
 Chat formatting uses the base model's **own** chat template, unchanged (so training and inference prompts are
-identical, including any default system prompt the template inserts). Each exchange is tokenised piecewise —
+identical); QA conversations open with the short-answer system turn of `prompting.build_prompt`, stage-1
+conversations with the template's default (if any). Each exchange is tokenised piecewise —
 prompt, answer, end of turn — so the prompt ids equal those of the inference prompt (`prompting.build_prompt`).
 Labels are -100 everywhere except the assistant answer and the first token after it (its end-of-turn token,
 e.g. ``<|im_end|>``).
@@ -50,6 +51,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .contexts import left_pad
 from .evaluation.qa_data import QARecord
+from .prompting import answer_system_message
 
 
 logger = logging.getLogger(__name__)
@@ -268,8 +270,9 @@ def as_qa_records(records: Iterable[QARecord | Mapping[str, Any]]) -> list[QARec
 
 
 def _qa_messages(records: Sequence[QARecord]) -> list[Message]:
-    return [m for r in records for m in ({"role": "user", "content": r.question},
-                                         {"role": "assistant", "content": r.answers[0]})]
+    exchanges = [m for r in records for m in ({"role": "user", "content": r.question},
+                                              {"role": "assistant", "content": r.answers[0]})]
+    return [answer_system_message(), *exchanges]
 
 
 def _with_distractors(index: int, contexts: Sequence[str], lengths: Sequence[int], budget: int, count: int,

@@ -241,8 +241,7 @@ class DemoEngine:
             turns = [{"role": m["role"], "content": message_text(m["content"])} for m in history
                      if m.get("role") in ("user", "assistant")][-2 * MAX_CHAT_TURNS:]
             tokenizer = loaded.shine.tokenizer
-            prompt = tokenizer.apply_chat_template([*turns, {"role": "user", "content": message.strip()}],
-                                                   tokenize=False, add_generation_prompt=True)
+            prompt = build_prompt(tokenizer, message.strip(), history=turns)
             return generate_answers(loaded.shine.peft_model, tokenizer, [prompt], [adapter.name],
                                     self.max_new_tokens)[0]
 

@@ -36,7 +36,7 @@ from huggingface_hub.errors import (
     RevisionResolutionError,
 )
 
-from .hub_cards import render_adapter_card, render_hypernetwork_card
+from .hub_cards import hypernetwork_card_fields, render_adapter_card, render_hypernetwork_card
 from .io_utils import atomic_directory
 
 
@@ -174,15 +174,7 @@ def push_hypernetwork_folder(folder: str | Path, repo_id: str, *, model_card_fie
     files = _matching_files(folder, HYPERNETWORK_PATTERNS)
     if not any(name.endswith(".safetensors") for name in files):
         raise FileNotFoundError(f"No safetensors weights in {folder}; save the model with save_pretrained.")
-    fields = {
-        "base_model": config.get("base_model_name_or_path"),
-        "base_model_revision": config.get("base_model_revision"),
-        "lora_rank": config.get("lora_rank"),
-        "target_modules": config.get("target_modules"),
-        "num_memory_slots": config.get("num_memory_slots"),
-        "m2p_num_layers": config.get("m2p_num_layers"),
-        **(model_card_fields or {}),
-    }
+    fields = hypernetwork_card_fields(config, model_card_fields)
     message = options.pop("commit_message", None) or "Upload SHINE hypernetwork"
     return _push_files(repo_id, files, render_hypernetwork_card, fields, commit_message=message, **options)
 

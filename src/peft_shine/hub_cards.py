@@ -88,6 +88,29 @@ def render_hypernetwork_card(
     )
 
 
+def hypernetwork_card_fields(config: Mapping[str, Any], model_card_fields: Mapping[str, Any] | None = None,
+                             ) -> dict[str, Any]:
+    """`render_hypernetwork_card` arguments from a hypernetwork's ``config.json`` mapping, updated with
+    ``model_card_fields`` (license, datasets, tags, training, eval_results)."""
+    return {
+        "base_model": config.get("base_model_name_or_path"),
+        "base_model_revision": config.get("base_model_revision"),
+        "lora_rank": config.get("lora_rank"),
+        "target_modules": config.get("target_modules"),
+        "num_memory_slots": config.get("num_memory_slots"),
+        "m2p_num_layers": config.get("m2p_num_layers"),
+        **(model_card_fields or {}),
+    }
+
+
+def eval_rows(results: Mapping[str, Any], dataset: str, *, dataset_id: str | None = None,
+              split: str | None = None) -> list[dict[str, Any]]:
+    """Card ``eval_results`` rows (F1/EM ×100 per condition) from a `shine eval` ``results.json`` mapping."""
+    return [{"condition": condition, "dataset": dataset, "dataset_id": dataset_id, "split": split,
+             "f1": round(values["f1"], 2), "em": round(values["em"], 2), "n": values["n"]}
+            for condition, values in results["aggregates"].items()]
+
+
 def render_adapter_card(
     *,
     repo_id: str,

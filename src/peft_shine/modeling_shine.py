@@ -245,8 +245,12 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
     gradient_checkpointing_disable = activation_checkpointing_disable
 
     @property
-    def is_gradient_checkpointing(self) -> bool:
-        return "base_lm" in self._modules and self.base_lm.is_gradient_checkpointing
+    def is_activation_checkpointing(self) -> bool:
+        return "base_lm" in self._modules and self.base_lm.is_activation_checkpointing
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:  # the name transformers < 5.24 and peft read (no warning here)
+        return self.is_activation_checkpointing
 
     # ------------------------------------------------------------------ peft interplay
     def _peft_disabled(self):

@@ -25,8 +25,34 @@ def loss_curves(log_history: Sequence[Mapping[str, Any]]) -> dict[str, list[tupl
     return curves
 
 
-def plot_losses(log_history: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Draw the training loss and the held-out losses (adapter and its controls) against the optimizer step."""
+def chain_stages(histories: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """One log history from consecutive runs (each continuing the previous one's weights): steps of later runs
+    are offset by the steps before them. Returns the history and the steps where each later run starts."""
+    chained: list[dict[str, Any]] = []
+    starts, offset = [], 0
+    for index, history in enumerate(histories):
+        if index:
+            starts.append(offset)
+        steps = [int(entry["step"]) for entry in history if "step" in entry]
+        chained += [{**entry, "step": int(entry["step"]) + offset} for entry in history if "step" in entry]
+        offset += max(steps, default=0)
+    return chained, starts
+
+
+def _split_at(points: Sequence[tuple[int, float]], starts: Sequence[int]) -> list[list[tuple[int, float]]]:
+    """``points`` cut into the non-empty runs between consecutive stage starts (a start belongs to the stage
+    before it: a stage's final evaluation is logged at its last step)."""
+    bounds = [*sorted(starts), float("inf")]
+    segments: list[list[tuple[int, float]]] = [[] for _ in bounds]
+    for step, value in points:
+        segments[next(i for i, bound in enumerate(bounds) if step <= bound)].append((step, value))
+    return [segment for segment in segments if segment]
+
+
+def plot_losses(log_history: Sequence[Mapping[str, Any]], path: str | Path, title: str | None = None,
+                stage_starts: Sequence[int] = ()) -> Path:
+    """Draw the training loss and the held-out losses (adapter and its controls) against the optimizer step,
+    with a dashed line where each later stage starts (see `chain_stages`)."""
     from matplotlib.figure import Figure
 
     curves = loss_curves(log_history)
@@ -35,10 +61,12 @@ def plot_losses(log_history: Sequence[Mapping[str, Any]], path: str | Path, titl
     if "loss" in curves:
         steps, values = zip(*curves["loss"])
         axes.plot(steps, values, color="0.6", linewidth=1, label="training (batch)")
-    for key, label in EVAL_CURVES.items():
-        if key in curves:
-            steps, values = zip(*curves[key])
-            axes.plot(steps, values, marker="o", markersize=3, label=label)
+    for index, (key, label) in enumerate(EVAL_CURVES.items()):
+        for number, segment in enumerate(_split_at(curves.get(key, []), stage_starts)):
+            steps, values = zip(*segment)  # stages may hold out different data: their curves are not joined
+            axes.plot(steps, values, marker="o", markersize=3, color=f"C{index}", label=None if number else label)
+    for start in stage_starts:
+        axes.axvline(start, color="0.3", linestyle="--", linewidth=1)
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("cross-entropy per answer token (nats)")
     axes.set_title(title or "SHINE training")
@@ -49,3 +77,28 @@ def plot_losses(log_history: Sequence[Mapping[str, Any]], path: str | Path, titl
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m peft_shine.plots RUN [RUN ...] --output PNG``: the losses of consecutive training runs."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m peft_shine.plots", description=main.__doc__)
+    parser.add_argument("runs", nargs="+", help="training output folders (their last checkpoint's trainer_state)")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    histories = []
+    for run in map(Path, args.runs):
+        states = sorted(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+        if not states:
+            raise SystemExit(f"{run} has no checkpoint-*/trainer_state.json")
+        histories.append(json.loads(states[-1].read_text(encoding="utf-8"))["log_history"])
+    history, starts = chain_stages(histories)
+    print(plot_losses(history, args.output, args.title, starts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

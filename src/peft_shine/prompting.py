@@ -1,12 +1,15 @@
 """Chat prompts and batched greedy answering, shared by the quickstart, the evaluation harness and the demo.
 
-One prompt format everywhere: the base model's own chat template, the question as the user turn, and (for the
-in-context baseline only) the context in the user turn before the question.
+One prompt format everywhere, in stage-2 training and at inference: the base model's own chat template, the
+`ANSWER_SYSTEM_PROMPT` as system turn, the question as the user turn, and (for the in-context baseline only) the
+context in the user turn before the question. The system turn asks every condition for a short answer, as SHINE's
+single-QA baselines do (shine-method.md §3): without it an instruct model answers extractive questions in whole
+sentences and token F1 measures verbosity more than knowledge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -14,13 +17,22 @@ from transformers import PreTrainedTokenizerBase
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in mixed batches
 IN_CONTEXT_TEMPLATE = "Reference:\n{context}\n\nBased on the reference, answer this question:\n{question}"
+ANSWER_SYSTEM_PROMPT = "You are a concise assistant. Reply with only the final answer, in a few words."
 
 
-def build_prompt(tokenizer: PreTrainedTokenizerBase, question: str, context: str | None = None) -> str:
-    """The chat prompt for a question, ending with the assistant generation prompt."""
+def answer_system_message() -> dict[str, str]:
+    """The system turn that opens every question-answering chat (training and inference)."""
+    return {"role": "system", "content": ANSWER_SYSTEM_PROMPT}
+
+
+def build_prompt(tokenizer: PreTrainedTokenizerBase, question: str, context: str | None = None,
+                 history: Sequence[Mapping[str, str]] = ()) -> str:
+    """The chat prompt for a question, ending with the assistant generation prompt. ``history``: earlier
+    ``{"role": "user" | "assistant", "content"}`` turns of the same chat (other roles are skipped)."""
     content = question if context is None else IN_CONTEXT_TEMPLATE.format(context=context, question=question)
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                         add_generation_prompt=True)
+    turns = [{"role": m["role"], "content": m["content"]} for m in history if m.get("role") in ("user", "assistant")]
+    messages = [answer_system_message(), *turns, {"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``push`` (with ``hypernetwork`` / ``adapter``) and ``pull`` subcommands."""
+    """Add the ``push`` (with ``hypernetwork`` / ``adapter``), ``card`` and ``pull`` subcommands."""
     push = subparsers.add_parser("push", help="upload a hypernetwork or a generated adapter folder to the Hub",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = push.add_subparsers(dest="kind", required=True)
@@ -44,6 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapter.add_argument("--base-model", default=None,
                          help="base model Hub id for the card (default: adapter_config.json's base_model_name_or_path)")
     adapter.set_defaults(func=run_push_adapter)
+
+    card = subparsers.add_parser("card", help="write the model card (README.md) of a local hypernetwork folder")
+    card.add_argument("folder", help="hypernetwork folder (save_pretrained output); README.md is written there")
+    card.add_argument("--repo-id", default=None, help="the name the card uses (default: the folder name)")
+    card.add_argument("--card", default=None, help="JSON or YAML file of card fields (as for push hypernetwork)")
+    card.add_argument("--eval-results", default=None, help="a `shine eval` results.json to report in the card")
+    card.add_argument("--eval-dataset", default="SQuAD v1.1", help="dataset label of --eval-results")
+    card.add_argument("--eval-dataset-id", default="rajpurkar/squad", help="Hub dataset id of --eval-results")
+    card.set_defaults(func=run_card)
 
     pull = subparsers.add_parser("pull", help="download a hypernetwork or adapter repo into a local folder")
     pull.add_argument("repo_id", help="Hub repo id (user/name)")
@@ -75,6 +84,28 @@ def run_push_hypernetwork(args: argparse.Namespace) -> int:
     info = push_hypernetwork_folder(args.folder, args.repo_id, model_card_fields=read_config(args.card),
                                     **_push_options(args))
     _report_push(info)
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    """``shine card FOLDER [--card fields.yaml] [--eval-results results.json]``: render README.md in place."""
+    import json
+
+    from ..hub_cards import eval_rows, hypernetwork_card_fields, render_hypernetwork_card
+    from ..io_utils import atomic_write_text
+    from .train import read_config
+
+    folder = Path(args.folder)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing; pass a hypernetwork folder written by save_pretrained")
+    fields = hypernetwork_card_fields(json.loads(config_path.read_text(encoding="utf-8")), read_config(args.card))
+    if args.eval_results:
+        results = json.loads(Path(args.eval_results).read_text(encoding="utf-8"))
+        fields["eval_results"] = eval_rows(results, args.eval_dataset, dataset_id=args.eval_dataset_id)
+    card = render_hypernetwork_card(repo_id=args.repo_id or folder.resolve().name, **fields)
+    atomic_write_text(folder / "README.md", str(card))
+    print(f"Wrote {folder / 'README.md'}")
     return 0
 
 

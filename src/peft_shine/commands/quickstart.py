@@ -67,4 +67,14 @@ def run(args: argparse.Namespace) -> int:
         for name in rows:
             print(f"  {name:32s} {answers[name][index]}")
     print("\nAnswer time for all questions: " + ", ".join(f"{k.split(' (')[0]} {v:.1f} s" for k, v in timings.items()))
+    print("Token F1 against the gold answers: " + ", ".join(
+        f"{name.split(' (')[0]} {mean_f1(answers[name], records):.0f}" for name in rows))
     return 0
+
+
+def mean_f1(generations: list[str], records: list) -> float:
+    """Mean SQuAD token F1 (×100) of the extracted answers (`shine eval`'s scoring)."""
+    from ..evaluation.metrics import extract_answer, score_example
+
+    scores = [score_example(extract_answer(text), r.answers, r.source)["f1"] for text, r in zip(generations, records)]
+    return 100.0 * sum(scores) / len(scores)

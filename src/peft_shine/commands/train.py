@@ -46,9 +46,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "column; instruct: a QA JSONL file in the shared format or a bundled name such as "
                              "'squad:train'")
     parser.add_argument("--eval-data", default=None, help="held-out data (default: a split of --data)")
+    parser.add_argument("--eval-contexts", type=int, default=None,
+                        help="instruct: keep only the records of the first N distinct contexts of the held-out data "
+                             "(a cheap monitor)")
     parser.add_argument("--eval-fraction", type=float, default=0.1,
                         help="share of --data held out for evaluation when --eval-data is not given (by article "
                              "for QA records; 0: no evaluation)")
+    parser.add_argument("--exclude-articles", action="append", default=[], metavar="QA_DATA",
+                        help="instruct: drop training records about any article (title) of this QA data, e.g. "
+                             "'squad' (the bundled evaluation articles); repeatable. The articles of --eval-data "
+                             "are always dropped")
     parser.add_argument("--output", required=True, help="output folder (checkpoints, final model, loss.png)")
     parser.add_argument("--config", default=None, help="JSON or YAML file of training arguments (+ 'model')")
     parser.add_argument("--init-from", default=None, help="stage-1 checkpoint folder to start stage 2 from")
@@ -120,14 +127,32 @@ def load_records(source: str) -> list:
     return load_qa_records(name, split=split)
 
 
+def without_articles(records: list, held_back: list) -> list:
+    """``records`` minus those sharing an article title with ``held_back`` (logged when any are dropped)."""
+    titles = {title for record in held_back for title in record.articles}
+    kept = [record for record in records if not titles.intersection(record.articles)]
+    if len(kept) < len(records):
+        print(f"Held back {len(records) - len(kept)} training records about {len(titles)} evaluation article(s)")
+    if not kept:
+        raise ValueError("Every training record is about a held-back article; check --data and --exclude-articles.")
+    return kept
+
+
 def train_and_eval_data(args: argparse.Namespace, training) -> tuple[list, list]:
     """Raw training and held-out data for the stage: ``--eval-data``, else a seeded split of ``--data``."""
     from ..evaluation.qa_data import held_out_split
 
     load = load_records if training.stage == "instruct" else lambda s: load_texts(s, training.text_column)
     data = load(args.data)
-    if args.eval_data is not None:
-        return data, load(args.eval_data)
+    eval_data = None if args.eval_data is None else load(args.eval_data)
+    if training.stage == "instruct":
+        if eval_data is not None and args.eval_contexts:
+            first = set(list(dict.fromkeys(record.context for record in eval_data))[:args.eval_contexts])
+            eval_data = [record for record in eval_data if record.context in first]
+        held_back = [record for source in args.exclude_articles for record in load_records(source)]
+        data = without_articles(data, held_back + (eval_data or []))
+    if eval_data is not None:
+        return data, eval_data
     if args.eval_fraction <= 0:
         return data, []
     if training.stage == "instruct":
@@ -145,10 +170,11 @@ def build_model(base: str, training, model_config: dict[str, Any]):
     from ..modeling_shine import ShineModel
 
     base_lm, tokenizer = load_base_model(base)
-    if training.init_from:
-        return ShineModel(ShineConfig.from_pretrained(training.init_from)).attach_base_model(base_lm, tokenizer)
     lengths = {"max_context_length": training.max_context_length,
                "max_conversation_length": training.max_conversation_length}
+    if training.init_from:  # same shapes as the checkpoint; the lengths of this stage (they shape no weight)
+        config = ShineConfig.from_pretrained(training.init_from, **lengths)
+        return ShineModel(config).attach_base_model(base_lm, tokenizer)
     return ShineModel.from_base_model(base_lm, tokenizer, seed=training.seed, **{**lengths, **model_config})
 
 

@@ -3,8 +3,10 @@ report (shine-method.md §3).
 
 Files in ``output_dir``:
 
-* ``settings.json`` — what the predictions depend on (hypernetwork weights hash, base model, decoding, SFT, seed);
-  a resumed run must match it;
+* ``settings.json`` — what the predictions depend on (base model, decoding, SFT, seed, and the hypernetwork weights
+  hash); a resumed run must match it, except for the hypernetwork: rows of the base-model and SFT conditions do not
+  depend on it and are reused, while SHINE rows (each stamped with its hypernetwork's hash) of other weights are
+  recomputed. So baselines answered once serve every later checkpoint evaluated into the same folder;
 * ``predictions.jsonl`` — one line per answered (condition, question), appended as batches complete;
 * ``results.json``, ``results.md``, ``results.png`` — the final report, written atomically at the end.
 """
@@ -20,12 +22,12 @@ from typing import Any
 import torch
 
 from ..io_utils import atomic_write_text
-from ..prompting import IN_CONTEXT_TEMPLATE
+from ..prompting import ANSWER_SYSTEM_PROMPT, IN_CONTEXT_TEMPLATE
 from .conditions import CONDITIONS, DEFAULT_CONDITIONS, SHINE, distinct_contexts, plan_tasks, resolve_conditions
 from .metrics import aggregate
 from .qa_data import QARecord
 from .report import write_reports
-from .runner import Row, RunOptions, execute_tasks
+from .runner import Row, RunOptions, execute_tasks, rescored
 from .sft import SFTConfig
 from .store import PredictionLog
 
@@ -33,6 +35,7 @@ from .store import PredictionLog
 SETTINGS_FILE = "settings.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 RESULTS_FORMAT = 1
+HYPERNETWORK_KEY = "hypernetwork_sha256"
 
 
 def hypernetwork_fingerprint(shine) -> str:
@@ -52,9 +55,10 @@ def run_settings(shine, options: RunOptions) -> dict[str, Any]:
         "format": RESULTS_FORMAT,
         "base_model": shine.config.base_model_name_or_path,
         "base_model_revision": shine.config.base_model_revision,
-        "hypernetwork_sha256": hypernetwork_fingerprint(shine),
+        HYPERNETWORK_KEY: hypernetwork_fingerprint(shine),
         "lora_rank": shine.config.lora_rank,
         "in_context_template": IN_CONTEXT_TEMPLATE,
+        "system_prompt": ANSWER_SYSTEM_PROMPT,
         "max_new_tokens": options.max_new_tokens,
         "truncation": options.truncation,
         "seed": options.seed,
@@ -64,7 +68,8 @@ def run_settings(shine, options: RunOptions) -> dict[str, Any]:
 
 
 def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Write ``settings.json`` for a new run; for a resumed one, refuse different settings."""
+    """Write ``settings.json`` for a new run; for a resumed one, refuse different settings (another hypernetwork
+    is allowed: `_reusable_keys` then keeps only the rows that do not depend on it)."""
     path = output_dir / SETTINGS_FILE
     if not path.exists():
         if (output_dir / PREDICTIONS_FILE).exists():
@@ -72,11 +77,20 @@ def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
         atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
         return
     recorded = json.loads(path.read_text(encoding="utf-8"))
-    changed = sorted(key for key in set(recorded) | set(settings) if recorded.get(key) != settings.get(key))
+    changed = sorted(key for key in set(recorded) | set(settings)
+                     if recorded.get(key) != settings.get(key) and key != HYPERNETWORK_KEY)
+    if not changed and recorded.get(HYPERNETWORK_KEY) != settings.get(HYPERNETWORK_KEY):
+        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
     if changed:
         details = "; ".join(f"{key}: {recorded.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
         raise ValueError(f"{output_dir} holds results of a run with other settings ({details}); resume with the "
                          f"same settings or choose another output folder")
+
+
+def _reusable_keys(log: PredictionLog, hypernetwork_sha256: str) -> set:
+    """Keys of recorded rows valid for this hypernetwork: every non-SHINE row, and SHINE rows made by it."""
+    return {key for key, row in log.rows.items()
+            if CONDITIONS[row["condition"]].adapter != SHINE or row.get(HYPERNETWORK_KEY) == hypernetwork_sha256}
 
 
 def summarize(rows: Sequence[Row]) -> dict[str, Any]:
@@ -147,15 +161,18 @@ def run_evaluation(
     settings = run_settings(shine, options)
     _check_settings(output_dir, settings)
     log = PredictionLog(output_dir / PREDICTIONS_FILE)
-    done = log.keys()
+    done = _reusable_keys(log, settings[HYPERNETWORK_KEY])
     with tqdm(total=len(tasks), initial=sum(t.key in done for t in tasks), desc="shine eval", unit="q",
               disable=not progress) as bar:
         def record(rows: list[Row]) -> None:
+            for row in rows:
+                if CONDITIONS[row["condition"]].adapter == SHINE:
+                    row[HYPERNETWORK_KEY] = settings[HYPERNETWORK_KEY]
             log.append(rows)
             bar.update(len(rows))
 
         execute_tasks(shine, tasks, options, done, on_rows=record, on_status=bar.set_postfix_str)
-    rows = [log.rows[task.key] for task in tasks]
+    rows = [rescored(log.rows[task.key]) for task in tasks]  # scores always from the current extractor
     results = {
         "settings": settings,
         "metadata": {**(metadata or {}), "num_questions": len(records),

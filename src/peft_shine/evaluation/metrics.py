@@ -29,7 +29,11 @@ _SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]*\|>")
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", flags=re.DOTALL | re.IGNORECASE)
 _UNCLOSED_THINK = re.compile(r"^\s*<think>", flags=re.IGNORECASE)
 _CLOSE_THINK = re.compile(r"</think>", flags=re.IGNORECASE)
-_ANSWER_PREFIX = re.compile(r"^\s*(?:final\s+answer|answer)\s*:", flags=re.IGNORECASE)
+# "Answer:", "Final answer:", and the preambles small instruct models put first ("The answer is ...",
+# "The answer to this question is: ...")
+_ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?(?:final\s+)?answer(?:\s+to\s+(?:this|the|your)\s+question)?\s*"
+                            r"(?:is\b\s*:?|:)", flags=re.IGNORECASE)
+_MAX_PREFIXES = 3  # a preamble repeated by a looping model is stripped up to this many times
 
 
 def normalize_answer(s: str) -> str:
@@ -150,14 +154,18 @@ def extract_answer(generation: str) -> str:
 
     Steps: remove ``<|...|>`` special tokens; drop a ``<think>…</think>`` block (an unclosed leading ``<think>``
     means the model never answered and gives ``""``; a lone ``</think>`` keeps only what follows it); strip a
-    leading ``answer:`` / ``final answer:`` (case-insensitive); keep the first non-empty line; strip whitespace.
+    leading ``answer:`` / ``final answer:`` or a preamble such as ``The answer (to this question) is:``
+    (case-insensitive, up to three times); keep the first non-empty line; strip whitespace.
 
     >>> extract_answer("<think>hmm</think>\\nAnswer: Paris\\nIt is the capital.")
     'Paris'
     """
     text = _SPECIAL_TOKEN.sub("", generation)
     text = _drop_thinking(text)
-    text = _ANSWER_PREFIX.sub("", text, count=1)
+    for _ in range(_MAX_PREFIXES):
+        text, found = _ANSWER_PREFIX.subn("", text, count=1)
+        if not found:
+            break
     for line in text.splitlines():
         if line.strip():
             return line.strip()

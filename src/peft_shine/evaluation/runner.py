@@ -134,15 +134,24 @@ def _make_adapters(shine, chunk: Chunk, options: RunOptions, scope: list[str],
     return {context: (name, s) for context, name, s in zip(chunk.contexts, names, seconds)}
 
 
+def scores(generation: str, answers: Sequence[str], source: str) -> dict[str, Any]:
+    """``{"prediction", "em", "f1"}`` of a raw generation: the extracted answer and its scores."""
+    prediction = extract_answer(generation)
+    return {"prediction": prediction, **score_example(prediction, answers, source)}
+
+
+def rescored(row: Row) -> Row:
+    """``row`` scored again from its raw generation (so an improved extractor also applies to stored rows)."""
+    return {**row, **scores(row["generation"], row["answers"], row["source"])}
+
+
 def make_row(task: Task, generation: str, adapter_seconds: float | None, answer_seconds: float) -> Row:
     """The JSON record of one answered task: the prediction, its scores and its costs."""
-    prediction = extract_answer(generation)
     record = task.record
     return {
         "condition": task.condition, "id": record.id, "source": record.source, "title": record.title,
-        "question": record.question, "answers": list(record.answers),
-        "generation": generation, "prediction": prediction,
-        **score_example(prediction, record.answers, record.source),
+        "question": record.question, "answers": list(record.answers), "generation": generation,
+        **scores(generation, record.answers, record.source),
         "context_sha256": context_id(record.context),
         "adapter_context_sha256": None if task.adapter_context is None else context_id(task.adapter_context),
         "adapter_seconds": adapter_seconds, "answer_seconds": answer_seconds, "prompt_tokens": task.prompt_tokens,

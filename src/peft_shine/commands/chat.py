@@ -1,0 +1,102 @@
+"""``shine chat``: turn a context into an adapter, then chat with it in the terminal (the context is not in the
+prompt). Questions come from ``--question`` flags or, interactively, from standard input; ``--compare`` also shows
+the base model's answers without and with the context in the prompt.
+
+Examples::
+
+    shine chat --context-file notes.txt
+    shine chat --context "The Eiffel Tower was finished in 1889." --question "When was it finished?" --compare
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..base_models import DEFAULT_BASE_MODEL
+
+
+MAX_HISTORY_TURNS = 4  # earlier exchanges kept in the prompt
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("chat", help="generate an adapter from a context and chat with it",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--context", default=None, help="the context text")
+    source.add_argument("--context-file", default=None, help="a UTF-8 text file holding the context")
+    parser.add_argument("--question", action="append", default=[],
+                        help="ask this and exit (repeatable); without it, questions are read from standard input")
+    parser.add_argument("--hypernetwork", default=None,
+                        help="SHINE checkpoint (folder or Hub id); default: the shipped one, else an untrained one")
+    parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base LM for an untrained hypernetwork")
+    parser.add_argument("--compare", action="store_true",
+                        help="also answer with the base model alone and with the context in the prompt")
+    parser.add_argument("--save-adapter", default=None, metavar="DIR", help="also save the adapter (a LoRA folder)")
+    parser.add_argument("--truncate", action="store_true", help="keep the first max_context_length context tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.set_defaults(func=run)
+
+
+def read_context(args: argparse.Namespace) -> tuple[str, str]:
+    """``(context, where it came from)``: ``--context``, ``--context-file`` or the bundled sample context."""
+    if args.context is not None:
+        return args.context, "--context"
+    if args.context_file is not None:
+        path = Path(args.context_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
+        return path.read_text(encoding="utf-8"), str(path)
+    from ..evaluation.qa_data import load_sample_context
+
+    record = load_sample_context()[0]
+    return record.context, f"the bundled sample context ({record.title}); pass --context or --context-file"
+
+
+def questions(args: argparse.Namespace) -> Iterator[str]:
+    """The ``--question`` flags, else non-empty lines typed on standard input (until EOF, 'exit' or 'quit')."""
+    if args.question:
+        yield from args.question
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("\nyou> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip().lower() in ("exit", "quit"):
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..prompting import BASE_ADAPTER, build_prompt, generate_answers
+    from .quickstart import load_hypernetwork
+
+    context, origin = read_context(args)
+    shine, label = load_hypernetwork(args.hypernetwork, args.base)
+    tokens = len(shine.tokenizer(context, add_special_tokens=False).input_ids)
+    print(f"Loaded {label}. Context: {origin}, {tokens} tokens.")
+    started = time.perf_counter()
+    model = shine.generate_adapter(context, truncation=args.truncate)
+    print(f"Adapter generated in {time.perf_counter() - started:.2f} s. Ask questions (exit or Ctrl-D to stop).")
+    if args.save_adapter:
+        print(f"Adapter saved to {shine.save_adapter(Path(args.save_adapter))}/")
+    tokenizer, history = shine.tokenizer, []
+    for question in questions(args):
+        prompt = build_prompt(tokenizer, question, history=history[-2 * MAX_HISTORY_TURNS:])
+        prompts, names = [prompt], ["default"]
+        if args.compare:
+            prompts += [build_prompt(tokenizer, question), build_prompt(tokenizer, question, context)]
+            names += [BASE_ADAPTER, BASE_ADAPTER]
+        started = time.perf_counter()
+        answers = generate_answers(model, tokenizer, prompts, names, args.max_new_tokens)
+        seconds = time.perf_counter() - started
+        print(f"adapter> {answers[0]}" + ("" if args.compare else f"   ({seconds:.1f} s)"))
+        if args.compare:
+            print(f"  base model, no context> {answers[1]}\n  base model, context in prompt> {answers[2]}")
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answers[0]}]
+    return 0
