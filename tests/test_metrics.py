@@ -183,3 +183,11 @@ def test_extract_answer_gives_one_stripped_line(generation: str) -> None:
     assert len(answer.splitlines()) <= 1
     score = score_example(answer, [generation or "x"], "hotpotqa")
     assert 0.0 <= score["em"] <= score["f1"] <= 1.0
+
+
+def test_score_generation_scores_the_extracted_answer() -> None:
+    from peft_shine.evaluation import score_generation
+
+    assert score_generation("The answer is: Rollo\nHe led the Norse.", ["Rollo"], "squad-v1.1-dev") == {
+        "prediction": "Rollo", "em": 1.0, "f1": 1.0}
+    assert score_generation("Sigmund", ["Rollo"], "squad-v1.1-dev")["f1"] == 0.0

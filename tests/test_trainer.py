@@ -20,7 +20,7 @@ from peft_shine import ShineModel
 from peft_shine.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
 from peft_shine.evaluation.qa_data import load_qa_records
 from peft_shine.trainer import ShineTrainer, ShineTrainingArguments, build_dataset
-from tiny_models import make_char_tokenizer, make_tiny_lm
+from tiny_models import make_char_tokenizer, make_tiny_lm, write_training_folder
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -249,15 +249,11 @@ def test_tiny_fit_adapter_beats_both_controls(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A saved tiny base model folder, a small training config, a text file and a QA file (two articles)."""
-    folder = tmp_path_factory.mktemp("tiny-run")
-    make_tiny_lm("llama", initializer_range=0.2).save_pretrained(folder / "base")
-    make_char_tokenizer().save_pretrained(folder / "base")
     config = {"max_context_length": 48, "max_conversation_length": 192, "per_device_train_batch_size": 2,
               "gradient_accumulation_steps": 2, "logging_steps": 1, "eval_steps": 2, "use_cpu": True,
               "disable_tqdm": True, "model": {"lora_rank": 2, "lora_scale": 0.03}}
-    (folder / "config.json").write_text(json.dumps(config))
-    lines = [json.dumps({"text": " ".join(random_words(8, seed=i, length=4))}) for i in range(24)]
-    (folder / "texts.jsonl").write_text("\n".join(lines))
+    texts = [" ".join(random_words(8, seed=i, length=4)) for i in range(24)]
+    folder = write_training_folder(tmp_path_factory.mktemp("tiny-run"), config, texts)
     records = load_qa_records("squad", split="train")
     titles = sorted({r.title for r in records})
     sample = [r for title in titles for r in [r for r in records if r.title == title][:6]]

@@ -15,22 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from peft_shine.data import ShineDataCollator, build_pretraining_examples, build_qa_examples, tokenize_examples
-from tiny_models import make_char_tokenizer, make_tiny_lm
+from tiny_models import make_char_tokenizer, write_training_folder
 
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("killed-run")
-    make_tiny_lm("llama", initializer_range=0.2).save_pretrained(folder / "base")
-    make_char_tokenizer().save_pretrained(folder / "base")
     config = {"max_context_length": 48, "max_conversation_length": 160, "per_device_train_batch_size": 2,
               "gradient_accumulation_steps": 1, "logging_steps": 1, "save_steps": 2, "save_total_limit": 10,
               "eval_strategy": "no", "use_cpu": True, "disable_tqdm": True, "model": {"lora_rank": 2}}
-    (folder / "config.json").write_text(json.dumps(config))
     words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "theta", "kappa"]
-    lines = [json.dumps({"text": " ".join(words[(i + j) % 8] for j in range(6))}) for i in range(64)]
-    (folder / "texts.jsonl").write_text("\n".join(lines))
-    return folder
+    texts = [" ".join(words[(i + j) % 8] for j in range(6)) for i in range(64)]
+    return write_training_folder(tmp_path_factory.mktemp("killed-run"), config, texts)
 
 
 def train_command(folder, output, *extra: str) -> list[str]:

@@ -6,7 +6,10 @@ mechanism tests can run the real transformers modeling code of each family.
 
 from __future__ import annotations
 
+import json
 import string
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -71,3 +74,13 @@ def make_tiny_lm(family: str = "llama", seed: int = 0, **overrides) -> torch.nn.
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.config.name_or_path = f"tiny-random-{family}"
     return model.eval()
+
+
+def write_training_folder(folder: Path, config: Mapping, texts: Sequence[str]) -> Path:
+    """A folder for `shine train` runs on a tiny model: ``base/`` (tiny Llama + char tokenizer), ``config.json``
+    (``config``, training arguments) and ``texts.jsonl`` (one ``{"text"}`` record per text)."""
+    make_tiny_lm("llama", initializer_range=0.2).save_pretrained(folder / "base")
+    make_char_tokenizer().save_pretrained(folder / "base")
+    (folder / "config.json").write_text(json.dumps(dict(config)))
+    (folder / "texts.jsonl").write_text("\n".join(json.dumps({"text": text}) for text in texts))
+    return folder

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 def mean_f1(generations: list[str], records: list) -> float:
     """Mean SQuAD token F1 (×100) of the extracted answers (`shine eval`'s scoring)."""
-    from ..evaluation.metrics import extract_answer, score_example
+    from ..evaluation.metrics import score_generation
 
-    scores = [score_example(extract_answer(text), r.answers, r.source)["f1"] for text, r in zip(generations, records)]
+    scores = [score_generation(text, r.answers, r.source)["f1"] for text, r in zip(generations, records)]
     return 100.0 * sum(scores) / len(scores)

@@ -21,6 +21,7 @@ from peft_shine.evaluation.metrics import (
     hotpot_f1,
     normalize_answer,
     score_example,
+    score_generation,
     token_f1,
     uses_hotpot_rule,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "run_evaluation",
     "sample_indices",
     "score_example",
+    "score_generation",
     "token_f1",
     "train_sft_adapter",
     "uses_hotpot_rule",

@@ -87,10 +87,15 @@ def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
                          f"same settings or choose another output folder")
 
 
+def _uses_hypernetwork(row: Row) -> bool:
+    """Whether a row's answer depends on the hypernetwork's weights (it was answered with a SHINE adapter)."""
+    return CONDITIONS[row["condition"]].adapter == SHINE
+
+
 def _reusable_keys(log: PredictionLog, hypernetwork_sha256: str) -> set:
     """Keys of recorded rows valid for this hypernetwork: every non-SHINE row, and SHINE rows made by it."""
     return {key for key, row in log.rows.items()
-            if CONDITIONS[row["condition"]].adapter != SHINE or row.get(HYPERNETWORK_KEY) == hypernetwork_sha256}
+            if not _uses_hypernetwork(row) or row.get(HYPERNETWORK_KEY) == hypernetwork_sha256}
 
 
 def summarize(rows: Sequence[Row]) -> dict[str, Any]:
@@ -165,9 +170,8 @@ def run_evaluation(
     with tqdm(total=len(tasks), initial=sum(t.key in done for t in tasks), desc="shine eval", unit="q",
               disable=not progress) as bar:
         def record(rows: list[Row]) -> None:
-            for row in rows:
-                if CONDITIONS[row["condition"]].adapter == SHINE:
-                    row[HYPERNETWORK_KEY] = settings[HYPERNETWORK_KEY]
+            for row in filter(_uses_hypernetwork, rows):
+                row[HYPERNETWORK_KEY] = settings[HYPERNETWORK_KEY]
             log.append(rows)
             bar.update(len(rows))
 

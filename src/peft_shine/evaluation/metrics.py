@@ -16,6 +16,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 
 Metric = Callable[[str, str], float]
@@ -170,3 +171,9 @@ def extract_answer(generation: str) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+def score_generation(generation: str, golds: Sequence[str], dataset_name_or_source: str) -> dict[str, Any]:
+    """``{"prediction", "em", "f1"}`` of a raw generation: `extract_answer`, then `score_example`."""
+    prediction = extract_answer(generation)
+    return {"prediction": prediction, **score_example(prediction, golds, dataset_name_or_source)}

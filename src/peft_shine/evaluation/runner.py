@@ -24,7 +24,7 @@ from typing import Any
 
 from ..prompting import BASE_ADAPTER, generate_answers
 from .conditions import SFT, SHINE, Task, TaskKey, context_id
-from .metrics import extract_answer, score_example
+from .metrics import score_generation
 from .sft import SFTConfig, train_sft_adapter
 
 
@@ -134,15 +134,9 @@ def _make_adapters(shine, chunk: Chunk, options: RunOptions, scope: list[str],
     return {context: (name, s) for context, name, s in zip(chunk.contexts, names, seconds)}
 
 
-def scores(generation: str, answers: Sequence[str], source: str) -> dict[str, Any]:
-    """``{"prediction", "em", "f1"}`` of a raw generation: the extracted answer and its scores."""
-    prediction = extract_answer(generation)
-    return {"prediction": prediction, **score_example(prediction, answers, source)}
-
-
 def rescored(row: Row) -> Row:
     """``row`` scored again from its raw generation (so an improved extractor also applies to stored rows)."""
-    return {**row, **scores(row["generation"], row["answers"], row["source"])}
+    return {**row, **score_generation(row["generation"], row["answers"], row["source"])}
 
 
 def make_row(task: Task, generation: str, adapter_seconds: float | None, answer_seconds: float) -> Row:
@@ -151,7 +145,7 @@ def make_row(task: Task, generation: str, adapter_seconds: float | None, answer_
     return {
         "condition": task.condition, "id": record.id, "source": record.source, "title": record.title,
         "question": record.question, "answers": list(record.answers), "generation": generation,
-        **scores(generation, record.answers, record.source),
+        **score_generation(generation, record.answers, record.source),
         "context_sha256": context_id(record.context),
         "adapter_context_sha256": None if task.adapter_context is None else context_id(task.adapter_context),
         "adapter_seconds": adapter_seconds, "answer_seconds": answer_seconds, "prompt_tokens": task.prompt_tokens,
