@@ -37,3 +37,19 @@ def test_held_out_curves_are_not_joined_across_stages():
     points = [(0, 3.0), (20, 2.0), (25, 4.0), (35, 3.5)]
     assert _split_at(points, [20]) == [[(0, 3.0), (20, 2.0)], [(25, 4.0), (35, 3.5)]]
     assert _split_at(points, []) == [points]
+
+
+def test_comparison_plots_the_context_gap_and_teacher_kl_of_each_run(tmp_path):
+    from peft_shine.plots import eval_series
+
+    history = [{"eval_loss": 2.0, "eval_loss_wrong_context": 2.5, "eval_kd": 0.9, "step": 0},
+               {"eval_loss": 1.5, "eval_loss_wrong_context": 2.25, "step": 10}, {"loss": 1.0, "step": 10}]
+    assert eval_series(history, "eval_loss_wrong_context", "eval_loss") == [(0, 0.5), (10, 0.75)]
+    assert eval_series(history, "eval_kd") == [(0, 0.9)]
+    for name in ("ce", "kd"):
+        folder = tmp_path / name / "checkpoint-10"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    output = tmp_path / "compare.png"
+    assert main([str(tmp_path / "ce"), str(tmp_path / "kd"), "--compare", "--output", str(output)]) == 0
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -297,6 +297,26 @@ def test_cli_holds_back_evaluation_articles_and_trims_the_monitor(tiny_run):
         train_and_eval_data(args, training_arguments(args, {}))
 
 
+def test_stage_one_reads_qa_contexts_and_texts_together_minus_held_back_articles(tiny_run, tmp_path):
+    import gzip
+
+    from peft_shine.cli import build_parser
+    from peft_shine.commands.train import train_and_eval_data, training_arguments
+
+    records = load_qa_records(str(tiny_run / "qa.jsonl"))
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps(records[0].to_dict()))
+    packed = tmp_path / "qa.jsonl.gz"
+    packed.write_bytes(gzip.compress((tiny_run / "qa.jsonl").read_bytes()))
+    args = build_parser().parse_args(["train", "--stage", "pretrain", "--data", str(packed), "--data",
+                                      str(tiny_run / "texts.jsonl"), "--exclude-articles", str(held),
+                                      "--eval-fraction", "0", "--output", "unused"])
+    texts, _ = train_and_eval_data(args, training_arguments(args, {}))
+    kept_contexts = list(dict.fromkeys(r.context for r in records if r.title != records[0].title))
+    words = [json.loads(line)["text"] for line in (tiny_run / "texts.jsonl").read_text().splitlines()]
+    assert texts == kept_contexts + words  # distinct contexts once each, the held-back article's none
+
+
 def test_cli_config_file_is_merged_under_the_flags(tmp_path):
     from peft_shine.cli import build_parser
     from peft_shine.commands.train import read_config, training_arguments

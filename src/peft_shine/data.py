@@ -335,15 +335,17 @@ def _encode_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_co
 
 
 def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_context_length: int,
-                      max_conversation_length: int, num_proc: int | None = None):
+                      max_conversation_length: int, num_proc: int | None = None, keep_raw: bool = False):
     """Tokenise examples once into a `datasets.Dataset` with ``context_input_ids``, ``input_ids``, ``labels``
-    (truncation rules in the module docstring); examples left without a labelled token are dropped."""
+    (truncation rules in the module docstring); examples left without a labelled token are dropped. ``keep_raw``
+    also keeps ``context``, ``messages`` and ``dropped_turns`` (what `distillation.add_teacher_targets` reads)."""
     import datasets
 
     if not examples:
         raise ValueError("No examples to tokenise (is the data empty?).")
     raw = datasets.Dataset.from_list(list(examples))
-    encoded = raw.map(_encode_example, remove_columns=raw.column_names, num_proc=num_proc, desc="Tokenising",
+    raw_columns = [name for name in raw.column_names if not keep_raw or name not in ("context", "messages")]
+    encoded = raw.map(_encode_example, remove_columns=raw_columns, num_proc=num_proc, desc="Tokenising",
                       fn_kwargs={"tokenizer": tokenizer, "max_context_length": max_context_length,
                                  "max_conversation_length": max_conversation_length})
     dropped_turns = sum(encoded["dropped_turns"])
@@ -356,7 +358,7 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
     if len(kept) == 0:
         raise ValueError(f"Every example was dropped: no first exchange fits max_conversation_length="
                          f"{max_conversation_length}.")
-    return kept.remove_columns("dropped_turns")
+    return kept if keep_raw else kept.remove_columns("dropped_turns")
 
 
 # ---------------------------------------------------------------------------------------------- collator
@@ -389,5 +391,10 @@ class ShineDataCollator:
         lengths = torch.tensor([len(ids) for ids in conversations])
         attention_mask = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
         labels = right_pad([f["labels"] for f in features], IGNORE_INDEX, self.pad_to_multiple_of)
-        return {"context_input_ids": context_ids, "context_attention_mask": context_mask, "input_ids": input_ids,
-                "attention_mask": attention_mask, "labels": labels}
+        batch = {"context_input_ids": context_ids, "context_attention_mask": context_mask, "input_ids": input_ids,
+                 "attention_mask": attention_mask, "labels": labels}
+        if "teacher_topk_ids" in features[0]:  # one row per labelled token, rows in batch order (as forward reads)
+            batch["teacher_topk_ids"] = torch.cat([torch.as_tensor(f["teacher_topk_ids"]) for f in features])
+            batch["teacher_topk_logprobs"] = torch.cat(
+                [torch.as_tensor(f["teacher_topk_logprobs"], dtype=torch.float32) for f in features])
+        return batch

@@ -30,6 +30,7 @@ from .configuration_shine import ShineConfig
 from .io_utils import staged_files
 from .layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
 from .lora_binding import LoraBinder, LoraWeights, capture_layer_outputs
+from .losses import per_context_mean, topk_kl
 from .m2p import M2PTransformer
 
 
@@ -42,10 +43,13 @@ class BaseModelMismatchError(ValueError):
 
 @dataclass
 class ShineOutput(ModelOutput):
-    """Output of `ShineModel.forward`: the answer-pass loss and the number of labelled tokens it averages over."""
+    """Output of `ShineModel.forward`: the answer-pass loss, the number of labelled tokens, and (detached) the summed
+    cross-entropy and, with teacher targets, the summed distillation KL over those tokens."""
 
     loss: torch.Tensor | None = None
     num_label_tokens: torch.Tensor | None = None
+    ce_sum: torch.Tensor | None = None
+    kd_sum: torch.Tensor | None = None
 
 
 class ShineModel(AdapterGenerationMixin, PreTrainedModel):
@@ -201,13 +205,21 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         context_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        teacher_topk_ids: torch.Tensor | None = None,
+        teacher_topk_logprobs: torch.Tensor | None = None,
+        loss_weights: tuple[float, float] = (1.0, 0.0),
         **kwargs: Any,
     ) -> ShineOutput:
-        """Training loss: generate a LoRA from each context, then the cross-entropy of the answer pass on the
-        conversation **without** the context, over tokens whose label is not -100 (assistant tokens).
+        """Training loss: generate a LoRA from each context, then score the answer pass on the conversation
+        **without** the context, over tokens whose label is not -100 (assistant tokens).
 
-        The conversation batch may hold ``k`` rows per context (rows grouped contiguously). With
-        ``num_items_in_batch`` (given by `Trainer` under gradient accumulation) the summed loss is divided by it.
+        ``loss_weights = (ce, kd)``. With ``kd == 0`` (the default) the loss is the cross-entropy summed over
+        labelled tokens and divided by ``num_items_in_batch`` (given by `Trainer` under gradient accumulation: the
+        labelled-token count) or by the token count. With ``kd > 0`` and the teacher's top-k targets
+        (``teacher_topk_ids``/``teacher_topk_logprobs``, one row per labelled token in batch order; see
+        `peft_shine.distillation`) the loss is ``ce · CE + kd · KL`` **averaged per context** (token mean within a
+        row, summed over rows) and divided by ``num_items_in_batch`` (then: the number of contexts) or the row
+        count. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
         """
         lora = self.generate_lora(context_input_ids, context_attention_mask)
         if attention_mask is None:
@@ -219,10 +231,28 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         with self.apply_lora(lora) as base:
             logits = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False, logits_to_keep=keep).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
+        logits = logits.reshape(-1, logits.shape[-1])
+        ce = F.cross_entropy(logits.float(), targets, reduction="none")
         count = targets.new_tensor(targets.numel())
-        denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
-        return ShineOutput(loss=loss / denominator, num_label_tokens=count)
+        ce_weight, kd_weight = loss_weights
+        kd = None
+        if kd_weight:
+            if teacher_topk_ids is None or teacher_topk_logprobs is None:
+                raise ValueError("A distillation loss weight needs teacher_topk_ids and teacher_topk_logprobs (build "
+                                 "the dataset with objective 'kd' or 'kd+ce').")
+            if teacher_topk_ids.shape[0] != targets.numel():
+                raise ValueError(f"{teacher_topk_ids.shape[0]} teacher target rows for {targets.numel()} labelled "
+                                 f"tokens: the targets do not belong to this batch.")
+            kd = topk_kl(logits, teacher_topk_ids, teacher_topk_logprobs)
+            rows = keep.nonzero()[:, 0]
+            per_row = per_context_mean(ce_weight * ce + kd_weight * kd, rows, labels.shape[0]).sum()
+            denominator = num_items_in_batch if num_items_in_batch is not None else labels.shape[0]
+            loss = per_row / denominator
+        else:
+            denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+            loss = ce_weight * ce.sum() / denominator
+        return ShineOutput(loss=loss, num_label_tokens=count, ce_sum=ce.detach().sum(),
+                           kd_sum=None if kd is None else kd.detach().sum())
 
     # ------------------------------------------------------------------ checkpointing
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,

@@ -79,22 +79,67 @@ def plot_losses(log_history: Sequence[Mapping[str, Any]], path: str | Path, titl
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m peft_shine.plots RUN [RUN ...] --output PNG``: the losses of consecutive training runs."""
-    import argparse
+def eval_series(log_history: Sequence[Mapping[str, Any]], key: str, minus: str | None = None) -> list[tuple]:
+    """``[(step, value)]`` of an evaluation key (``value = entry[key] - entry[minus]`` with ``minus``)."""
+    return [(int(e["step"]), float(e[key]) - (float(e[minus]) if minus else 0.0)) for e in log_history
+            if key in e and (minus is None or minus in e) and "step" in e]
+
+
+def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
+                    title: str | None = None) -> Path:
+    """Runs side by side (an ablation): the context-specific gap (wrong-context loss − adapter loss) and the KL to
+    the in-context teacher of their held-out monitors, one line per run."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    gap_axes, kd_axes = figure.subplots(1, 2)
+    for index, (name, history) in enumerate(histories.items()):
+        for axes, points in ((gap_axes, eval_series(history, "eval_loss_wrong_context", "eval_loss")),
+                             (kd_axes, eval_series(history, "eval_kd"))):
+            if points:
+                steps, values = zip(*points)
+                axes.plot(steps, values, marker="o", markersize=3, color=f"C{index}", label=name)
+    gap_axes.set_ylabel("wrong-context − adapter loss (nats)")
+    gap_axes.set_title("context-specific gap (higher is better)")
+    kd_axes.set_ylabel("KL to the in-context teacher (nats/token)")
+    kd_axes.set_title("distance to the teacher (lower is better)")
+    for axes in (gap_axes, kd_axes):
+        axes.set_xlabel("optimizer step")
+        axes.grid(alpha=0.3)
+        axes.legend()
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def last_history(run: Path) -> list[dict[str, Any]]:
+    """The log history of a training output folder's last checkpoint."""
     import json
+
+    states = sorted(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not states:
+        raise SystemExit(f"{run} has no checkpoint-*/trainer_state.json")
+    return json.loads(states[-1].read_text(encoding="utf-8"))["log_history"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m peft_shine.plots RUN [RUN ...] --output PNG``: the losses of consecutive training runs, or with
+    ``--compare`` the monitors of runs side by side (an ablation)."""
+    import argparse
 
     parser = argparse.ArgumentParser(prog="python -m peft_shine.plots", description=main.__doc__)
     parser.add_argument("runs", nargs="+", help="training output folders (their last checkpoint's trainer_state)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--title", default=None)
+    parser.add_argument("--compare", action="store_true", help="side by side instead of chained")
     args = parser.parse_args(argv)
-    histories = []
-    for run in map(Path, args.runs):
-        states = sorted(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-        if not states:
-            raise SystemExit(f"{run} has no checkpoint-*/trainer_state.json")
-        histories.append(json.loads(states[-1].read_text(encoding="utf-8"))["log_history"])
+    histories = [last_history(run) for run in map(Path, args.runs)]
+    if args.compare:
+        print(plot_comparison({Path(run).name: h for run, h in zip(args.runs, histories)}, args.output, args.title))
+        return 0
     history, starts = chain_stages(histories)
     print(plot_losses(history, args.output, args.title, starts))
     return 0

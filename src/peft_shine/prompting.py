@@ -4,7 +4,8 @@ One prompt format everywhere, in stage-2 training and at inference: the base mod
 `ANSWER_SYSTEM_PROMPT` as system turn, the question as the user turn, and (for the in-context baseline only) the
 context in the user turn before the question. The system turn asks every condition for a short answer, as SHINE's
 single-QA baselines do (shine-method.md §3): without it an instruct model answers extractive questions in whole
-sentences and token F1 measures verbosity more than knowledge.
+sentences and token F1 measures verbosity more than knowledge. The one exception is `build_instruction_prompt`, the
+stage-1 format (no short-answer system turn), which the recall evaluation uses to ask an adapter for its context.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ def build_prompt(tokenizer: PreTrainedTokenizerBase, question: str, context: str
     content = question if context is None else IN_CONTEXT_TEMPLATE.format(context=context, question=question)
     turns = [{"role": m["role"], "content": m["content"]} for m in history if m.get("role") in ("user", "assistant")]
     messages = [answer_system_message(), *turns, {"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def build_instruction_prompt(tokenizer: PreTrainedTokenizerBase, instruction: str) -> str:
+    """The stage-1 chat prompt: ``instruction`` as the only user turn, after the chat template's default system turn
+    (if it has one), NOT the short-answer system turn of `build_prompt`, ending with the assistant generation
+    prompt. It equals the prompt part of a stage-1 reconstruction or completion exchange
+    (`data.conversation_turns`)."""
+    messages = [{"role": "user", "content": instruction}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -35,17 +35,21 @@ from .contexts import pad_token_id
 from .data import (
     QA_MODES,
     ShineDataCollator,
+    as_qa_records,
     build_pretraining_examples,
     build_qa_examples,
     texts_from_column,
     tokenize_examples,
 )
+from .distillation import add_teacher_targets, with_teacher_answers
+from .losses import topk_kl
 from .modeling_shine import BASE_PREFIX, ShineModel
 
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "instruct")
+OBJECTIVES = ("ce", "kd", "kd+ce")
 # config fields a stage-1 checkpoint must share with the model it initialises
 _COMPATIBLE_FIELDS = ("base_fingerprint", "lora_rank", "meta_lora_rank", "num_memory_slots", "m2p_num_layers",
                       "m2p_num_heads", "m2p_ffn_dim")
@@ -72,6 +76,19 @@ class ShineTrainingArguments(TrainingArguments):
     num_distractors: int = field(default=2, metadata={"help": "Stage 2 single-QA: other contexts added."})
     text_column: str = field(default="text", metadata={"help": "Stage 1: the dataset column holding the texts."})
     init_from: str | None = field(default=None, metadata={"help": "Stage-1 checkpoint folder to start from."})
+    objective: str = field(default="ce", metadata={"help": f"Answer-pass loss, one of {OBJECTIVES}: cross-entropy on "
+                                                           "the gold tokens, distillation from the base model with "
+                                                           "the context in its prompt, or both."})
+    kd_top_k: int = field(default=16, metadata={"help": "Distillation: teacher tokens kept per position."})
+    kd_weight: float = field(default=1.0, metadata={"help": "Distillation: weight of the KL term."})
+    ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy term ('ce', 'kd+ce')."})
+    teacher_answers: bool = field(default=False, metadata={
+        "help": "Stage 2: train on the teacher's own greedy answers (context in the prompt) instead of the gold "
+                "answers."})
+    teacher_batch_size: int = field(default=4, metadata={"help": "Rows per teacher pass when targets are built."})
+    teacher_cache_dir: str | None = field(default=None, metadata={
+        "help": "Folder of cached teacher targets and answers (default: {output_dir}/teacher-cache); runs on the "
+                "same data and base can share one."})
     eval_controls: bool = field(default=True, metadata={"help": "Also report the no-adapter and wrong-context "
                                                                 "losses at evaluation."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False for SHINE."})
@@ -85,24 +102,59 @@ class ShineTrainingArguments(TrainingArguments):
             raise ValueError(f"qa_mode must be one of {QA_MODES}, got {self.qa_mode!r}.")
         if not 0.0 < self.min_completion_keep <= self.max_completion_keep <= 1.0:
             raise ValueError("Need 0 < min_completion_keep <= max_completion_keep <= 1.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+        if self.kd_top_k < 1 or not (self.kd_weight >= 0 and self.ce_weight >= 0):
+            raise ValueError("Need kd_top_k >= 1 and non-negative kd_weight and ce_weight.")
         if min(self.max_context_length, self.max_conversation_length) < 1:
             raise ValueError("max_context_length and max_conversation_length must be positive.")
         super().__post_init__()
 
+    @property
+    def distills(self) -> bool:
+        """Whether the objective has a distillation term (the data then carries teacher targets)."""
+        return self.objective != "ce"
 
-def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int | None = None):
+    @property
+    def loss_weights(self) -> tuple[float, float]:
+        """``(ce, kd)`` weights of `ShineModel.forward` for this objective."""
+        return {"ce": (self.ce_weight, 0.0), "kd": (0.0, self.kd_weight),
+                "kd+ce": (self.ce_weight, self.kd_weight)}[self.objective]
+
+
+def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int | None = None,
+                  teacher: ShineModel | None = None, distill: bool | None = None, held_out: bool = False):
     """A tokenised dataset for ``args.stage``: ``data`` holds texts (a dataset with ``args.text_column``, dicts, or
-    strings) for ``"pretrain"`` and QA records (`QARecord` or dicts in the shared format) for ``"instruct"``."""
+    strings) for ``"pretrain"`` and QA records (`QARecord` or dicts in the shared format) for ``"instruct"``.
+
+    With ``teacher`` (a `ShineModel` whose base LM is the teacher) and a distilling objective the teacher's top-k
+    targets are added (cached in ``args.teacher_cache_dir``, default ``{output_dir}/teacher-cache``); with
+    ``args.teacher_answers`` the QA records' answers are first replaced by the teacher's own greedy answers (cached
+    there too). ``distill`` overrides whether targets are added (e.g. ``True`` for a held-out set whose teacher KL
+    is monitored under any objective); a ``held_out`` set keeps its gold answers.
+    """
     seed = args.seed if seed is None else seed
+    teacher_cache = Path(args.teacher_cache_dir or Path(args.output_dir) / "teacher-cache")
     if args.stage == "pretrain":
         examples = build_pretraining_examples(
             texts_from_column(data, args.text_column), tokenizer, args.max_context_length,
             args.max_conversation_length, completion_ratio=args.completion_ratio,
             min_completion_keep=args.min_completion_keep, max_completion_keep=args.max_completion_keep, seed=seed)
     else:
+        if args.teacher_answers and teacher is not None and not held_out:
+            data = with_teacher_answers(as_qa_records(data), teacher.base_lm, tokenizer,
+                                        teacher_cache, args.teacher_batch_size,
+                                        peft_disabled=teacher._peft_disabled)
         examples = build_qa_examples(data, tokenizer, args.max_context_length, mode=args.qa_mode,
                                      num_distractors=args.num_distractors, seed=seed)
-    return tokenize_examples(examples, tokenizer, args.max_context_length, args.max_conversation_length)
+    distill = (args.distills if distill is None else distill) and teacher is not None
+    dataset = tokenize_examples(examples, tokenizer, args.max_context_length, args.max_conversation_length,
+                                keep_raw=distill)
+    if not distill:
+        return dataset
+    return add_teacher_targets(dataset, teacher.base_lm, tokenizer, top_k=args.kd_top_k,
+                               batch_size=args.teacher_batch_size, cache_dir=teacher_cache,
+                               peft_disabled=teacher._peft_disabled)
 
 
 def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None:
@@ -143,23 +195,45 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path:
 
 @torch.no_grad()
 def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls: bool = True) -> torch.Tensor:
-    """Summed answer-pass losses and labelled-token counts, shape ``(3, 2)``: rows are the generated adapter, no
-    adapter and the adapter of a different context (the context batch rolled by one; zero for a single row)."""
-    result = torch.zeros(3, 2, dtype=torch.float64)
-    output = shine(**batch, num_items_in_batch=1)
-    result[0] = torch.stack([output.loss.double(), output.num_label_tokens.double()])
+    """Summed answer-pass scores, shape ``(3, 3)``: rows are the generated adapter, no adapter and the adapter of a
+    different context (the context batch rolled by one; zero for a single row); columns are the summed
+    cross-entropy, the labelled-token count and, when the batch carries teacher targets, the summed distillation KL
+    to the in-context teacher (else 0)."""
+    result = torch.zeros(3, 3, dtype=torch.float64)
+    has_teacher = "teacher_topk_ids" in batch
+    weights = (1.0, 1.0 if has_teacher else 0.0)
+
+    def scores(output) -> torch.Tensor:
+        kd = output.kd_sum if output.kd_sum is not None else torch.zeros(())
+        return torch.stack([output.ce_sum.double().cpu(), output.num_label_tokens.double().cpu(), kd.double().cpu()])
+
+    output = shine(**batch, num_items_in_batch=1, loss_weights=weights)
+    result[0] = scores(output)
     if not controls:
         return result
-    with shine.apply_lora(None) as base:
-        loss = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                    num_items_in_batch=1, use_cache=False).loss
-    result[1] = torch.stack([loss.double(), output.num_label_tokens.double()])
+    result[1] = no_adapter_scores(shine, batch)
     if batch["context_input_ids"].shape[0] > 1:
         rolled = {**batch, "context_input_ids": batch["context_input_ids"].roll(1, 0),
                   "context_attention_mask": batch["context_attention_mask"].roll(1, 0)}
-        wrong = shine(**rolled, num_items_in_batch=1)
-        result[2] = torch.stack([wrong.loss.double(), wrong.num_label_tokens.double()])
+        result[2] = scores(shine(**rolled, num_items_in_batch=1, loss_weights=weights))
     return result
+
+
+def no_adapter_scores(shine: ShineModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[summed cross-entropy, labelled tokens, summed KL to the teacher (0 without targets)]`` of the base LM
+    alone on the batch's conversations."""
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    with shine.apply_lora(None) as base:
+        logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
+                      logits_to_keep=keep).logits
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    targets = labels[:, 1:][keep[:, :-1]]
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    kd = (topk_kl(logits, batch["teacher_topk_ids"], batch["teacher_topk_logprobs"]).sum()
+          if "teacher_topk_ids" in batch else torch.zeros(()))
+    return torch.stack([ce.double(), torch.tensor(float(targets.numel()), dtype=torch.float64), kd.double()]).cpu()
 
 
 class ShineTrainer(Trainer):
@@ -205,7 +279,19 @@ class ShineTrainer(Trainer):
             self.skipped_steps += 1
             logger.warning("Skipped optimizer step %d: non-finite gradients.", self.state.global_step + 1)
 
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """Distilling objectives average per context: count the conversations (rows) of the accumulated
+        micro-batches instead of their labelled tokens, summed over processes like the token count."""
+        if not self.args.distills or not batch_samples:
+            return super()._get_num_items_in_batch(batch_samples, device)
+        rows = torch.tensor(sum(batch["labels"].shape[0] for batch in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            rows = self.accelerator.gather(rows).sum()
+        return rows
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        if self.args.distills or "teacher_topk_ids" in inputs:
+            inputs = {**inputs, "loss_weights": self.args.loss_weights}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
         if model.training and not torch.isfinite(loss.detach()).all():
@@ -235,14 +321,19 @@ class ShineTrainer(Trainer):
         shine = self.accelerator.unwrap_model(self.model)
         was_training = shine.training
         shine.eval()
-        totals = torch.zeros(3, 2, dtype=torch.float64, device=self.args.device)
+        totals = torch.zeros(3, 3, dtype=torch.float64, device=self.args.device)
+        has_teacher = "teacher_topk_ids" in dataset.column_names
         for batch in self.get_eval_dataloader(dataset):
             totals += held_out_losses(shine, self._prepare_inputs(batch), self.args.eval_controls).to(totals.device)
         totals = self.accelerator.reduce(totals, reduction="sum")
         shine.train(was_training)
-        names = ["loss", "loss_no_adapter", "loss_wrong_context"][: 3 if self.args.eval_controls else 1]
-        metrics = {f"{metric_key_prefix}_{name}": (totals[i, 0] / totals[i, 1]).item()
-                   for i, name in enumerate(names) if totals[i, 1] > 0}
+        suffixes = ["", "_no_adapter", "_wrong_context"][: 3 if self.args.eval_controls else 1]
+        metrics = {}
+        for i, suffix in enumerate(suffixes):
+            if totals[i, 1] > 0:
+                metrics[f"{metric_key_prefix}_loss{suffix}"] = (totals[i, 0] / totals[i, 1]).item()
+                if has_teacher:
+                    metrics[f"{metric_key_prefix}_kd{suffix}"] = (totals[i, 2] / totals[i, 1]).item()
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - started, 4)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

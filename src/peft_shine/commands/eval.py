@@ -10,12 +10,19 @@ from ..base_models import DEFAULT_BASE_MODEL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation.conditions import CONDITIONS, DEFAULT_CONDITIONS
+    from ..evaluation.conditions import (
+        CONDITIONS,
+        DEFAULT_CONDITIONS,
+        DEFAULT_RECALL_MAX_NEW_TOKENS,
+        RECALL_CONDITIONS,
+        RECALL_MARGIN,
+    )
 
     parser = subparsers.add_parser(
         "eval", help="compare the generated adapter with question-only, in-context, SFT and wrong-context baselines",
         description="Answer QA records under each condition with greedy decoding and write results.json, "
-                    "results.md and results.png. Rerun the same command to resume an interrupted run.")
+                    "results.md and results.png (the recall conditions ask for each context itself instead). "
+                    "Rerun the same command to resume an interrupted run.")
     parser.add_argument("--hypernetwork", default=None,
                         help="SHINE checkpoint (folder or Hub id), or 'none' for an untrained hypernetwork; "
                              "default: the shipped one, else an untrained one")
@@ -23,10 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="squad",
                         help="a bundled QA name (squad, hotpotqa, nq_open) or a JSONL file in the shared QA format")
     parser.add_argument("--split", default=None, help="split of a bundled name (validation or train)")
-    parser.add_argument("--limit", type=int, default=None, help="number of questions, drawn by --seed (default all)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="number of questions, drawn by --seed (default all); recall conditions run once per "
+                             "distinct context of these questions")
     parser.add_argument("--seed", type=int, default=0, help="sampling, grouping, wrong-context and SFT seed")
     parser.add_argument("--conditions", default=",".join(DEFAULT_CONDITIONS),
-                        help=f"comma-separated, in report order, from {', '.join(CONDITIONS)} (or 'all')")
+                        help=f"comma-separated, in report order, from {', '.join(CONDITIONS)} (or 'all'), and "
+                             f"the recall conditions {', '.join(RECALL_CONDITIONS)} (or 'recall')")
     parser.add_argument("--group-tokens", type=int, default=0,
                         help="group paragraphs with distractors into contexts of about N tokens "
                              "(512, 1024, 2048: SQuAD-512/1K/2K); 0 = each paragraph alone")
@@ -36,6 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generation batch")
     parser.add_argument("--adapter-batch-size", type=int, default=8, help="contexts per adapter-generation batch")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy decoding budget per answer")
+    parser.add_argument("--recall-max-new-tokens", type=int, default=DEFAULT_RECALL_MAX_NEW_TOKENS,
+                        help=f"cap on the recall budget (a context's token count + {RECALL_MARGIN})")
     parser.add_argument("--truncate-contexts", action="store_true",
                         help="generate adapters from the first max_context_length tokens of longer contexts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -68,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_evaluation(
         shine, records, conditions, args.output, batch_size=args.batch_size,
         adapter_batch_size=args.adapter_batch_size, max_new_tokens=args.max_new_tokens,
+        recall_max_new_tokens=args.recall_max_new_tokens,
         sft=SFTConfig(steps=args.sft_steps, learning_rate=args.sft_lr), seed=args.seed,
         truncation=args.truncate_contexts, progress=not args.no_progress, metadata=metadata)
     meta = results["metadata"]

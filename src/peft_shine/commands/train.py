@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from ..base_models import DEFAULT_BASE_MODEL
 
 BUNDLED_TEXTS = {"wikitext": "wikitext_sample.jsonl"}
 TEXT_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+QA_COLUMNS = {"context", "question", "answers"}
 # CLI defaults under the config file (shine-method.md §6: micro-batch 1, accumulation 4, warm-up, clip 1.0)
 DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 1, "per_device_eval_batch_size": 4, "gradient_accumulation_steps": 4,
@@ -41,10 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=["pretrain", "instruct"], required=True)
     parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base causal LM (Hub id or folder)")
-    parser.add_argument("--data", required=True,
-                        help="pretrain: 'wikitext' (bundled) or a .jsonl/.json/.csv/.parquet/.txt file with a text "
-                             "column; instruct: a QA JSONL file in the shared format or a bundled name such as "
-                             "'squad:train'")
+    parser.add_argument("--data", required=True, action="append",
+                        help="pretrain: 'wikitext' (bundled), a .jsonl/.json/.csv/.parquet/.txt file (optionally "
+                             "gzipped) with a text column, a QA file (its distinct contexts are the texts) or a Hub "
+                             "dataset id; instruct: a QA JSONL file in the shared format or a bundled name such as "
+                             "'squad:train'. Repeat to train on several sources")
     parser.add_argument("--eval-data", default=None, help="held-out data (default: a split of --data)")
     parser.add_argument("--eval-contexts", type=int, default=None,
                         help="instruct: keep only the records of the first N distinct contexts of the held-out data "
@@ -53,12 +56,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="share of --data held out for evaluation when --eval-data is not given (by article "
                              "for QA records; 0: no evaluation)")
     parser.add_argument("--exclude-articles", action="append", default=[], metavar="QA_DATA",
-                        help="instruct: drop training records about any article (title) of this QA data, e.g. "
-                             "'squad' (the bundled evaluation articles); repeatable. The articles of --eval-data "
-                             "are always dropped")
+                        help="drop training records (stage 1: contexts of QA data) about any article (title) of "
+                             "this QA data, e.g. 'squad' (the bundled evaluation articles); repeatable. Stage 2 "
+                             "always drops the articles of --eval-data")
     parser.add_argument("--output", required=True, help="output folder (checkpoints, final model, loss.png)")
     parser.add_argument("--config", default=None, help="JSON or YAML file of training arguments (+ 'model')")
     parser.add_argument("--init-from", default=None, help="stage-1 checkpoint folder to start stage 2 from")
+    parser.add_argument("--objective", choices=["ce", "kd", "kd+ce"], default=None,
+                        help="answer-pass loss: gold cross-entropy (default), distillation from the base model with "
+                             "the context in its prompt, or both (see docs/training.md)")
+    parser.add_argument("--teacher-answers", action="store_true", default=None,
+                        help="instruct: train on the teacher's own greedy answers instead of the gold ones")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
@@ -90,7 +98,8 @@ def training_arguments(args: argparse.Namespace, config: dict[str, Any]):
 
     values = {**DEFAULTS, "learning_rate": LEARNING_RATES[args.stage], **config, "stage": args.stage,
               "output_dir": args.output}
-    flags = {"init_from": args.init_from, "max_steps": args.max_steps, "seed": args.seed}
+    flags = {"init_from": args.init_from, "max_steps": args.max_steps, "seed": args.seed,
+             "objective": getattr(args, "objective", None), "teacher_answers": getattr(args, "teacher_answers", None)}
     values.update({key: value for key, value in flags.items() if value is not None})
     # YAML reads "5e-5" (no dot) as a string: convert strings given for float-valued fields
     floats = {f.name for f in dataclasses.fields(ShineTrainingArguments) if isinstance(f.default, float)}
@@ -99,8 +108,9 @@ def training_arguments(args: argparse.Namespace, config: dict[str, Any]):
     return parsed
 
 
-def load_texts(source: str, column: str) -> list[str]:
-    """Texts of a bundled text sample or a local file (``datasets`` builders by extension), else a Hub dataset."""
+def load_texts(source: str, column: str, held_back: Sequence = ()) -> list[str]:
+    """Texts of a bundled text sample, a local file (``datasets`` builders by extension, ``.gz`` allowed) or a Hub
+    dataset. A QA dataset gives its distinct contexts, minus those of any article of the ``held_back`` records."""
     import datasets
 
     from ..data import texts_from_column
@@ -108,12 +118,18 @@ def load_texts(source: str, column: str) -> list[str]:
 
     path = bundled_path(BUNDLED_TEXTS[source]) if source in BUNDLED_TEXTS else Path(source)
     if path.is_file():
-        builder = TEXT_FORMATS.get(path.suffix)
+        suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+        builder = TEXT_FORMATS.get(suffix)
         if builder is None:
-            raise ValueError(f"Unknown text file type {path.suffix!r}; use one of {sorted(TEXT_FORMATS)}.")
+            raise ValueError(f"Unknown text file type {suffix!r}; use one of {sorted(TEXT_FORMATS)}.")
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     else:
         dataset = datasets.load_dataset(source, split="train")
+    if QA_COLUMNS.issubset(dataset.column_names):
+        from ..evaluation.qa_data import QARecord
+
+        records = without_articles([QARecord.from_dict(row, index=i) for i, row in enumerate(dataset)], held_back)
+        return list(dict.fromkeys(record.context for record in records))
     return texts_from_column(dataset, column)
 
 
@@ -142,14 +158,19 @@ def train_and_eval_data(args: argparse.Namespace, training) -> tuple[list, list]
     """Raw training and held-out data for the stage: ``--eval-data``, else a seeded split of ``--data``."""
     from ..evaluation.qa_data import held_out_split
 
-    load = load_records if training.stage == "instruct" else lambda s: load_texts(s, training.text_column)
-    data = load(args.data)
+    held_back = [record for source in args.exclude_articles for record in load_records(source)]
+    if training.stage == "instruct":
+        load = load_records
+    else:
+        def load(source: str) -> list[str]:
+            return load_texts(source, training.text_column, held_back)
+    sources = [args.data] if isinstance(args.data, str) else args.data
+    data = [item for source in sources for item in load(source)]
     eval_data = None if args.eval_data is None else load(args.eval_data)
     if training.stage == "instruct":
         if eval_data is not None and args.eval_contexts:
             first = set(list(dict.fromkeys(record.context for record in eval_data))[:args.eval_contexts])
             eval_data = [record for record in eval_data if record.context in first]
-        held_back = [record for source in args.exclude_articles for record in load_records(source)]
         data = without_articles(data, held_back + (eval_data or []))
     if eval_data is not None:
         return data, eval_data
@@ -188,8 +209,11 @@ def train(args: argparse.Namespace):
     training = training_arguments(args, {k: v for k, v in config.items() if k != "model"})
     shine = build_model(args.base, training, config.get("model", {}))
     train_data, eval_data = train_and_eval_data(args, training)
-    train_set = build_dataset(training, shine.tokenizer, train_data)
-    eval_set = build_dataset(training, shine.tokenizer, eval_data) if eval_data else None
+    with training.main_process_first(desc="building the datasets"):  # rank 0 fills the teacher caches first
+        train_set = build_dataset(training, shine.tokenizer, train_data, teacher=shine)
+        eval_set = (build_dataset(training, shine.tokenizer, eval_data, teacher=shine, distill=True,
+                                  held_out=True)
+                    if eval_data else None)  # the monitor always reports the KL to the in-context teacher
     if eval_set is None:
         training.eval_strategy = IntervalStrategy.NO
     trainer = ShineTrainer(shine, training, train_dataset=train_set, eval_dataset=eval_set)
@@ -209,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
     trainer = train(args)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
-        plot = plot_losses(history, Path(args.output) / "loss.png", title=f"SHINE {args.stage} on {args.data}")
+        data = ", ".join([args.data] if isinstance(args.data, str) else args.data)
+        plot = plot_losses(history, Path(args.output) / "loss.png", title=f"SHINE {args.stage} on {data}")
         final = next((entry for entry in reversed(history) if "eval_loss" in entry), {})
         summary = ", ".join(f"{key} {value:.4f}" for key, value in final.items() if key.startswith("eval_loss"))
         print(f"Hypernetwork saved to {args.output}/; loss plot {plot}")

@@ -8,6 +8,12 @@ prompt of ``question_only`` (`prompting.build_prompt` without a context): only t
 `plan_tasks` turns records and condition names into `Task` s. Contexts are identified by their sha256, so the
 three SHINE conditions share one adapter per distinct context, and ``wrong_context`` uses the adapter of the
 context that a seeded derangement (a single cycle over the distinct contexts) assigns.
+
+The **recall** conditions (`RECALL_CONDITIONS`, outside ``"all"``; alias ``"recall"``) ask for the context itself:
+one task per distinct context, the stage-1 prompt (`prompting.build_instruction_prompt` with
+``data.RECONSTRUCTION_INSTRUCTION``: no short-answer system turn, no context), a decoding budget of the context's
+token count + `RECALL_MARGIN` (at most ``recall_max_new_tokens``), and the context as the single gold answer. Its
+`Task.record` is a synthetic `QARecord` (`recall_record`) whose id is derived from the context's sha256.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from ..contexts import context_sha256
-from ..prompting import build_prompt
+from ..prompting import build_instruction_prompt, build_prompt
 from .qa_data import QARecord
 
 
@@ -39,6 +45,7 @@ class Condition:
     context_in_prompt: bool
     description: str
     wrong_context: bool = False  # the adapter comes from another context (the control)
+    recall: bool = False  # asked to repeat its context (one task per context) instead of answering questions
 
 
 CONDITIONS: dict[str, Condition] = {c.name: c for c in (
@@ -50,6 +57,17 @@ CONDITIONS: dict[str, Condition] = {c.name: c for c in (
     Condition("adapter+context", SHINE, True, "SHINE adapter and the context in the prompt"),
 )}
 DEFAULT_CONDITIONS: tuple[str, ...] = ("adapter", "question_only", "in_context", "sft", "wrong_context")
+RECALL_CONDITIONS: dict[str, Condition] = {c.name: c for c in (
+    Condition("recall_adapter", SHINE, False, "SHINE adapter of the context, asked to repeat it (stage-1 prompt)",
+              recall=True),
+    Condition("recall_wrong_context", SHINE, False, "SHINE adapter of ANOTHER context, asked to repeat this one "
+              "(control)", True, recall=True),
+    Condition("recall_base", None, False, "base model alone, asked to repeat the context it never saw", recall=True),
+)}
+KNOWN_CONDITIONS: dict[str, Condition] = {**CONDITIONS, **RECALL_CONDITIONS}
+ALIASES: dict[str, tuple[str, ...]] = {"all": tuple(CONDITIONS), "recall": tuple(RECALL_CONDITIONS)}
+RECALL_MARGIN = 16  # new tokens allowed beyond the context's own token count
+DEFAULT_RECALL_MAX_NEW_TOKENS = 512  # stage-1 conversations are at most max_conversation_length (512) tokens
 
 
 @functools.lru_cache(maxsize=4096)
@@ -68,6 +86,7 @@ class Task:
     prompt_tokens: int
     adapter_kind: str | None = None
     adapter_context: str | None = None  # the context the adapter is made from
+    max_new_tokens: int | None = None  # decoding budget; None = the run's max_new_tokens
 
     @property
     def adapter_key(self) -> tuple[str, str] | None:
@@ -82,23 +101,23 @@ class Task:
 
 
 def resolve_conditions(names: str | Iterable[str]) -> list[str]:
-    """Validate condition names (a list or a comma-separated string; ``"all"`` = every condition), in order,
-    without duplicates.
+    """Validate condition names (a list or a comma-separated string; ``"all"`` = every QA condition, ``"recall"`` =
+    every recall condition), in order, without duplicates.
 
     Raises:
         ValueError: naming an unknown condition and listing the known ones.
     """
     items = names.split(",") if isinstance(names, str) else list(names)
+    choices = f"{', '.join(KNOWN_CONDITIONS)} (or {' / '.join(repr(alias) for alias in ALIASES)})"
     result: list[str] = []
     for name in (item.strip() for item in items):
-        expanded = list(CONDITIONS) if name == "all" else [name]
-        for item in expanded:
-            if item not in CONDITIONS:
-                raise ValueError(f"unknown condition {item!r}; choose from {', '.join(CONDITIONS)} (or 'all')")
+        for item in ALIASES.get(name, (name,)):
+            if item not in KNOWN_CONDITIONS:
+                raise ValueError(f"unknown condition {item!r}; choose from {choices}")
             if item not in result:
                 result.append(item)
     if not result:
-        raise ValueError(f"no condition given; choose from {', '.join(CONDITIONS)}")
+        raise ValueError(f"no condition given; choose from {choices}")
     return result
 
 
@@ -128,12 +147,64 @@ def wrong_context_map(contexts: Sequence[str], seed: int = 0) -> dict[str, str]:
     return {context: contexts[j] for context, j in zip(contexts, derangement(len(contexts), seed))}
 
 
+def recall_instruction() -> str:
+    """The stage-1 reconstruction instruction (``"Repeat the text."``), the user turn of every recall prompt."""
+    from ..data import RECONSTRUCTION_INSTRUCTION  # data imports evaluation: not at import time
+
+    return RECONSTRUCTION_INSTRUCTION
+
+
+def recall_record(record: QARecord) -> QARecord:
+    """The synthetic record of the recall task about ``record``'s context: the instruction as question, the context
+    as its only gold answer, an id from the context's sha256 (so runs over other questions share it)."""
+    context = record.context
+    return QARecord(f"recall-{context_id(context)[:16]}", record.source, record.title, context, recall_instruction(),
+                    (context,))
+
+
+def _adapter_source(condition: Condition, context: str, wrong: dict[str, str]) -> str | None:
+    """The context the condition's adapter is made from (``None`` for the base model)."""
+    if condition.adapter is None:
+        return None
+    return wrong[context] if condition.wrong_context else context
+
+
+def _token_counts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def _qa_tasks(condition: Condition, records: Sequence[QARecord], tokenizer: PreTrainedTokenizerBase,
+              wrong: dict[str, str]) -> list[Task]:
+    """One task per record: its question (with the context when the condition puts it in the prompt)."""
+    prompts = [build_prompt(tokenizer, r.question, r.context if condition.context_in_prompt else None)
+               for r in records]
+    return [Task(condition.name, record, prompt, length, condition.adapter,
+                 _adapter_source(condition, record.context, wrong))
+            for record, prompt, length in zip(records, prompts, _token_counts(tokenizer, prompts))]
+
+
+def _recall_tasks(condition: Condition, records: Sequence[QARecord], tokenizer: PreTrainedTokenizerBase,
+                  wrong: dict[str, str], max_new_tokens: int) -> list[Task]:
+    """One task per distinct context (first appearance order), all with the same stage-1 prompt; the budget is
+    the context's token count + `RECALL_MARGIN`, at most ``max_new_tokens``."""
+    firsts: dict[str, QARecord] = {}
+    for record in records:
+        firsts.setdefault(record.context, record)
+    prompt = build_instruction_prompt(tokenizer, recall_instruction())
+    (length,) = _token_counts(tokenizer, [prompt])
+    sizes = _token_counts(tokenizer, list(firsts))
+    return [Task(condition.name, recall_record(record), prompt, length, condition.adapter,
+                 _adapter_source(condition, context, wrong), min(size + RECALL_MARGIN, max_new_tokens))
+            for (context, record), size in zip(firsts.items(), sizes)]
+
+
 def plan_tasks(records: Sequence[QARecord], conditions: str | Iterable[str], tokenizer: PreTrainedTokenizerBase,
-               seed: int = 0) -> list[Task]:
-    """Every ``(condition, record)`` pair as a `Task`, condition-major, records in their given order.
+               seed: int = 0, recall_max_new_tokens: int = DEFAULT_RECALL_MAX_NEW_TOKENS) -> list[Task]:
+    """Every ``(condition, record)`` pair as a `Task` (for recall conditions, every ``(condition, distinct
+    context)`` pair), condition-major, records in their given order.
 
     Raises:
-        ValueError: for an unknown condition, duplicate record ids, or ``wrong_context`` with fewer than two
+        ValueError: for an unknown condition, duplicate record ids, or a wrong-context control with fewer than two
             distinct contexts.
     """
     names = resolve_conditions(conditions)
@@ -141,16 +212,12 @@ def plan_tasks(records: Sequence[QARecord], conditions: str | Iterable[str], tok
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"record ids must be unique to track results; duplicated: {duplicates[:5]}")
-    wrong = wrong_context_map(distinct_contexts(records), seed) if "wrong_context" in names else {}
+    specs = [KNOWN_CONDITIONS[name] for name in names]
+    wrong = wrong_context_map(distinct_contexts(records), seed) if any(c.wrong_context for c in specs) else {}
     tasks = []
-    for name in names:
-        condition = CONDITIONS[name]
-        prompts = [build_prompt(tokenizer, r.question, r.context if condition.context_in_prompt else None)
-                   for r in records]
-        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
-        for record, prompt, length in zip(records, prompts, lengths):
-            source = None
-            if condition.adapter is not None:
-                source = wrong[record.context] if condition.wrong_context else record.context
-            tasks.append(Task(name, record, prompt, length, condition.adapter, source))
+    for condition in specs:
+        if condition.recall:
+            tasks += _recall_tasks(condition, records, tokenizer, wrong, recall_max_new_tokens)
+        else:
+            tasks += _qa_tasks(condition, records, tokenizer, wrong)
     return tasks

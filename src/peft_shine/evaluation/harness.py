@@ -4,9 +4,11 @@ report (shine-method.md §3).
 Files in ``output_dir``:
 
 * ``settings.json`` — what the predictions depend on (base model, decoding, SFT, seed, and the hypernetwork weights
-  hash); a resumed run must match it, except for the hypernetwork: rows of the base-model and SFT conditions do not
-  depend on it and are reused, while SHINE rows (each stamped with its hypernetwork's hash) of other weights are
-  recomputed. So baselines answered once serve every later checkpoint evaluated into the same folder;
+  hash; the recall decoding once a run has recall conditions); a resumed run must match it, except for the
+  hypernetwork: rows of the base-model and SFT conditions do not depend on it and are reused, while SHINE rows (each
+  stamped with its hypernetwork's hash) of other weights are recomputed. So baselines answered once serve every
+  later checkpoint evaluated into the same folder. Optional settings (`OPTIONAL_SETTINGS`) are compared only when
+  both runs have them, so recall conditions can be added to a folder of QA results and QA-only runs resume it;
 * ``predictions.jsonl`` — one line per answered (condition, question), appended as batches complete;
 * ``results.json``, ``results.md``, ``results.png`` — the final report, written atomically at the end.
 """
@@ -23,7 +25,17 @@ import torch
 
 from ..io_utils import atomic_write_text
 from ..prompting import ANSWER_SYSTEM_PROMPT, IN_CONTEXT_TEMPLATE
-from .conditions import CONDITIONS, DEFAULT_CONDITIONS, SHINE, distinct_contexts, plan_tasks, resolve_conditions
+from .conditions import (
+    DEFAULT_CONDITIONS,
+    DEFAULT_RECALL_MAX_NEW_TOKENS,
+    KNOWN_CONDITIONS,
+    RECALL_MARGIN,
+    SHINE,
+    distinct_contexts,
+    plan_tasks,
+    recall_instruction,
+    resolve_conditions,
+)
 from .metrics import aggregate
 from .qa_data import QARecord
 from .report import write_reports
@@ -36,6 +48,7 @@ SETTINGS_FILE = "settings.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 RESULTS_FORMAT = 1
 HYPERNETWORK_KEY = "hypernetwork_sha256"
+OPTIONAL_SETTINGS = ("recall",)  # recorded by runs that use them; checked only when both runs have them
 
 
 def hypernetwork_fingerprint(shine) -> str:
@@ -49,8 +62,10 @@ def hypernetwork_fingerprint(shine) -> str:
     return digest.hexdigest()
 
 
-def run_settings(shine, options: RunOptions) -> dict[str, Any]:
-    """The settings that determine the predictions (checked when resuming)."""
+def run_settings(shine, options: RunOptions, recall: bool = False) -> dict[str, Any]:
+    """The settings that determine the predictions (checked when resuming); ``recall`` adds the recall decoding."""
+    recall_settings = {"recall": {"instruction": recall_instruction(), "margin": RECALL_MARGIN,
+                                  "max_new_tokens": options.recall_max_new_tokens}} if recall else {}
     return {
         "format": RESULTS_FORMAT,
         "base_model": shine.config.base_model_name_or_path,
@@ -64,32 +79,36 @@ def run_settings(shine, options: RunOptions) -> dict[str, Any]:
         "seed": options.seed,
         "sft": {"steps": options.sft.steps, "learning_rate": options.sft.learning_rate,
                 "weight_decay": options.sft.weight_decay},
+        **recall_settings,
     }
 
 
-def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> None:
+def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> dict[str, Any]:
     """Write ``settings.json`` for a new run; for a resumed one, refuse different settings (another hypernetwork
-    is allowed: `_reusable_keys` then keeps only the rows that do not depend on it)."""
+    is allowed: `_reusable_keys` then keeps only the rows that do not depend on it; an optional setting only one
+    of the runs has is kept). Returns the settings now recorded."""
     path = output_dir / SETTINGS_FILE
     if not path.exists():
         if (output_dir / PREDICTIONS_FILE).exists():
             raise ValueError(f"{output_dir} holds predictions but no {SETTINGS_FILE}; use an empty output folder")
         atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
-        return
+        return dict(settings)
     recorded = json.loads(path.read_text(encoding="utf-8"))
-    changed = sorted(key for key in set(recorded) | set(settings)
-                     if recorded.get(key) != settings.get(key) and key != HYPERNETWORK_KEY)
-    if not changed and recorded.get(HYPERNETWORK_KEY) != settings.get(HYPERNETWORK_KEY):
-        atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+    merged = {**{key: recorded[key] for key in OPTIONAL_SETTINGS if key in recorded}, **settings}
+    compared = (set(recorded) | (set(merged) - set(OPTIONAL_SETTINGS))) - {HYPERNETWORK_KEY}  # new optional: added
+    changed = sorted(key for key in compared if recorded.get(key) != merged.get(key))
     if changed:
-        details = "; ".join(f"{key}: {recorded.get(key)!r} then, {settings.get(key)!r} now" for key in changed)
+        details = "; ".join(f"{key}: {recorded.get(key)!r} then, {merged.get(key)!r} now" for key in changed)
         raise ValueError(f"{output_dir} holds results of a run with other settings ({details}); resume with the "
                          f"same settings or choose another output folder")
+    if merged != recorded:
+        atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+    return merged
 
 
 def _uses_hypernetwork(row: Row) -> bool:
     """Whether a row's answer depends on the hypernetwork's weights (it was answered with a SHINE adapter)."""
-    return CONDITIONS[row["condition"]].adapter == SHINE
+    return KNOWN_CONDITIONS[row["condition"]].adapter == SHINE
 
 
 def _reusable_keys(log: PredictionLog, hypernetwork_sha256: str) -> set:
@@ -99,8 +118,8 @@ def _reusable_keys(log: PredictionLog, hypernetwork_sha256: str) -> set:
 
 
 def summarize(rows: Sequence[Row]) -> dict[str, Any]:
-    """Aggregates of one condition: EM/F1 ×100, mean answer seconds and prompt tokens per question, and the mean
-    seconds to make an adapter, over the distinct adapters used (``None`` without adapters)."""
+    """Aggregates of one condition: EM/F1 (and ROUGE-L for recall) ×100, mean answer seconds and prompt tokens per
+    question, and the mean seconds to make an adapter, over the distinct adapters used (``None`` without adapters)."""
     adapters = {row["adapter_context_sha256"]: row["adapter_seconds"] for row in rows
                 if row["adapter_context_sha256"] is not None}
     n = len(rows)
@@ -122,6 +141,7 @@ def run_evaluation(
     batch_size: int = 8,
     adapter_batch_size: int = 8,
     max_new_tokens: int = 32,
+    recall_max_new_tokens: int = DEFAULT_RECALL_MAX_NEW_TOKENS,
     sft: SFTConfig | None = None,
     seed: int = 0,
     truncation: bool = False,
@@ -137,11 +157,12 @@ def run_evaluation(
     Args:
         shine: a `ShineModel` with its base LM and tokenizer attached.
         records: the questions (e.g. from `load_qa_records`, optionally `group_contexts`); ids must be unique.
-        conditions: condition names, in report order (or a comma-separated string; ``"all"``).
+        conditions: condition names, in report order (or a comma-separated string; ``"all"``, ``"recall"``).
         output_dir: folder for settings, the resumable prediction log and the report.
         batch_size: questions per generation batch.
         adapter_batch_size: contexts per adapter-generation batch, and the most adapters loaded at once.
         max_new_tokens: greedy decoding budget per answer.
+        recall_max_new_tokens: cap on a recall task's budget (its context's token count + `RECALL_MARGIN`).
         sft: training of the ``sft`` baseline (default `SFTConfig()`).
         seed: seed of the ``wrong_context`` derangement and of the SFT initialisation.
         truncation: generate adapters from the first ``max_context_length`` tokens of longer contexts (else raise).
@@ -157,14 +178,15 @@ def run_evaluation(
     if not records:
         raise ValueError("no records to evaluate")
     names = resolve_conditions(conditions)
-    options = RunOptions(batch_size, adapter_batch_size, max_new_tokens, truncation, sft or SFTConfig(), seed)
-    tasks = plan_tasks(records, names, shine.tokenizer, seed)
-    if not truncation and any(CONDITIONS[name].adapter == SHINE for name in names):
+    specs = [KNOWN_CONDITIONS[name] for name in names]
+    options = RunOptions(batch_size, adapter_batch_size, max_new_tokens, truncation, sft or SFTConfig(), seed,
+                         recall_max_new_tokens)
+    tasks = plan_tasks(records, names, shine.tokenizer, seed, recall_max_new_tokens)
+    if not truncation and any(spec.adapter == SHINE for spec in specs):
         shine.tokenize_contexts(distinct_contexts(records))  # raise now, not after the first conditions
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    settings = run_settings(shine, options)
-    _check_settings(output_dir, settings)
+    settings = _check_settings(output_dir, run_settings(shine, options, any(spec.recall for spec in specs)))
     log = PredictionLog(output_dir / PREDICTIONS_FILE)
     done = _reusable_keys(log, settings[HYPERNETWORK_KEY])
     with tqdm(total=len(tasks), initial=sum(t.key in done for t in tasks), desc="shine eval", unit="q",
@@ -181,7 +203,7 @@ def run_evaluation(
         "settings": settings,
         "metadata": {**(metadata or {}), "num_questions": len(records),
                      "num_contexts": len(distinct_contexts(records))},
-        "conditions": {name: CONDITIONS[name].description for name in names},
+        "conditions": {name: KNOWN_CONDITIONS[name].description for name in names},
         "aggregates": {name: summarize([r for r in rows if r["condition"] == name]) for name in names},
         "predictions": rows,
     }

@@ -6,6 +6,8 @@
 * :func:`hotpot_f1` adds the HotpotQA rule: 0 if either normalised side is ``yes`` / ``no`` / ``noanswer`` and the
   two sides differ. It is used for HotpotQA and 2WikiMultihopQA.
 * :func:`extract_answer` turns a raw generation into the answer string that is scored.
+* :func:`rouge_l` is the ROUGE-L F-measure (longest common subsequence of normalised tokens); with :func:`token_f1`
+  it scores the recall conditions, where an adapter repeats its whole context (:func:`score_recall`).
 
 All scores here are in [0, 1]; :func:`aggregate` reports means ×100 as in the paper's tables.
 """
@@ -56,18 +58,22 @@ def exact_match(prediction: str, gold: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(gold))
 
 
+def _f_measure(matched: int, prediction_length: int, gold_length: int) -> float:
+    """Harmonic mean of ``matched / prediction_length`` and ``matched / gold_length`` (0.0 if nothing matched)."""
+    if matched == 0:
+        return 0.0
+    precision = matched / prediction_length
+    recall = matched / gold_length
+    return 2 * precision * recall / (precision + recall)
+
+
 def _f1_from_normalized(prediction: str, gold: str) -> float:
     prediction_tokens = prediction.split()
     gold_tokens = gold.split()
     if not prediction_tokens or not gold_tokens:
         return float(prediction_tokens == gold_tokens)
     common = Counter(prediction_tokens) & Counter(gold_tokens)
-    num_same = sum(common.values())
-    if num_same == 0:
-        return 0.0
-    precision = num_same / len(prediction_tokens)
-    recall = num_same / len(gold_tokens)
-    return 2 * precision * recall / (precision + recall)
+    return _f_measure(sum(common.values()), len(prediction_tokens), len(gold_tokens))
 
 
 def token_f1(prediction: str, gold: str) -> float:
@@ -76,6 +82,37 @@ def token_f1(prediction: str, gold: str) -> float:
     If either normalised side is empty, the score is 1.0 when both are empty and 0.0 otherwise.
     """
     return _f1_from_normalized(normalize_answer(prediction), normalize_answer(gold))
+
+
+def lcs_length(first: Sequence[str], second: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token sequences.
+
+    Bit-parallel (Hyyrö 2004): one big-integer update per token of ``first``, so texts of thousands of tokens are
+    scored in milliseconds where the quadratic table of the textbook recurrence takes seconds in Python.
+    """
+    masks: dict[str, int] = {}
+    for position, token in enumerate(second):
+        masks[token] = masks.get(token, 0) | (1 << position)
+    full = (1 << len(second)) - 1
+    row = full  # bit j set: the LCS row does not grow at column j
+    for token in first:
+        matches = row & masks.get(token, 0)
+        row = ((row + matches) | (row - matches)) & full
+    return len(second) - row.bit_count()
+
+
+def rouge_l(prediction: str, gold: str) -> float:
+    """ROUGE-L F-measure (β = 1) over normalised tokens (:func:`normalize_answer`): the harmonic mean of
+    ``LCS / len(prediction)`` and ``LCS / len(gold)``. Empty sides follow :func:`token_f1` (1.0 iff both empty).
+
+    >>> round(rouge_l("the cat sat on a mat", "a cat lay on the mat"), 3)
+    0.75
+    """
+    prediction_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    if not prediction_tokens or not gold_tokens:
+        return float(prediction_tokens == gold_tokens)
+    return _f_measure(lcs_length(prediction_tokens, gold_tokens), len(prediction_tokens), len(gold_tokens))
 
 
 def hotpot_f1(prediction: str, gold: str) -> float:
@@ -122,7 +159,8 @@ def score_example(prediction: str, golds: Sequence[str], dataset_name_or_source:
 
 
 def aggregate(scores: Iterable[Mapping[str, float]]) -> dict[str, float]:
-    """Mean EM and F1 over per-example scores, reported ×100, plus the count ``n``.
+    """Mean EM and F1 over per-example scores, reported ×100, plus the count ``n``; also the mean ``rouge_l`` ×100
+    when every score has one (recall rows).
 
     Raises:
         ValueError: if there are no scores.
@@ -131,11 +169,8 @@ def aggregate(scores: Iterable[Mapping[str, float]]) -> dict[str, float]:
     if not items:
         raise ValueError("aggregate() needs at least one per-example score")
     n = len(items)
-    return {
-        "em": 100.0 * sum(item["em"] for item in items) / n,
-        "f1": 100.0 * sum(item["f1"] for item in items) / n,
-        "n": n,
-    }
+    metrics = ["em", "f1", *(["rouge_l"] if all("rouge_l" in item for item in items) else [])]
+    return {**{metric: 100.0 * sum(item[metric] for item in items) / n for metric in metrics}, "n": n}
 
 
 def _drop_thinking(text: str) -> str:
@@ -150,6 +185,11 @@ def _drop_thinking(text: str) -> str:
     return text
 
 
+def clean_generation(generation: str) -> str:
+    """A raw generation without ``<|...|>`` special tokens and thinking (rules of :func:`extract_answer`)."""
+    return _drop_thinking(_SPECIAL_TOKEN.sub("", generation))
+
+
 def extract_answer(generation: str) -> str:
     """Extract the answer to score from a raw model generation (shine-method.md §3.3).
 
@@ -161,8 +201,7 @@ def extract_answer(generation: str) -> str:
     >>> extract_answer("<think>hmm</think>\\nAnswer: Paris\\nIt is the capital.")
     'Paris'
     """
-    text = _SPECIAL_TOKEN.sub("", generation)
-    text = _drop_thinking(text)
+    text = clean_generation(generation)
     for _ in range(_MAX_PREFIXES):
         text, found = _ANSWER_PREFIX.subn("", text, count=1)
         if not found:
@@ -177,3 +216,12 @@ def score_generation(generation: str, golds: Sequence[str], dataset_name_or_sour
     """``{"prediction", "em", "f1"}`` of a raw generation: `extract_answer`, then `score_example`."""
     prediction = extract_answer(generation)
     return {"prediction": prediction, **score_example(prediction, golds, dataset_name_or_source)}
+
+
+def score_recall(generation: str, context: str) -> dict[str, Any]:
+    """``{"prediction", "em", "f1", "rouge_l"}`` of an attempt to repeat ``context``: the whole generation (without
+    special tokens and thinking, stripped; not cut to one line) against the context, by :func:`exact_match`,
+    :func:`token_f1` and :func:`rouge_l`."""
+    prediction = clean_generation(generation).strip()
+    return {"prediction": prediction, "em": exact_match(prediction, context), "f1": token_f1(prediction, context),
+            "rouge_l": rouge_l(prediction, context)}

@@ -6,11 +6,12 @@ contexts for the SHINE adapters (generated together, shared by ``adapter``, ``wr
 only while its questions are answered; at most one chunk's adapters are loaded at a time and all are deleted
 afterwards.
 
-Within a chunk, each condition's tasks are sorted by prompt length and cut into batches of ``batch_size`` (rows
-of one batch may carry different adapters: peft's ``adapter_names``). Chunks and batches are formed from the
-**full** plan, so a resumed run recomputes exactly the batches an uninterrupted run would have, and gets
-identical predictions; batches whose tasks are all done are skipped, and chunks with nothing left to do create no
-adapter.
+Within a chunk, each condition's tasks are sorted by prompt length (then by decoding budget: recall tasks share
+one prompt and their budgets follow their contexts' lengths) and cut into batches of ``batch_size`` (rows of one
+batch may carry different adapters: peft's ``adapter_names``; a batch decodes up to its largest budget). Chunks
+and batches are formed from the **full** plan, so a resumed run recomputes exactly the batches an uninterrupted run
+would have, and gets identical predictions; batches whose tasks are all done are skipped, and chunks with nothing
+left to do create no adapter.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..prompting import BASE_ADAPTER, generate_answers
-from .conditions import SFT, SHINE, Task, TaskKey, context_id
-from .metrics import score_generation
+from .conditions import DEFAULT_RECALL_MAX_NEW_TOKENS, KNOWN_CONDITIONS, SFT, SHINE, Task, TaskKey, context_id
+from .metrics import score_generation, score_recall
 from .sft import SFTConfig, train_sft_adapter
 
 
@@ -42,10 +43,11 @@ class RunOptions:
     truncation: bool = False  # generate adapters from the first max_context_length tokens of longer contexts
     sft: SFTConfig = field(default_factory=SFTConfig)
     seed: int = 0  # initialisation of the SFT adapters
+    recall_max_new_tokens: int = DEFAULT_RECALL_MAX_NEW_TOKENS  # cap on a recall task's budget
 
     def __post_init__(self) -> None:
-        if min(self.batch_size, self.adapter_batch_size, self.max_new_tokens) < 1:
-            raise ValueError("batch_size, adapter_batch_size and max_new_tokens must be >= 1")
+        if min(self.batch_size, self.adapter_batch_size, self.max_new_tokens, self.recall_max_new_tokens) < 1:
+            raise ValueError("batch_size, adapter_batch_size, max_new_tokens and recall_max_new_tokens must be >= 1")
 
 
 @dataclass
@@ -68,7 +70,7 @@ def _batches(tasks: Sequence[Task], batch_size: int) -> list[list[Task]]:
         by_condition.setdefault(task.condition, []).append(task)
     batches = []
     for group in by_condition.values():
-        ordered = sorted(group, key=lambda t: t.prompt_tokens)  # stable: ties keep the plan order
+        ordered = sorted(group, key=lambda t: (t.prompt_tokens, t.max_new_tokens or 0))  # stable: ties keep plan order
         batches += [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
     return batches
 
@@ -134,9 +136,17 @@ def _make_adapters(shine, chunk: Chunk, options: RunOptions, scope: list[str],
     return {context: (name, s) for context, name, s in zip(chunk.contexts, names, seconds)}
 
 
+def score(condition: str, generation: str, golds: Sequence[str], source: str) -> dict[str, Any]:
+    """The scores of a raw generation: `score_recall` against the context for a recall condition (its only gold),
+    else `score_generation` (answer extraction, then EM/F1)."""
+    if KNOWN_CONDITIONS[condition].recall:
+        return score_recall(generation, golds[0])
+    return score_generation(generation, golds, source)
+
+
 def rescored(row: Row) -> Row:
     """``row`` scored again from its raw generation (so an improved extractor also applies to stored rows)."""
-    return {**row, **score_generation(row["generation"], row["answers"], row["source"])}
+    return {**row, **score(row["condition"], row["generation"], row["answers"], row["source"])}
 
 
 def make_row(task: Task, generation: str, adapter_seconds: float | None, answer_seconds: float) -> Row:
@@ -145,7 +155,7 @@ def make_row(task: Task, generation: str, adapter_seconds: float | None, answer_
     return {
         "condition": task.condition, "id": record.id, "source": record.source, "title": record.title,
         "question": record.question, "answers": list(record.answers), "generation": generation,
-        **score_generation(generation, record.answers, record.source),
+        **score(task.condition, generation, record.answers, record.source),
         "context_sha256": context_id(record.context),
         "adapter_context_sha256": None if task.adapter_context is None else context_id(task.adapter_context),
         "adapter_seconds": adapter_seconds, "answer_seconds": answer_seconds, "prompt_tokens": task.prompt_tokens,
@@ -153,13 +163,15 @@ def make_row(task: Task, generation: str, adapter_seconds: float | None, answer_
 
 
 def answer_batch(shine, batch: Sequence[Task], adapters: dict[str, tuple[str, float]], max_new_tokens: int) -> list[Row]:
-    """Answer one batch greedily (one adapter per row) and return its scored rows."""
+    """Answer one batch greedily (one adapter per row), up to the largest budget of its tasks (``max_new_tokens``
+    for tasks without their own), and return its scored rows."""
     model = shine.peft_model if shine.peft_model is not None else shine.base_lm
     names = None
     if shine.peft_model is not None:
         names = [BASE_ADAPTER if t.adapter_context is None else adapters[t.adapter_context][0] for t in batch]
     started = time.perf_counter()
-    generations = generate_answers(model, shine.tokenizer, [t.prompt for t in batch], names, max_new_tokens)
+    budget = max(t.max_new_tokens or max_new_tokens for t in batch)
+    generations = generate_answers(model, shine.tokenizer, [t.prompt for t in batch], names, budget)
     seconds = (time.perf_counter() - started) / len(batch)
     return [make_row(t, text, None if t.adapter_context is None else adapters[t.adapter_context][1], seconds)
             for t, text in zip(batch, generations)]

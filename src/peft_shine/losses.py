@@ -1,0 +1,41 @@
+"""Answer-pass losses beyond cross-entropy: the top-k distillation KL and per-context averaging.
+
+`topk_kl` is KL(teacher ‖ student) over ``top_k + 1`` buckets: the teacher's top-k tokens and one tail bucket
+holding the rest of the probability mass on both sides (teacher tail ``1 − Σ p_topk``, student tail ``1 − Σ q_topk``
+over the same ids). It is exactly zero when the two distributions agree on those buckets and positive otherwise,
+and needs no renormalisation of the truncated teacher distribution. Where the targets come from:
+`peft_shine.distillation`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+_TAIL_FLOOR = 1e-6  # smallest tail mass kept inside log(): a teacher sure of its top-k still has a finite tail term
+
+
+def topk_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(teacher ‖ student) over the teacher's top-k tokens plus one tail bucket, shape ``(tokens,)``.
+
+    Args:
+        student_logits: ``(tokens, vocab)`` student logits at the labelled positions.
+        teacher_ids: ``(tokens, k)`` the teacher's top-k token ids there.
+        teacher_logprobs: ``(tokens, k)`` their teacher log-probabilities (full-vocabulary log-softmax).
+    """
+    student_logprobs = F.log_softmax(student_logits.float(), dim=-1).gather(-1, teacher_ids)
+    teacher_logprobs = teacher_logprobs.float()
+    teacher_p = teacher_logprobs.exp()
+    head = (teacher_p * (teacher_logprobs - student_logprobs)).sum(-1)
+    teacher_tail = (1.0 - teacher_p.sum(-1)).clamp(min=_TAIL_FLOOR)
+    student_tail = (1.0 - student_logprobs.exp().sum(-1)).clamp(min=_TAIL_FLOOR)
+    return head + teacher_tail * (teacher_tail.log() - student_tail.log())
+
+
+def per_context_mean(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Per-row means of per-token ``values`` (``rows[i]`` = the row of token ``i``), shape ``(num_rows,)``; rows
+    without a token give 0."""
+    sums = values.new_zeros(num_rows).index_add(0, rows, values)
+    counts = values.new_zeros(num_rows).index_add(0, rows, torch.ones_like(values))
+    return sums / counts.clamp(min=1)
