@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -93,13 +93,19 @@ class AdapterGenerationMixin:
             self.train(was_training)
         return states
 
-    def save_adapter(self, path: str | Path, adapter_name: str = "default", **card_fields: Any) -> Path:
+    def save_adapter(self, path: str | Path, adapter_name: str = "default", *, overwrite: bool = False) -> Path:
         """Write a generated adapter as a flat, standard peft LoRA folder (``adapter_config.json`` +
-        ``adapter_model.safetensors``), atomically. It loads with ``PeftModel.from_pretrained(base, path)``."""
+        ``adapter_model.safetensors``), atomically. It loads with ``PeftModel.from_pretrained(base, path)``.
+
+        Nothing is ever deleted that peft-shine did not write: a previous adapter folder at ``path`` is replaced, but
+        an existing file, or a folder holding anything else (source files, ``.git``, sub-folders), raises
+        `peft_shine.save_targets.TargetExistsError`. ``overwrite=True`` writes the adapter's files into such a
+        folder and keeps everything else (see `peft_shine.save_targets`).
+        """
         if self.peft_model is None or adapter_name not in self.peft_model.peft_config:
             available = list(self.peft_model.peft_config) if self.peft_model is not None else []
             raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
-        return save_adapter(self.peft_model, adapter_name, path)
+        return save_adapter(self.peft_model, adapter_name, path, overwrite=overwrite)
 
 
 def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) -> list[str]:

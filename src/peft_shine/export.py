@@ -16,9 +16,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from torch import nn
 
-from .io_utils import atomic_directory, atomic_save_safetensors
+from .io_utils import atomic_save_safetensors
 from .layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
 from .lora_binding import LoraWeights
+from .save_targets import guarded_directory
 
 
 ADAPTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -108,12 +109,18 @@ def add_adapters(
     return peft_model
 
 
-def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None) -> Path:
-    """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically."""
+def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None, *,
+                 overwrite: bool = False) -> Path:
+    """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically.
+
+    ``path`` follows `peft_shine.save_targets`: a missing folder is created, a previous adapter folder is replaced,
+    a file or a folder holding anything else is refused (`TargetExistsError`) unless ``overwrite=True``, which
+    writes only the adapter's files into it.
+    """
     from peft import get_peft_model_state_dict
 
     path = Path(path)
-    with atomic_directory(path) as tmp:
+    with guarded_directory(path, extra_names=list(extra_files or {}), overwrite=overwrite) as tmp:
         peft_model.peft_config[adapter_name].save_pretrained(tmp)
         state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
         atomic_save_safetensors(state, tmp / "adapter_model.safetensors", metadata={"format": "pt"})

@@ -37,7 +37,7 @@ from huggingface_hub.errors import (
 )
 
 from .hub_cards import hypernetwork_card_fields, render_adapter_card, render_hypernetwork_card
-from .io_utils import atomic_directory
+from .save_targets import TargetExistsError, guarded_directory, write_mode
 
 
 if TYPE_CHECKING:
@@ -307,19 +307,23 @@ def download(repo_id: str, output: str | Path | None = None, *, revision: str | 
     """Download a hypernetwork or adapter repo (safetensors, JSON and Markdown files only) into ``output``.
 
     Files go through the Hub cache (so offline mode works with a warm cache) and are copied into a temporary folder
-    that replaces ``output`` at the end: a failed download leaves an existing ``output`` unchanged. A non-empty
-    ``output`` is only replaced with ``overwrite=True``. Returns ``(path, kind, origin)`` with ``kind`` one of
+    that replaces ``output`` at the end: a failed download leaves an existing ``output`` unchanged. An existing file
+    is never replaced; a non-empty folder only with ``overwrite=True``, and then only a previous download is replaced
+    whole: in any other folder the downloaded files are written and the rest is kept (`peft_shine.save_targets`).
+    Returns ``(path, kind, origin)`` with ``kind`` one of
     ``"hypernetwork"``, ``"adapter"`` or ``"model"``.
     """
     from huggingface_hub import snapshot_download
 
     output = Path(output if output is not None else repo_id.split("/")[-1])
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; choose another output folder or overwrite it.")
+        raise TargetExistsError(f"{output} exists and is not empty; choose another output folder, or pass "
+                                f"overwrite=True (--overwrite on the command line).")
+    write_mode(output, overwrite=overwrite, what="download")  # refuse a file or a foreign folder before any request
     resolved = resolve_hub_revision(repo_id, revision, token=token)
     with hub_errors("download", repo_id, revision):
         snapshot = Path(snapshot_download(repo_id, revision=resolved, allow_patterns=PULL_PATTERNS, token=token))
-    with atomic_directory(output) as tmp:
+    with guarded_directory(output, overwrite=overwrite, what="download") as tmp:
         for source in sorted(snapshot.rglob("*")):
             if source.is_file():
                 (tmp / source.relative_to(snapshot)).parent.mkdir(parents=True, exist_ok=True)

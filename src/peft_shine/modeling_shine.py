@@ -260,9 +260,15 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         return self.peft_model.disable_adapter()
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:
+    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, overwrite: bool = False,
+                        **kwargs) -> None:
         """Save config + hypernetwork weights (safetensors); the base LM is never included. Each file is written
-        atomically: a crash mid-save leaves the previous checkpoint readable."""
+        atomically: a crash mid-save leaves the previous checkpoint readable. Other files in the folder are kept; a
+        file path, or a folder whose ``config.json`` belongs to another model, is refused unless ``overwrite=True``
+        (see `peft_shine.save_targets.check_hypernetwork_folder`)."""
+        from .save_targets import check_hypernetwork_folder
+
+        check_hypernetwork_folder(save_directory, overwrite=overwrite)
         if state_dict is None:
             state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BASE_PREFIX)}
