@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from torch import nn
 
+from .adapter_names import verify_saved_adapter
 from .io_utils import atomic_save_safetensors
 from .layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
 from .lora_binding import LoraWeights
 from .save_targets import guarded_directory
-
-
-ADAPTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
 def peft_target_modules(base_lm: nn.Module, specs: list[ModuleSpec]) -> list[str]:
@@ -70,17 +67,6 @@ def peft_state_dict(base_lm: nn.Module, specs: list[ModuleSpec], lora: LoraWeigh
     return state
 
 
-def validate_adapter_names(names: list[str], count: int) -> None:
-    """Adapter names: one per context, unique, letters/digits/``_``/``-`` only, not peft's reserved ``__base__``."""
-    if len(names) != count:
-        raise ValueError(f"Got {len(names)} adapter_names for {count} contexts; pass exactly one name per context.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"adapter_names must be unique, got duplicates in {names}.")
-    for name in names:
-        if not isinstance(name, str) or not ADAPTER_NAME_PATTERN.match(name):
-            raise ValueError(f"Invalid adapter name {name!r}: use 1-64 letters, digits, '_' or '-'.")
-
-
 def add_adapters(
     base_lm: nn.Module,
     peft_model: PeftModel | None,
@@ -110,12 +96,13 @@ def add_adapters(
 
 
 def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None, *,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, expected_tensors: int | None = None) -> Path:
     """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically.
 
     ``path`` follows `peft_shine.save_targets`: a missing folder is created, a previous adapter folder is replaced,
     a file or a folder holding anything else is refused (`TargetExistsError`) unless ``overwrite=True``, which
-    writes only the adapter's files into it.
+    writes only the adapter's files into it. The written weights are read back and compared with the adapter's
+    layers (and ``expected_tensors``, when given) before anything lands in ``path`` (`AdapterSaveError`).
     """
     from peft import get_peft_model_state_dict
 
@@ -124,6 +111,7 @@ def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, ext
         peft_model.peft_config[adapter_name].save_pretrained(tmp)
         state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
         atomic_save_safetensors(state, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        verify_saved_adapter(tmp / "adapter_model.safetensors", peft_model, adapter_name, expected_tensors)
         for name, content in (extra_files or {}).items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2)
             (tmp / name).write_text(text)
