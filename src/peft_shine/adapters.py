@@ -12,14 +12,16 @@ from typing import TYPE_CHECKING
 import torch
 
 from .adapter_names import module_path_parts, validate_adapter_names
+from .adapter_store import add_adapters
 from .contexts import as_context_list, context_sha256, tokenize_contexts
-from .export import add_adapters, lora_config, peft_state_dict, save_adapter
+from .export import lora_config, peft_state_dict, save_adapter
 
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
 
 _GENERATION_LOCK = threading.RLock()
+MAX_CONTEXTS_PER_CALL = 4096  # each adapter stays in memory on the base; the cost per call is linear in the count
 
 
 class AdapterGenerationMixin:
@@ -51,6 +53,10 @@ class AdapterGenerationMixin:
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
             batch_size: contexts encoded per forward pass.
 
+        The time is linear in the number of contexts (``benchmarks/bench_many_contexts.py``); one call takes at most
+        `MAX_CONTEXTS_PER_CALL` (4,096) contexts, since every adapter stays in memory on the base until
+        ``model.delete_adapter(name)``: call it in chunks for more.
+
         Returns:
             The `PeftModel` wrapping **the same base LM instance** (never a copy), with the new adapters loaded and
             the last one active. Use ``model.set_adapter(name)`` to switch, or ``adapter_names=[...]`` per row in
@@ -58,6 +64,10 @@ class AdapterGenerationMixin:
             standard LoRA folder (a non-``"default"`` adapter goes in ``dir/<name>``; `save_adapter` writes flat).
         """
         texts = as_context_list(contexts)
+        if len(texts) > MAX_CONTEXTS_PER_CALL:
+            raise ValueError(f"Got {len(texts)} contexts; generate_adapter takes at most {MAX_CONTEXTS_PER_CALL} per "
+                             f"call (each adapter stays in memory on the base). Call it in chunks, and delete adapters "
+                             f"you no longer need with model.delete_adapter(name).")
         names = _default_names(texts, adapter_names)
         _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])

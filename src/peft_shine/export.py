@@ -1,4 +1,4 @@
-"""Generated LoRA tensors → standard peft artefacts: `LoraConfig`, peft state dicts and a `PeftModel`.
+"""Generated LoRA tensors → standard peft artefacts: `LoraConfig`, peft state dicts and flat adapter folders.
 
 The exported adapter is a plain LoRA (``PeftType.LORA``), so stock peft, `AutoPeftModelForCausalLM` and vLLM load
 it. The hypernetwork's output scale ``s`` is folded into the weights as ``sqrt(s)`` on each of A and B and
@@ -11,8 +11,7 @@ import json
 import math
 from pathlib import Path
 
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel
 from torch import nn
 
 from .adapter_names import verify_saved_adapter
@@ -65,34 +64,6 @@ def peft_state_dict(base_lm: nn.Module, specs: list[ModuleSpec], lora: LoraWeigh
             state[f"{prefix}.lora_A.weight"] = (a[index, layer].T * root).contiguous()
             state[f"{prefix}.lora_B.weight"] = (b[index, layer].T * root).contiguous()
     return state
-
-
-def add_adapters(
-    base_lm: nn.Module,
-    peft_model: PeftModel | None,
-    config: LoraConfig,
-    states: dict[str, dict[str, torch.Tensor]],
-) -> PeftModel:
-    """Load each ``name → peft state dict`` as a LoRA adapter on ``base_lm`` (in place, never a copy).
-
-    Creates the `PeftModel` on first use; an existing adapter of the same name gets the new weights in place.
-    """
-    for name, state in states.items():
-        replacing = peft_model is not None and name in peft_model.peft_config
-        if peft_model is None:
-            peft_model = get_peft_model(base_lm, config, adapter_name=name, low_cpu_mem_usage=True)
-        elif not replacing:
-            peft_model.add_adapter(name, config, low_cpu_mem_usage=True)
-        # a new adapter's weights are meta tensors to be assigned; an existing one is overwritten in place (cheap)
-        result = set_peft_model_state_dict(peft_model, state, adapter_name=name, low_cpu_mem_usage=not replacing)
-        if config.base_model_name_or_path:  # peft copies the base's `name_or_path`, unset on models built in code
-            peft_model.peft_config[name].base_model_name_or_path = config.base_model_name_or_path
-        unexpected = [key for key in result.unexpected_keys if "lora_" in key]
-        if unexpected:
-            raise RuntimeError(f"Generated adapter keys did not match the base model: {unexpected[:4]} ...")
-    peft_model.set_adapter(list(states)[-1])
-    peft_model.eval()
-    return peft_model
 
 
 def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None, *,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,10 +254,11 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
 
     # ------------------------------------------------------------------ peft interplay
     def _peft_disabled(self):
-        """Generated peft adapters live on the shared base: switch them off while SHINE runs it."""
-        if self.peft_model is None or not self.peft_model.peft_config:  # peft cannot disable zero adapters
-            return nullcontext()
-        return self.peft_model.disable_adapter()
+        """Generated peft adapters live on the shared base: switch every one off while SHINE runs it (also those of
+        another `ShineModel` on the same base object, or a user's own)."""
+        from .adapter_store import all_adapters_disabled
+
+        return all_adapters_disabled(self.base_lm)
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, overwrite: bool = False,
