@@ -92,6 +92,25 @@ def _sibling_name(target: Path, tag: str) -> Path:
     return target.with_name(f".{target.name}{tag}{os.getpid()}-{secrets.token_hex(4)}")
 
 
+_OS_ERROR_PATTERN = re.compile(r"os error (\d+)")
+
+
+@contextlib.contextmanager
+def _plain_os_errors() -> Iterator[None]:
+    """Re-raise I/O failures that writers report as their own exception types (safetensors' ``SafetensorError``
+    on a full disk) as the `OSError` they are, so callers and the command line treat every write failure alike."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        match = _OS_ERROR_PATTERN.search(str(error))
+        if match is None or "I/O error" not in str(error):
+            raise
+        code = int(match.group(1))
+        raise OSError(code, f"{os.strerror(code)} while writing ({error})") from error
+
+
 def _writer_is_gone(name: str) -> bool | None:
     """Whether the process that created the temporary ``name`` has exited (``None``: the name records no process)."""
     match = _OWNER_PATTERN.search(name)
@@ -160,7 +179,8 @@ def atomic_directory(target: str | Path, *, fsync: bool = True) -> Iterator[Path
     remove_stale_temporaries(target)
     temp_dir = _make_temp_dir(target)
     try:
-        yield temp_dir
+        with _plain_os_errors():
+            yield temp_dir
         if fsync:
             _fsync_tree(temp_dir)
         _swap_into_place(temp_dir, target)
@@ -184,7 +204,8 @@ def staged_files(directory: str | Path, *, fsync: bool = True) -> Iterator[Path]
     remove_stale_temporaries(directory / "staged")
     temp_dir = _make_temp_dir(directory / "staged")
     try:
-        yield temp_dir
+        with _plain_os_errors():
+            yield temp_dir
         for source in sorted(temp_dir.rglob("*")):
             if source.is_file():
                 destination = directory / source.relative_to(temp_dir)
@@ -212,7 +233,8 @@ def atomic_file(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     remove_stale_temporaries(path)
     temp_path = _sibling_name(path, _TMP_TAG)
     try:
-        yield temp_path
+        with _plain_os_errors():
+            yield temp_path
         if not temp_path.is_file():
             raise FileNotFoundError(f"nothing was written to the temporary file {temp_path}")
         mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_current_umask()

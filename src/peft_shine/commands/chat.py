@@ -77,11 +77,13 @@ def questions(args: argparse.Namespace) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..contexts import as_context_list
     from ..prompting import BASE_ADAPTER, build_prompt, generate_answers
     from ..save_targets import write_mode
     from .quickstart import load_hypernetwork
 
     context, origin = read_context(args)
+    as_context_list(context)  # empty or invalid text fails here, before any model is loaded
     if args.save_adapter:  # refuse a target that must not be written before any work
         write_mode(args.save_adapter, overwrite=args.overwrite)
     shine, label = load_hypernetwork(args.hypernetwork, args.base)
