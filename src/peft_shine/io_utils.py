@@ -121,7 +121,7 @@ def _writer_is_gone(name: str) -> bool | None:
         return False  # another thread of this process may be writing it
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, or a number no process can have
         return True
     except OSError:  # exists but belongs to someone else
         return False
