@@ -47,6 +47,9 @@ def markdown(results: dict) -> str:
                   table([effects["logits_only_at_labels"]], ["conversation_tokens", "label_tokens", "all_positions_s",
                                                              "labelled_positions_s", "speedup"]), "",
                   table([effects["adapter_export"]], ["new_adapter_s", "replace_in_place_s", "speedup"]), ""]
+    if "many_contexts" in results:
+        parts += ["**Many contexts in one `generate_adapter` call** (time linear in the count)", "",
+                  table(results["many_contexts"], ["contexts", "seconds", "per_context_s"]), ""]
     parts += ["**Peak memory** (resident-memory increase during the operation, sampled every 2 ms, fresh process each, after a warm-up call)", "",
               table(results["memory"], ["kind", "context_tokens", "increase_mib"]), ""]
     return "\n".join(parts)

@@ -1,6 +1,6 @@
 """Run every benchmark on the embedded default base and write JSON, markdown and plots.
 
-    python -m benchmarks.run [--quick] [--output benchmarks/results] [--hypernetwork DIR]
+    python -m benchmarks.run [--quick] [--output benchmarks/results] [--hypernetwork DIR] [--many-contexts-1000]
 """
 
 from __future__ import annotations
@@ -13,7 +13,15 @@ import torch
 
 from peft_shine.commands.quickstart import load_hypernetwork
 
-from . import bench_answering, bench_effects, bench_generation, bench_training, memory_probe, report
+from . import (
+    bench_answering,
+    bench_effects,
+    bench_generation,
+    bench_many_contexts,
+    bench_training,
+    memory_probe,
+    report,
+)
 from .timing import machine_info
 
 
@@ -22,6 +30,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="short lengths and few repeats (smoke test)")
     parser.add_argument("--output", default="benchmarks/results")
     parser.add_argument("--hypernetwork", default=None)
+    parser.add_argument("--many-contexts-1000", action="store_true",
+                        help="time generate_adapter on 1,000 contexts too (10 and 100 by default)")
     parser.add_argument("--only", default=None, help="comma-separated sections to (re)run into an existing results.json")
     args = parser.parse_args(argv)
     lengths = [128, 256] if args.quick else [128, 256, 512, 1024, 2048]
@@ -39,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
         ("finetune", lambda: bench_training.finetune_until_adapter_loss(shine, 256, 20 if args.quick else 300)),
         ("effects", lambda: {"logits_only_at_labels": bench_effects.logits_only_at_labels(shine, 96, repeats),
                              "adapter_export": bench_effects.adapter_export(shine, repeats)}),
+        ("many_contexts", lambda: bench_many_contexts.many_contexts(
+            lambda: shine, [10, 100, 1000] if args.many_contexts_1000 else [10, 100])),
         ("memory", lambda: [memory_probe.measure(kind, n, args.hypernetwork)
                             for kind in ("generate", "prefill") for n in lengths]
                    + [memory_probe.measure("train", 256, args.hypernetwork)]),

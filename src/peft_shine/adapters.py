@@ -7,18 +7,21 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from .adapter_names import module_path_parts, validate_adapter_names
+from .adapter_store import add_adapters
 from .contexts import as_context_list, context_sha256, tokenize_contexts
-from .export import add_adapters, lora_config, peft_state_dict, save_adapter, validate_adapter_names
+from .export import lora_config, peft_state_dict, save_adapter
 
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
 
 _GENERATION_LOCK = threading.RLock()
+MAX_CONTEXTS_PER_CALL = 4096  # each adapter stays in memory on the base; the cost per call is linear in the count
 
 
 class AdapterGenerationMixin:
@@ -50,6 +53,10 @@ class AdapterGenerationMixin:
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
             batch_size: contexts encoded per forward pass.
 
+        The time is linear in the number of contexts (``benchmarks/bench_many_contexts.py``); one call takes at most
+        `MAX_CONTEXTS_PER_CALL` (4,096) contexts, since every adapter stays in memory on the base until
+        ``model.delete_adapter(name)``: call it in chunks for more.
+
         Returns:
             The `PeftModel` wrapping **the same base LM instance** (never a copy), with the new adapters loaded and
             the last one active. Use ``model.set_adapter(name)`` to switch, or ``adapter_names=[...]`` per row in
@@ -57,8 +64,13 @@ class AdapterGenerationMixin:
             standard LoRA folder (a non-``"default"`` adapter goes in ``dir/<name>``; `save_adapter` writes flat).
         """
         texts = as_context_list(contexts)
+        if len(texts) > MAX_CONTEXTS_PER_CALL:
+            raise ValueError(f"Got {len(texts)} contexts; generate_adapter takes at most {MAX_CONTEXTS_PER_CALL} per "
+                             f"call (each adapter stays in memory on the base). Call it in chunks, and delete adapters "
+                             f"you no longer need with model.delete_adapter(name).")
         names = _default_names(texts, adapter_names)
-        validate_adapter_names(names, len(texts))
+        _check_batch_size(batch_size)
+        validate_adapter_names(names, len(texts), self._base_layout()[1])
         with _GENERATION_LOCK:
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size)
@@ -73,10 +85,15 @@ class AdapterGenerationMixin:
     def adapter_lora_config(self) -> LoraConfig:
         """A fresh copy of the generated adapters' `LoraConfig`. It depends only on the base layout, so it is derived
         once per attached base (before peft wraps the base, whose module count then grows with every adapter)."""
+        return copy.deepcopy(self._base_layout()[0])
+
+    def _base_layout(self) -> tuple[LoraConfig, frozenset[str]]:
+        """The adapters' `LoraConfig` and the base's module path parts (names adapters must not take), once per base."""
         if getattr(self, "_adapter_config", None) is None:
-            self._adapter_config = lora_config(self.base_lm, self.config.module_specs, self.config.lora_rank,
-                                               self.config.base_model_name_or_path, self.config.base_model_revision)
-        return copy.deepcopy(self._adapter_config)
+            config = lora_config(self.base_lm, self.config.module_specs, self.config.lora_rank,
+                                 self.config.base_model_name_or_path, self.config.base_model_revision)
+            self._adapter_config = (config, module_path_parts(self.base_lm))
+        return self._adapter_config
 
     @torch.no_grad()  # not inference_mode: the tensors become peft parameters
     def _generate_states(self, texts: list[str], names: list[str], truncation: bool, batch_size: int) -> dict:
@@ -93,16 +110,34 @@ class AdapterGenerationMixin:
             self.train(was_training)
         return states
 
-    def save_adapter(self, path: str | Path, adapter_name: str = "default", **card_fields: Any) -> Path:
+    def save_adapter(self, path: str | Path, adapter_name: str = "default", *, overwrite: bool = False) -> Path:
         """Write a generated adapter as a flat, standard peft LoRA folder (``adapter_config.json`` +
-        ``adapter_model.safetensors``), atomically. It loads with ``PeftModel.from_pretrained(base, path)``."""
+        ``adapter_model.safetensors``), atomically. It loads with ``PeftModel.from_pretrained(base, path)``.
+
+        Nothing is ever deleted that peft-shine did not write: a previous adapter folder at ``path`` is replaced, but
+        an existing file, or a folder holding anything else (source files, ``.git``, sub-folders), raises
+        `peft_shine.save_targets.TargetExistsError`. ``overwrite=True`` writes the adapter's files into such a
+        folder and keeps everything else (see `peft_shine.save_targets`).
+        """
         if self.peft_model is None or adapter_name not in self.peft_model.peft_config:
             available = list(self.peft_model.peft_config) if self.peft_model is not None else []
             raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
-        return save_adapter(self.peft_model, adapter_name, path)
+        count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
+        return save_adapter(self.peft_model, adapter_name, path, overwrite=overwrite, expected_tensors=count)
 
 
 def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) -> list[str]:
     if adapter_names is None:
         return ["default"] if len(texts) == 1 else [f"context_{i}" for i in range(len(texts))]
-    return [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+    if isinstance(adapter_names, str):
+        return [adapter_names]
+    if not isinstance(adapter_names, Sequence):
+        raise TypeError(f"adapter_names must be a string or a list of strings (one per context), got "
+                        f"{type(adapter_names).__name__}.")
+    return list(adapter_names)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (contexts encoded per forward pass), got "
+                         f"{batch_size!r}.")

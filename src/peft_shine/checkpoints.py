@@ -20,14 +20,23 @@ class CheckpointError(OSError):
 def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tuple, kwargs: dict[str, Any],
                            allow_pickle: bool = False):
     """Call ``loader(path, *args, **kwargs)`` (a `from_pretrained`) reading safetensors only unless
-    ``allow_pickle``; turn damaged or unsafe checkpoints into a `CheckpointError` that names the file and the fix."""
+    ``allow_pickle``; turn damaged or unsafe checkpoints into a `CheckpointError` that names the file and the fix.
+
+    Loading is strict: a hypernetwork tensor missing from the file, an unexpected one or one of another shape
+    raises instead of being left at its random initialisation. A Hub repo is listed first: one holding only pickle
+    weights is refused before transformers is called, and the revision is pinned to its commit, so transformers'
+    automatic safetensors conversion (a pull request opened on the repo with your token) never starts.
+    """
     folder = Path(path)
     if folder.is_dir():
         refuse_pickle_only_folder(folder, allow_pickle)
+    elif not allow_pickle:
+        kwargs = {**kwargs, "revision": refuse_pickle_only_repo(str(path), kwargs.get("revision"),
+                                                                kwargs.get("token"))}
     if not allow_pickle:
         kwargs = {**kwargs, "use_safetensors": True}
     try:
-        return loader(path, *args, **kwargs)
+        model, info = loader(path, *args, **{**kwargs, "output_loading_info": True})
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         if isinstance(error, CheckpointError) or not _looks_damaged(error):
             raise
@@ -35,6 +44,47 @@ def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tupl
             f"Could not read the hypernetwork weights in {path}: {error}. The file is truncated or corrupted "
             f"(for example an interrupted download or copy); download or save it again."
         ) from error
+    _check_complete(path, info)
+    return model
+
+
+def _check_complete(path: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Raise unless every hypernetwork tensor was read from the checkpoint, with its shape, and nothing else."""
+    missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith("base_lm."))
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    mismatched = sorted(str(entry[0]) for entry in info.get("mismatched_keys", ()))
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"The hypernetwork weights in {path} do not match its config.json: missing {missing[:4]} "
+            f"({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)}), other shape {mismatched[:4]} "
+            f"({len(mismatched)}). Missing tensors would stay random: the config or the weights were changed or "
+            f"come from different models; save the checkpoint again from one model."
+        )
+
+
+def refuse_pickle_only_repo(repo_id: str, revision: str | None, token: Any = None) -> str | None:
+    """List a Hub repo at ``revision`` and refuse one whose weights are only pickle files; return the revision
+    pinned to its commit sha when the Hub (or the cache) answered, else ``revision`` unchanged."""
+    from huggingface_hub import HfApi
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if hf_constants.HF_HUB_OFFLINE:
+        return revision
+    try:
+        info = HfApi(token=token).model_info(repo_id, revision=getattr(revision, "resolved", None) or revision,
+                                             files_metadata=False)
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError, ValueError):
+        return revision  # transformers reports a missing repo or revision with its own message
+    names = [sibling.rfilename for sibling in info.siblings or []]
+    pickles = sorted(name for name in names if name.endswith(PICKLE_SUFFIXES))
+    if pickles and not any(name.endswith(".safetensors") for name in names):
+        raise CheckpointError(
+            f"{repo_id}: this repository holds only pickle weights ({', '.join(pickles)}). Unpickling can execute "
+            f"arbitrary code, so peft-shine reads safetensors only and asks for no conversion. If you trust it, "
+            f"pass allow_pickle=True, then push it again with save_pretrained / push_to_hub (safetensors)."
+        )
+    return info.sha or revision
 
 
 def refuse_pickle_only_folder(folder: Path, allow_pickle: bool) -> None:

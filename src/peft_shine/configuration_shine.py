@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from .config_bounds import check_bounds
 from .layout import ModuleSpec, discover_modules
 from .layout import num_memory_slots as required_memory_slots
 
@@ -71,6 +72,7 @@ class ShineConfig(PretrainedConfig):
         base_fingerprint: str | None = None,
         **kwargs: Any,
     ) -> None:
+        check_bounds({name: value for name, value in locals().items() if name not in ("self", "kwargs")})
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
         self.base_model_type = base_model_type
@@ -110,14 +112,14 @@ class ShineConfig(PretrainedConfig):
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
 
     def validate_layout(self) -> None:
-        """Check the recorded layout is self-consistent; raise `ValueError` naming the problem otherwise."""
+        """Check every value is in bounds and the layout is self-consistent, before any tensor is allocated; raise
+        `ValueError` naming the field and the allowed range otherwise (hostile or mistyped `config.json` files)."""
+        check_bounds(vars(self))
         if len(self.target_modules) != len(self.module_shapes):
             raise ValueError(f"target_modules ({len(self.target_modules)}) and module_shapes "
                              f"({len(self.module_shapes)}) must have the same length.")
         if self.hidden_size % self.m2p_num_heads:
             raise ValueError(f"m2p_num_heads={self.m2p_num_heads} must divide hidden_size={self.hidden_size}.")
-        if self.lora_rank < 1 or self.meta_lora_rank < 0 or self.m2p_num_layers < 1:
-            raise ValueError("lora_rank and m2p_num_layers must be >= 1 and meta_lora_rank >= 0.")
         if self.module_shapes:
             needed = required_memory_slots(self.module_specs, self.lora_rank, self.hidden_size)
             if self.num_memory_slots < needed:

@@ -24,6 +24,14 @@ def as_context_list(contexts: str | Sequence[str]) -> list[str]:
             raise ContextError(f"Context {index} is a {type(text).__name__}, not a str; decode or convert it first.")
         if not text.strip():
             raise ContextError(f"Context {index} is empty or whitespace only; pass the text the adapter should learn.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ContextError(
+                f"Context {index} is not valid Unicode: a lone surrogate {text[error.start]!r} at character "
+                f"{error.start} (text decoded with errors='surrogateescape', or cut inside a character). Decode it "
+                f"with errors='replace', or fix the source."
+            ) from None
         result.append(text)
     return result
 

@@ -85,7 +85,9 @@ class DemoEngine:
     """Loads hypernetworks lazily and serves generate / chat / compare / zip / push for many sessions."""
 
     def __init__(self, hypernetwork: str | None = None, base: str = DEFAULT_BASE_MODEL, *, max_new_tokens: int = 64,
-                 max_hypernetworks: int = 2, max_adapters: int = 32, allow_local_paths: bool = True) -> None:
+                 max_hypernetworks: int = 2, max_adapters: int = 32, allow_local_paths: bool = False) -> None:
+        """``allow_local_paths``: let visitors load server folders (off by default: the answers would reveal
+        which server paths exist)."""
         self.default_source, self.base = hypernetwork, base
         self.max_new_tokens, self.max_hypernetworks, self.max_adapters = max_new_tokens, max_hypernetworks, max_adapters
         self.allow_local_paths = allow_local_paths

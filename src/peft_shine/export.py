@@ -1,4 +1,4 @@
-"""Generated LoRA tensors → standard peft artefacts: `LoraConfig`, peft state dicts and a `PeftModel`.
+"""Generated LoRA tensors → standard peft artefacts: `LoraConfig`, peft state dicts and flat adapter folders.
 
 The exported adapter is a plain LoRA (``PeftType.LORA``), so stock peft, `AutoPeftModelForCausalLM` and vLLM load
 it. The hypernetwork's output scale ``s`` is folded into the weights as ``sqrt(s)`` on each of A and B and
@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel
 from torch import nn
 
-from .io_utils import atomic_directory, atomic_save_safetensors
+from .adapter_names import verify_saved_adapter
+from .io_utils import atomic_save_safetensors
 from .layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
 from .lora_binding import LoraWeights
-
-
-ADAPTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+from .save_targets import guarded_directory
 
 
 def peft_target_modules(base_lm: nn.Module, specs: list[ModuleSpec]) -> list[str]:
@@ -69,54 +66,23 @@ def peft_state_dict(base_lm: nn.Module, specs: list[ModuleSpec], lora: LoraWeigh
     return state
 
 
-def validate_adapter_names(names: list[str], count: int) -> None:
-    """Adapter names: one per context, unique, letters/digits/``_``/``-`` only, not peft's reserved ``__base__``."""
-    if len(names) != count:
-        raise ValueError(f"Got {len(names)} adapter_names for {count} contexts; pass exactly one name per context.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"adapter_names must be unique, got duplicates in {names}.")
-    for name in names:
-        if not isinstance(name, str) or not ADAPTER_NAME_PATTERN.match(name):
-            raise ValueError(f"Invalid adapter name {name!r}: use 1-64 letters, digits, '_' or '-'.")
+def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None, *,
+                 overwrite: bool = False, expected_tensors: int | None = None) -> Path:
+    """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically.
 
-
-def add_adapters(
-    base_lm: nn.Module,
-    peft_model: PeftModel | None,
-    config: LoraConfig,
-    states: dict[str, dict[str, torch.Tensor]],
-) -> PeftModel:
-    """Load each ``name → peft state dict`` as a LoRA adapter on ``base_lm`` (in place, never a copy).
-
-    Creates the `PeftModel` on first use; an existing adapter of the same name gets the new weights in place.
+    ``path`` follows `peft_shine.save_targets`: a missing folder is created, a previous adapter folder is replaced,
+    a file or a folder holding anything else is refused (`TargetExistsError`) unless ``overwrite=True``, which
+    writes only the adapter's files into it. The written weights are read back and compared with the adapter's
+    layers (and ``expected_tensors``, when given) before anything lands in ``path`` (`AdapterSaveError`).
     """
-    for name, state in states.items():
-        replacing = peft_model is not None and name in peft_model.peft_config
-        if peft_model is None:
-            peft_model = get_peft_model(base_lm, config, adapter_name=name, low_cpu_mem_usage=True)
-        elif not replacing:
-            peft_model.add_adapter(name, config, low_cpu_mem_usage=True)
-        # a new adapter's weights are meta tensors to be assigned; an existing one is overwritten in place (cheap)
-        result = set_peft_model_state_dict(peft_model, state, adapter_name=name, low_cpu_mem_usage=not replacing)
-        if config.base_model_name_or_path:  # peft copies the base's `name_or_path`, unset on models built in code
-            peft_model.peft_config[name].base_model_name_or_path = config.base_model_name_or_path
-        unexpected = [key for key in result.unexpected_keys if "lora_" in key]
-        if unexpected:
-            raise RuntimeError(f"Generated adapter keys did not match the base model: {unexpected[:4]} ...")
-    peft_model.set_adapter(list(states)[-1])
-    peft_model.eval()
-    return peft_model
-
-
-def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None) -> Path:
-    """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically."""
     from peft import get_peft_model_state_dict
 
     path = Path(path)
-    with atomic_directory(path) as tmp:
+    with guarded_directory(path, extra_names=list(extra_files or {}), overwrite=overwrite) as tmp:
         peft_model.peft_config[adapter_name].save_pretrained(tmp)
         state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
         atomic_save_safetensors(state, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        verify_saved_adapter(tmp / "adapter_model.safetensors", peft_model, adapter_name, expected_tensors)
         for name, content in (extra_files or {}).items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2)
             (tmp / name).write_text(text)

@@ -37,7 +37,8 @@ from huggingface_hub.errors import (
 )
 
 from .hub_cards import hypernetwork_card_fields, render_adapter_card, render_hypernetwork_card
-from .io_utils import atomic_directory
+from .hub_pull import MAX_PULL_BYTES, PULL_PATTERNS, pull_size, verify_pulled
+from .save_targets import TargetExistsError, guarded_directory, write_mode
 
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ logger = logging.getLogger(__name__)
 HYPERNETWORK_PATTERNS = ("config.json", "*.safetensors", "model.safetensors.index.json")
 ADAPTER_PATTERNS = ("adapter_config.json", "adapter_model.safetensors")
 STALE_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin")  # replaced by each push
-PULL_PATTERNS = ["*.safetensors", "*.json", "*.md"]
 
 
 class HubError(RuntimeError):
@@ -303,28 +303,37 @@ def pull_adapter(repo_id: str, base_model: PreTrainedModel, *, revision: str | N
 
 
 def download(repo_id: str, output: str | Path | None = None, *, revision: str | None = None,
-             token: bool | str | None = None, overwrite: bool = False) -> tuple[Path, str, HubOrigin]:
-    """Download a hypernetwork or adapter repo (safetensors, JSON and Markdown files only) into ``output``.
+             token: bool | str | None = None, overwrite: bool = False,
+             max_bytes: int = MAX_PULL_BYTES) -> tuple[Path, str, HubOrigin]:
+    """Download a hypernetwork or adapter repo into ``output``: only the files its checkpoint needs (configs,
+    safetensors weights, the card; `peft_shine.hub_pull`), at most ``max_bytes`` in all (checked before anything is
+    downloaded), verified (configs parse, every weights file is present and readable) before anything is written.
 
     Files go through the Hub cache (so offline mode works with a warm cache) and are copied into a temporary folder
-    that replaces ``output`` at the end: a failed download leaves an existing ``output`` unchanged. A non-empty
-    ``output`` is only replaced with ``overwrite=True``. Returns ``(path, kind, origin)`` with ``kind`` one of
-    ``"hypernetwork"``, ``"adapter"`` or ``"model"``.
+    that replaces ``output`` at the end: a failed download leaves an existing ``output`` unchanged. An existing file
+    is never replaced; a non-empty folder only with ``overwrite=True``, and then only a previous download is replaced
+    whole: in any other folder the downloaded files are written and the rest is kept (`peft_shine.save_targets`).
+    Returns ``(path, kind, origin)`` with ``kind`` one of ``"hypernetwork"``, ``"adapter"`` or ``"model"``.
     """
     from huggingface_hub import snapshot_download
 
     output = Path(output if output is not None else repo_id.split("/")[-1])
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; choose another output folder or overwrite it.")
+        raise TargetExistsError(f"{output} exists and is not empty; choose another output folder, or pass "
+                                f"overwrite=True (--overwrite on the command line).")
+    write_mode(output, overwrite=overwrite, what="download")  # refuse a file or a foreign folder before any request
     resolved = resolve_hub_revision(repo_id, revision, token=token)
     with hub_errors("download", repo_id, revision):
+        if not hf_constants.HF_HUB_OFFLINE:  # offline, the files come from the cache
+            pull_size(repo_id, getattr(resolved, "resolved", None) or resolved, token, max_bytes)
         snapshot = Path(snapshot_download(repo_id, revision=resolved, allow_patterns=PULL_PATTERNS, token=token))
-    with atomic_directory(output) as tmp:
+    kind = verify_pulled(snapshot, repo_id)
+    with guarded_directory(output, overwrite=overwrite, what="download") as tmp:
         for source in sorted(snapshot.rglob("*")):
             if source.is_file():
                 (tmp / source.relative_to(snapshot)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, tmp / source.relative_to(snapshot))
-    return output, repo_kind(output), hub_origin(repo_id, resolved)
+    return output, kind, hub_origin(repo_id, resolved)
 
 
 def repo_kind(folder: str | Path) -> str:

@@ -10,16 +10,20 @@ under its final name: a reader either sees the complete old content or the compl
 * :func:`atomic_directory` builds a whole folder under a hidden temporary name next to the target and swaps it in
   at the end (rename the old folder aside, rename the new one into place, delete the old one).
 
-Temporaries are named ``.{target name}.tmp-<random>`` (folders being replaced are parked as
-``.{target name}.old-<random>``), so they live on the same file system as the target and are hidden from
+Temporaries are named ``.{target name}.tmp-<pid>-<random>`` (folders being replaced are parked as
+``.{target name}.old-<pid>-<random>``), so they live on the same file system as the target and are hidden from
 ordinary listings. A process killed mid-write can leave such a temporary behind; it is never mistaken for the
-target, and :func:`remove_stale_temporaries` deletes old ones.
+target, and every later write of the same target deletes it (:func:`remove_stale_temporaries`): a leftover is
+stale as soon as the process named in it is gone (checked on this machine; a writer on another machine sharing the
+file system, or in another PID namespace, looks gone too and its save then fails cleanly rather than silently), and
+a leftover without a process id after an hour.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import time
@@ -43,6 +47,8 @@ __all__ = [
 
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
+_OWNER_PATTERN = re.compile(r"\.(?:tmp|old)-(\d+)-[0-9a-f]+$")
+STALE_AGE_S = 3600.0  # leftovers that name no process are removed after this long
 
 
 def _current_umask() -> int:
@@ -82,8 +88,44 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _sibling_name(target: Path, tag: str) -> Path:
-    """A hidden, random sibling path of ``target``, e.g. ``.model.tmp-1a2b3c4d``."""
-    return target.with_name(f".{target.name}{tag}{secrets.token_hex(4)}")
+    """A hidden, random sibling path of ``target`` naming this process, e.g. ``.model.tmp-4242-1a2b3c4d``."""
+    return target.with_name(f".{target.name}{tag}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+_OS_ERROR_PATTERN = re.compile(r"os error (\d+)")
+
+
+@contextlib.contextmanager
+def _plain_os_errors() -> Iterator[None]:
+    """Re-raise I/O failures that writers report as their own exception types (safetensors' ``SafetensorError``
+    on a full disk) as the `OSError` they are, so callers and the command line treat every write failure alike."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        match = _OS_ERROR_PATTERN.search(str(error))
+        if match is None or "I/O error" not in str(error):
+            raise
+        code = int(match.group(1))
+        raise OSError(code, f"{os.strerror(code)} while writing ({error})") from error
+
+
+def _writer_is_gone(name: str) -> bool | None:
+    """Whether the process that created the temporary ``name`` has exited (``None``: the name records no process)."""
+    match = _OWNER_PATTERN.search(name)
+    if match is None:
+        return None
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False  # another thread of this process may be writing it
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process, or a number no process can have
+        return True
+    except OSError:  # exists but belongs to someone else
+        return False
+    return False
 
 
 def _make_temp_dir(target: Path) -> Path:
@@ -134,9 +176,11 @@ def atomic_directory(target: str | Path, *, fsync: bool = True) -> Iterator[Path
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     temp_dir = _make_temp_dir(target)
     try:
-        yield temp_dir
+        with _plain_os_errors():
+            yield temp_dir
         if fsync:
             _fsync_tree(temp_dir)
         _swap_into_place(temp_dir, target)
@@ -157,9 +201,11 @@ def staged_files(directory: str | Path, *, fsync: bool = True) -> Iterator[Path]
     """
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory / "staged")
     temp_dir = _make_temp_dir(directory / "staged")
     try:
-        yield temp_dir
+        with _plain_os_errors():
+            yield temp_dir
         for source in sorted(temp_dir.rglob("*")):
             if source.is_file():
                 destination = directory / source.relative_to(temp_dir)
@@ -184,9 +230,11 @@ def atomic_file(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     """
     path = Path(path).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     temp_path = _sibling_name(path, _TMP_TAG)
     try:
-        yield temp_path
+        with _plain_os_errors():
+            yield temp_path
         if not temp_path.is_file():
             raise FileNotFoundError(f"nothing was written to the temporary file {temp_path}")
         mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_current_umask()
@@ -243,23 +291,27 @@ def atomic_save_safetensors(
     return Path(path).absolute()
 
 
-def remove_stale_temporaries(target: str | Path, *, min_age_s: float = 3600.0) -> list[Path]:
-    """Delete leftover ``.{name}.tmp-*`` / ``.{name}.old-*`` siblings of ``target`` older than ``min_age_s`` seconds.
+def remove_stale_temporaries(target: str | Path, *, min_age_s: float = STALE_AGE_S) -> list[Path]:
+    """Delete leftover ``.{name}.tmp-*`` / ``.{name}.old-*`` siblings of ``target`` whose writer is gone.
 
-    Such leftovers only exist when a writer was killed. Use ``min_age_s=0`` only while holding a lock that excludes
-    every other writer of ``target``. Returns the paths removed.
+    Such leftovers only exist when a writer was killed. One is removed when the process id in its name no longer
+    exists; one naming no process (an older format) when it is older than ``min_age_s`` seconds. Every writer of
+    this module calls it for its target first, so a killed save is cleaned by the next save. ``min_age_s=0`` removes
+    every leftover: use it only while holding a lock that excludes every other writer of ``target``. Returns the
+    paths removed.
     """
     target = Path(target).absolute()
-    if not target.parent.is_dir():
-        return []
-    removed = []
-    now = time.time()
     prefixes = tuple(f".{target.name}{tag}" for tag in (_TMP_TAG, _OLD_TAG))
-    for candidate in target.parent.iterdir():
-        if not candidate.name.startswith(prefixes):
-            continue
+    try:
+        candidates = [path for path in target.parent.iterdir() if path.name.startswith(prefixes)]
+    except OSError:  # no parent folder yet, or not readable
+        return []
+    removed, now = [], time.time()
+    for candidate in candidates:
         with contextlib.suppress(OSError):
-            if now - candidate.lstat().st_mtime >= min_age_s:
+            gone = _writer_is_gone(candidate.name)
+            old = now - candidate.lstat().st_mtime >= min_age_s
+            if min_age_s <= 0 or (gone if gone is not None else old):
                 _remove(candidate)
                 removed.append(candidate)
     return removed

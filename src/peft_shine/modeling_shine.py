@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,15 +284,22 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
 
     # ------------------------------------------------------------------ peft interplay
     def _peft_disabled(self):
-        """Generated peft adapters live on the shared base: switch them off while SHINE runs it."""
-        if self.peft_model is None or not self.peft_model.peft_config:  # peft cannot disable zero adapters
-            return nullcontext()
-        return self.peft_model.disable_adapter()
+        """Generated peft adapters live on the shared base: switch every one off while SHINE runs it (also those of
+        another `ShineModel` on the same base object, or a user's own)."""
+        from .adapter_store import all_adapters_disabled
+
+        return all_adapters_disabled(self.base_lm)
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, **kwargs) -> None:
+    def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, overwrite: bool = False,
+                        **kwargs) -> None:
         """Save config + hypernetwork weights (safetensors); the base LM is never included. Each file is written
-        atomically: a crash mid-save leaves the previous checkpoint readable."""
+        atomically: a crash mid-save leaves the previous checkpoint readable. Other files in the folder are kept; a
+        file path, or a folder whose ``config.json`` belongs to another model, is refused unless ``overwrite=True``
+        (see `peft_shine.save_targets.check_hypernetwork_folder`)."""
+        from .save_targets import check_hypernetwork_folder
+
+        check_hypernetwork_folder(save_directory, overwrite=overwrite)
         if state_dict is None:
             state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BASE_PREFIX)}

@@ -35,7 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base LM for an untrained hypernetwork")
     parser.add_argument("--compare", action="store_true",
                         help="also answer with the base model alone and with the context in the prompt")
-    parser.add_argument("--save-adapter", default=None, metavar="DIR", help="also save the adapter (a LoRA folder)")
+    parser.add_argument("--save-adapter", default=None, metavar="DIR",
+                        help="also save the adapter (a LoRA folder; a previous adapter folder there is replaced, any "
+                             "other non-empty folder or file is refused)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write the adapter files into a non-empty --save-adapter folder, keeping its other files")
     parser.add_argument("--truncate", action="store_true", help="keep the first max_context_length context tokens")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.set_defaults(func=run)
@@ -73,10 +77,15 @@ def questions(args: argparse.Namespace) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..contexts import as_context_list
     from ..prompting import BASE_ADAPTER, build_prompt, generate_answers
+    from ..save_targets import write_mode
     from .quickstart import load_hypernetwork
 
     context, origin = read_context(args)
+    as_context_list(context)  # empty or invalid text fails here, before any model is loaded
+    if args.save_adapter:  # refuse a target that must not be written before any work
+        write_mode(args.save_adapter, overwrite=args.overwrite)
     shine, label = load_hypernetwork(args.hypernetwork, args.base)
     tokens = len(shine.tokenizer(context, add_special_tokens=False).input_ids)
     print(f"Loaded {label}. Context: {origin}, {tokens} tokens.")
@@ -84,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     model = shine.generate_adapter(context, truncation=args.truncate)
     print(f"Adapter generated in {time.perf_counter() - started:.2f} s. Ask questions (exit or Ctrl-D to stop).")
     if args.save_adapter:
-        print(f"Adapter saved to {shine.save_adapter(Path(args.save_adapter))}/")
+        print(f"Adapter saved to {shine.save_adapter(Path(args.save_adapter), overwrite=args.overwrite)}/")
     tokenizer, history = shine.tokenizer, []
     for question in questions(args):
         prompt = build_prompt(tokenizer, question, history=history[-2 * MAX_HISTORY_TURNS:])

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", type=_bool, default=False, metavar="{true,false}",
                         help="also open a public gradio.live link (default: false)")
+    parser.add_argument("--allow-local-paths", action="store_true",
+                        help="let visitors load hypernetwork folders of this server by path (off by default: the "
+                             "answers tell visitors which server paths exist; never with --share)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.set_defaults(func=run)
 
@@ -33,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from ..demo_app import build_demo, launch_options
     from ..demo_engine import DemoEngine
 
-    engine = DemoEngine(args.hypernetwork, base=args.base, max_new_tokens=args.max_new_tokens)
+    engine = DemoEngine(args.hypernetwork, base=args.base, max_new_tokens=args.max_new_tokens,
+                        allow_local_paths=args.allow_local_paths)
     demo = build_demo(engine)
     print("Loading the hypernetwork and base model (first request) ...", flush=True)
     engine.hypernetwork()

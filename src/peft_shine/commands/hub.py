@@ -58,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pull.add_argument("repo_id", help="Hub repo id (user/name)")
     pull.add_argument("--revision", default=None, help="branch, tag or commit sha (default: main)")
     pull.add_argument("--output", default=None, help="local folder (default: ./<repo name>)")
-    pull.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    pull.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                      help="download into a non-empty output folder: a previous download is replaced; in any other "
+                           "folder only the downloaded files are written and the rest is kept")
     pull.set_defaults(func=run_pull)
 
 
@@ -139,9 +141,9 @@ def run_pull(args: argparse.Namespace) -> int:
     from ..hub import download
 
     try:
-        path, kind, origin = download(args.repo_id, args.output, revision=args.revision, overwrite=args.force)
+        path, kind, origin = download(args.repo_id, args.output, revision=args.revision, overwrite=args.overwrite)
     except FileExistsError as error:
-        print(f"shine pull: error: {error} (use --force to replace it)", file=sys.stderr)
+        print(f"shine pull: error: {error}", file=sys.stderr)
         return 2
     print(f"Downloaded {kind} {origin.repo_id} at {origin.revision} (commit {origin.commit}) to {path}/")
     if kind == "hypernetwork":

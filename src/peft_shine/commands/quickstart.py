@@ -14,7 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hypernetwork", default=None,
                         help="SHINE checkpoint (folder or Hub id); default: the shipped one, else an untrained one")
     parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base LM for an untrained hypernetwork")
-    parser.add_argument("--output", default="quickstart-adapter", help="where to save the generated adapter")
+    parser.add_argument("--output", default="quickstart-adapter",
+                        help="where to save the generated adapter (a previous adapter folder there is replaced; any "
+                             "other non-empty folder or file is refused)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write the adapter files into a non-empty --output folder, keeping its other files")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.set_defaults(func=run)
 
@@ -34,7 +38,9 @@ def load_hypernetwork(hypernetwork: str | None, base: str):
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.qa_data import load_sample_context
     from ..prompting import BASE_ADAPTER, build_prompt, generate_answers
+    from ..save_targets import write_mode
 
+    write_mode(args.output, overwrite=args.overwrite)  # refuse a target that must not be written before any work
     started = time.perf_counter()
     shine, label = load_hypernetwork(args.hypernetwork, args.base)
     print(f"Loaded {label} for {shine.config.base_model_name_or_path} in {time.perf_counter() - started:.1f} s")
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = shine.generate_adapter(context)
     seconds = time.perf_counter() - started
-    path = shine.save_adapter(Path(args.output))
+    path = shine.save_adapter(Path(args.output), overwrite=args.overwrite)
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"Adapter generated in {seconds:.2f} s (one forward pass), {size / 1e6:.1f} MB, saved to {path}/")
 

@@ -122,6 +122,10 @@ def load_texts(source: str, column: str, held_back: Sequence = ()) -> list[str]:
         builder = TEXT_FORMATS.get(suffix)
         if builder is None:
             raise ValueError(f"Unknown text file type {suffix!r}; use one of {sorted(TEXT_FORMATS)}.")
+        if builder in ("json", "text") and path.suffix != ".gz":
+            from ..data_files import check_text_data_file
+
+            check_text_data_file(path)  # one clear line for empty, binary or malformed files
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     else:
         dataset = datasets.load_dataset(source, split="train")

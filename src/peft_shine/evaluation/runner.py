@@ -60,7 +60,7 @@ class Chunk:
 
 
 def adapter_name(kind: str, context: str) -> str:
-    """The peft adapter name of an evaluation adapter (valid for `export.validate_adapter_names`)."""
+    """The peft adapter name of an evaluation adapter (valid for `adapter_names.validate_adapter_names`)."""
     return f"{ADAPTER_PREFIX}-{kind}-{context_id(context)[:16]}"
 
 

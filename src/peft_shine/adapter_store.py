@@ -1,0 +1,153 @@
+"""Generated adapters on the base's one shared `PeftModel`: added in time linear in their number, and switched off
+while a hypernetwork reads the base.
+
+peft adds an adapter by walking every module of the model (its earlier adapters included), reloading the whole state
+dict and re-flagging every adapter's parameters, so adding ``N`` adapters one by one costs ``O(N²)``. Here the first
+adapter on a base goes through peft (`get_peft_model`); every later one is put straight into the LoRA layers peft
+created, filling exactly the per-adapter entries peft filled for the first (checked: if a peft version keeps other
+entries, this falls back to peft's own, slower path). The result is the same `PeftModel` state, tested against peft.
+
+Several `ShineModel`s may share one base object: they share its `PeftModel` (one adapter namespace per base), and
+`all_adapters_disabled` switches off every peft tuner layer in the base, whoever attached it, while encoding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import weakref
+from collections.abc import Iterator
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+
+_SHARED_ATTRIBUTE = "_peft_shine_peft_model"  # a weak reference on the base object to its PeftModel
+
+
+def tuner_layers(model: nn.Module) -> list[BaseTunerLayer]:
+    """Every peft tuner layer in ``model``, found without walking into them (so the cost does not grow with the
+    number of adapters they hold)."""
+    found, stack = [], [model]
+    while stack:
+        module = stack.pop()
+        if isinstance(module, BaseTunerLayer):
+            found.append(module)
+            continue
+        stack.extend(child for child in module._modules.values() if child is not None)
+    return found
+
+
+@contextlib.contextmanager
+def all_adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Switch off every peft adapter in ``model`` for the block, whichever `PeftModel` attached it."""
+    layers = tuner_layers(model)
+    merged = [layer for layer in layers if getattr(layer, "merged", False)]
+    if merged:
+        raise RuntimeError("Adapters are merged into the base model's weights, so the plain base cannot be run; "
+                           "call unmerge_adapter() on that PeftModel before generating adapters.")
+    previous = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, previous):
+            layer._disable_adapters = value
+
+
+def shared_peft_model(base_lm: nn.Module) -> PeftModel | None:
+    """The `PeftModel` another `ShineModel` created over this very base object, if it is still alive."""
+    reference = getattr(base_lm, _SHARED_ATTRIBUTE, None)
+    return reference() if reference is not None else None
+
+
+def add_adapters(base_lm: nn.Module, peft_model: PeftModel | None, config: LoraConfig,
+                 states: dict[str, dict[str, torch.Tensor]]) -> PeftModel:
+    """Load each ``name → peft state dict`` as a LoRA adapter on ``base_lm`` (in place, never a copy).
+
+    Creates the base's `PeftModel` on first use (or reuses the one another `ShineModel` made on the same base); an
+    existing adapter of the same name gets the new weights in place. The last adapter becomes the active one.
+    """
+    peft_model = peft_model or shared_peft_model(base_lm)
+    for name, state in states.items():
+        if peft_model is None:
+            peft_model = get_peft_model(base_lm, config, adapter_name=name, low_cpu_mem_usage=True)
+            object.__setattr__(base_lm, _SHARED_ATTRIBUTE, weakref.ref(peft_model))
+            _load_through_peft(peft_model, name, state)
+        elif name in peft_model.peft_config or not _add_directly(peft_model, name, config, state):
+            if name not in peft_model.peft_config:
+                peft_model.add_adapter(name, config, low_cpu_mem_usage=True)
+            _load_through_peft(peft_model, name, state)
+        if config.base_model_name_or_path:  # peft copies the base's `name_or_path`, unset on models built in code
+            peft_model.peft_config[name].base_model_name_or_path = config.base_model_name_or_path
+    peft_model.set_adapter(list(states)[-1])
+    peft_model.eval()
+    return peft_model
+
+
+def _load_through_peft(peft_model: PeftModel, name: str, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into adapter ``name``: straight into its existing tensors when they are materialised (cheap),
+    else with peft's loader (a new adapter's meta tensors)."""
+    layers = _lora_layers(peft_model, state)
+    if all(name in layer.lora_A and layer.lora_A[name].weight.device.type != "meta" for layer in layers.values()):
+        with torch.no_grad():
+            for prefix, layer in layers.items():
+                layer.lora_A[name].weight.copy_(state[f"{prefix}.lora_A.weight"])
+                layer.lora_B[name].weight.copy_(state[f"{prefix}.lora_B.weight"])
+        return
+    result = set_peft_model_state_dict(peft_model, state, adapter_name=name, low_cpu_mem_usage=True)
+    unexpected = [key for key in result.unexpected_keys if "lora_" in key]
+    if unexpected:
+        raise RuntimeError(f"Generated adapter keys did not match the base model: {unexpected[:4]} ...")
+
+
+def _lora_layers(peft_model: PeftModel, state: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
+    """Checkpoint prefix (``base_model.model.<path>``) → the peft LoRA layer, for every module in ``state``."""
+    prefixes = dict.fromkeys(key.rsplit(".lora_", 1)[0] for key in state)
+    try:
+        return {prefix: peft_model.get_submodule(prefix) for prefix in prefixes}
+    except AttributeError as error:
+        raise RuntimeError(f"Generated adapter keys did not match the base model: {error}") from error
+
+
+def _adapter_entries(layer: nn.Module, name: str) -> set[str]:
+    """The attributes of a LoRA layer (dicts and module dicts) that hold an entry for adapter ``name``."""
+    return {attr for attr, value in vars(layer).items() if isinstance(value, dict) and name in value} | \
+        {attr for attr, value in layer._modules.items() if isinstance(value, nn.ModuleDict) and name in value}
+
+
+def _add_directly(peft_model: PeftModel, name: str, config: LoraConfig, state: dict[str, torch.Tensor]) -> bool:
+    """Add adapter ``name`` by filling the LoRA layers' entries the way peft filled them for an earlier adapter
+    (no dropout, no bias, no DoRA, no rsLoRA: the generated adapters' config). Returns False, changing nothing,
+    when the layers do not look as expected; the caller then uses peft's own path."""
+    if config.lora_dropout or config.use_dora or config.use_rslora or config.lora_bias or not peft_model.peft_config:
+        return False
+    layers = _lora_layers(peft_model, state)
+    reference = next(iter(peft_model.peft_config))
+    first = next(iter(layers.values()))
+    expected = _adapter_entries(first, reference)
+    if expected != {"r", "lora_alpha", "scaling", "lora_bias", "use_rslora", "use_dora", "lora_dropout",
+                    "lora_A", "lora_B"} or any(reference not in layer.lora_A for layer in layers.values()):
+        return False
+    with torch.no_grad():
+        for prefix, layer in layers.items():
+            like = layer.lora_A[reference].weight
+            a, b = (state[f"{prefix}.lora_{f}.weight"].to(like.device, like.dtype) for f in ("A", "B"))
+            layer.r[name], layer.lora_alpha[name] = config.r, config.lora_alpha
+            layer.scaling[name] = config.lora_alpha / config.r
+            layer.lora_bias[name], layer.use_rslora[name], layer.use_dora[name] = False, False, False
+            layer.lora_dropout[name] = nn.Identity()
+            layer.lora_A[name] = _frozen_linear(a)
+            layer.lora_B[name] = _frozen_linear(b)
+    peft_model.peft_config[name] = copy.copy(config)
+    return True
+
+
+def _frozen_linear(weight: torch.Tensor) -> nn.Linear:
+    """An ``nn.Linear`` without bias holding ``weight`` (``out × in``), with no initialisation work and no grad."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    linear.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    return linear
