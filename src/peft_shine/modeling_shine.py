@@ -197,6 +197,21 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         with self._peft_disabled(), self._binder.bind(lora):
             yield self.base_lm
 
+    def answer_logits(self, lora: LoraWeights | None, input_ids: torch.Tensor, labels: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None):
+        """Pass 2 with ``lora`` bound (``None``: the base alone): ``(logits, targets, keep)`` where ``logits`` are
+        the ``(tokens, vocab)`` logits at every position whose next token is labelled (the lm_head runs only
+        there), ``targets`` those labels in batch order and ``keep`` the ``(batch, length)`` mask of the positions."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with self.apply_lora(lora) as base:
+            logits = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False, logits_to_keep=keep).logits
+        return logits.reshape(-1, logits.shape[-1]), labels[:, 1:][keep[:, :-1]], keep
+
     def forward(
         self,
         context_input_ids: torch.Tensor,
@@ -222,16 +237,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         count. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
         """
         lora = self.generate_lora(context_input_ids, context_attention_mask)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != -100
-        targets = labels[:, 1:][keep[:, :-1]]
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        with self.apply_lora(lora) as base:
-            logits = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False, logits_to_keep=keep).logits
-        logits = logits.reshape(-1, logits.shape[-1])
+        logits, targets, keep = self.answer_logits(lora, input_ids, labels, attention_mask)
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
         count = targets.new_tensor(targets.numel())
         ce_weight, kd_weight = loss_weights

@@ -222,14 +222,8 @@ def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls:
 def no_adapter_scores(shine: ShineModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """``[summed cross-entropy, labelled tokens, summed KL to the teacher (0 without targets)]`` of the base LM
     alone on the batch's conversations."""
-    labels = batch["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != -100
-    with shine.apply_lora(None) as base:
-        logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                      logits_to_keep=keep).logits
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    targets = labels[:, 1:][keep[:, :-1]]
+    logits, targets, _ = shine.answer_logits(None, batch["input_ids"], batch["labels"], batch["attention_mask"])
+    logits = logits.float()
     ce = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
     kd = (topk_kl(logits, batch["teacher_topk_ids"], batch["teacher_topk_logprobs"]).sum()
           if "teacher_topk_ids" in batch else torch.zeros(()))

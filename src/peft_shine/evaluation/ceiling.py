@@ -37,14 +37,9 @@ def fresh_lora(shine, generator: torch.Generator) -> LoraWeights:
 
 def answer_scores(shine, lora: LoraWeights | None, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Mean cross-entropy and mean teacher KL (0 without targets) of the answer tokens with ``lora`` bound."""
-    labels = batch["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != -100
-    with shine.apply_lora(lora) as base:
-        logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False,
-                      logits_to_keep=keep).logits
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    ce = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]])
+    logits, targets, _ = shine.answer_logits(lora, batch["input_ids"], batch["labels"], batch["attention_mask"])
+    logits = logits.float()
+    ce = torch.nn.functional.cross_entropy(logits, targets)
     kd = (topk_kl(logits, batch["teacher_topk_ids"], batch["teacher_topk_logprobs"]).mean()
           if "teacher_topk_ids" in batch else ce.new_zeros(()))
     return ce, kd
