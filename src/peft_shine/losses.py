@@ -39,3 +39,31 @@ def per_context_mean(values: torch.Tensor, rows: torch.Tensor, num_rows: int) ->
     sums = values.new_zeros(num_rows).index_add(0, rows, values)
     counts = values.new_zeros(num_rows).index_add(0, rows, torch.ones_like(values))
     return sums / counts.clamp(min=1)
+
+
+def teacher_kl(logits: torch.Tensor, targets: torch.Tensor, teacher_ids: torch.Tensor | None,
+               teacher_logprobs: torch.Tensor | None) -> torch.Tensor:
+    """`topk_kl` of the labelled-position ``logits`` against a batch's stored teacher targets (one row per labelled
+    token), with a clear error when they are missing or belong to another batch."""
+    if teacher_ids is None or teacher_logprobs is None:
+        raise ValueError("A distillation loss weight needs teacher_topk_ids and teacher_topk_logprobs (build the "
+                         "dataset with objective 'kd' or 'kd+ce').")
+    if teacher_ids.shape[0] != targets.numel():
+        raise ValueError(f"{teacher_ids.shape[0]} teacher target rows for {targets.numel()} labelled tokens: the "
+                         f"targets do not belong to this batch.")
+    return topk_kl(logits, teacher_ids, teacher_logprobs)
+
+
+def weighted_answer_loss(ce: torch.Tensor, kd: torch.Tensor | None, rows: torch.Tensor, num_rows: int,
+                         weights: tuple[float, float], num_items: int | torch.Tensor | None) -> torch.Tensor:
+    """The training loss from per-token cross-entropy ``ce`` and KL ``kd`` (``None``: no distillation term).
+
+    Without ``kd``: ``weights[0] · Σ ce / num_items`` (the labelled-token count of the accumulated batch, else of
+    this one). With ``kd``: ``Σ_rows mean_tokens(weights[0] · ce + weights[1] · kd) / num_items`` (the number of
+    conversations of the accumulated batch, else ``num_rows``): every context weighs the same.
+    """
+    if kd is None:
+        denominator = num_items if num_items is not None else max(ce.numel(), 1)
+        return weights[0] * ce.sum() / denominator
+    per_row = per_context_mean(weights[0] * ce + weights[1] * kd, rows, num_rows).sum()
+    return per_row / (num_items if num_items is not None else num_rows)

@@ -30,7 +30,7 @@ from .configuration_shine import ShineConfig
 from .io_utils import staged_files
 from .layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
 from .lora_binding import LoraBinder, LoraWeights, capture_layer_outputs
-from .losses import per_context_mean, topk_kl
+from .losses import teacher_kl, weighted_answer_loss
 from .m2p import M2PTransformer
 
 
@@ -240,23 +240,10 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         logits, targets, keep = self.answer_logits(lora, input_ids, labels, attention_mask)
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
         count = targets.new_tensor(targets.numel())
-        ce_weight, kd_weight = loss_weights
         kd = None
-        if kd_weight:
-            if teacher_topk_ids is None or teacher_topk_logprobs is None:
-                raise ValueError("A distillation loss weight needs teacher_topk_ids and teacher_topk_logprobs (build "
-                                 "the dataset with objective 'kd' or 'kd+ce').")
-            if teacher_topk_ids.shape[0] != targets.numel():
-                raise ValueError(f"{teacher_topk_ids.shape[0]} teacher target rows for {targets.numel()} labelled "
-                                 f"tokens: the targets do not belong to this batch.")
-            kd = topk_kl(logits, teacher_topk_ids, teacher_topk_logprobs)
-            rows = keep.nonzero()[:, 0]
-            per_row = per_context_mean(ce_weight * ce + kd_weight * kd, rows, labels.shape[0]).sum()
-            denominator = num_items_in_batch if num_items_in_batch is not None else labels.shape[0]
-            loss = per_row / denominator
-        else:
-            denominator = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
-            loss = ce_weight * ce.sum() / denominator
+        if loss_weights[1]:
+            kd = teacher_kl(logits, targets, teacher_topk_ids, teacher_topk_logprobs)
+        loss = weighted_answer_loss(ce, kd, keep.nonzero()[:, 0], labels.shape[0], loss_weights, num_items_in_batch)
         return ShineOutput(loss=loss, num_label_tokens=count, ce_sum=ce.detach().sum(),
                            kd_sum=None if kd is None else kd.detach().sum())
 
