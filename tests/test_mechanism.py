@@ -1,4 +1,4 @@
-"""The SHINE mechanism, pinned by tests that could fail (shine-method.md §6)."""
+"""The SHINE mechanism, pinned by tests that could fail."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ generated LoRA, must answer *without* the context). Builders return plain dicts
 `datasets.Dataset` of token ids in one ``datasets.map`` pass, so nothing is re-tokenised per epoch (the random
 choices below are drawn once, from ``seed``, when the examples are built).
 
-Stage 1 — pretraining (shine-method.md §2.2), from any text column (`build_pretraining_examples`):
+Stage 1 — pretraining (docs/training.md), from any text column (`build_pretraining_examples`):
 
 * long texts are split at whitespace into pieces that fit; pieces are packed first-fit (in a seeded random order)
   into groups that fit both the context and the conversation budget;

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -26,14 +25,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .data import IGNORE_INDEX, conversation_turns, right_pad
-from .losses import per_context_mean, topk_kl  # noqa: F401  (re-exported: the loss of this objective)
-from .prompting import IN_CONTEXT_TEMPLATE
+from .io_utils import atomic_write_text
+from .prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
 
-
-logger = logging.getLogger(__name__)
 
 TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
 
@@ -154,11 +152,6 @@ def with_teacher_answers(records: list, base_lm: PreTrainedModel, tokenizer: Pre
     """QA records whose first answer is the teacher's own greedy answer (context in the prompt, the in-context
     baseline of `shine eval`), the gold answers kept after it. Answers are cached in
     ``{cache_dir}/teacher-answers.json`` (keyed by context and question) and only missing ones are generated."""
-    from tqdm.auto import tqdm
-
-    from .io_utils import atomic_write_text
-    from .prompting import build_prompt, generate_answers
-
     cache_path = Path(cache_dir) / "teacher-answers.json"
     cache = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.is_file() else {}
     keys = [hashlib.sha256(f"{r.context}\n\n{r.question}".encode()).hexdigest()[:24] for r in records]

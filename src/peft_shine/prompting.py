@@ -3,7 +3,7 @@
 One prompt format everywhere, in stage-2 training and at inference: the base model's own chat template, the
 `ANSWER_SYSTEM_PROMPT` as system turn, the question as the user turn, and (for the in-context baseline only) the
 context in the user turn before the question. The system turn asks every condition for a short answer, as SHINE's
-single-QA baselines do (shine-method.md §3): without it an instruct model answers extractive questions in whole
+single-QA baselines do: without it an instruct model answers extractive questions in whole
 sentences and token F1 measures verbosity more than knowledge. The one exception is `build_instruction_prompt`, the
 stage-1 format (no short-answer system turn), which the recall evaluation uses to ask an adapter for its context.
 """

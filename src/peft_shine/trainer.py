@@ -284,8 +284,7 @@ class ShineTrainer(Trainer):
         return rows
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        if self.args.distills or "teacher_topk_ids" in inputs:
-            inputs = {**inputs, "loss_weights": self.args.loss_weights}
+        inputs = {**inputs, "loss_weights": self.args.loss_weights}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
         if model.training and not torch.isfinite(loss.detach()).all():

@@ -29,7 +29,7 @@ from ..base_models import DEFAULT_BASE_MODEL
 BUNDLED_TEXTS = {"wikitext": "wikitext_sample.jsonl"}
 TEXT_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 QA_COLUMNS = {"context", "question", "answers"}
-# CLI defaults under the config file (shine-method.md §6: micro-batch 1, accumulation 4, warm-up, clip 1.0)
+# CLI defaults under the config file (micro-batch 1, accumulation 4, warm-up, clip 1.0; see docs/training.md)
 DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 1, "per_device_eval_batch_size": 4, "gradient_accumulation_steps": 4,
     "weight_decay": 0.01, "max_grad_norm": 1.0, "warmup_steps": 0.05, "logging_steps": 10, "eval_strategy": "steps",

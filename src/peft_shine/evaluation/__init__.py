@@ -1,4 +1,4 @@
-"""Evaluation: answer extraction, SQuAD / HotpotQA metrics, QA data and the evaluation harness (shine-method.md §3)."""
+"""Evaluation: answer extraction, SQuAD / HotpotQA metrics, QA data and the evaluation harness (docs/evaluation.md)."""
 
 from __future__ import annotations
 

@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(training, shine.tokenizer, [r for r in records if r.context in first], teacher=shine,
                             distill=True, held_out=True)
     collate = ShineDataCollator(shine.tokenizer.pad_token_id)
-    weights = training.loss_weights if args.objective != "ce" else (1.0, 0.0)
-    table = ceiling_table(shine, (collate([example]) for example in dataset), loss_weights=weights,
+    table = ceiling_table(shine, (collate([example]) for example in dataset), loss_weights=training.loss_weights,
                           max_steps=args.max_steps)
     with open(args.output, "w", encoding="utf-8") as handle:
         json.dump(table, handle, indent=2)

@@ -1,5 +1,5 @@
 """`run_evaluation`: every condition on the same questions and base model, resumable, with a JSON/markdown/PNG
-report (shine-method.md §3).
+report (docs/evaluation.md).
 
 Files in ``output_dir``:
 

@@ -1,4 +1,4 @@
-"""Answer extraction and SQuAD / HotpotQA answer metrics (shine-method.md §3.3).
+"""Answer extraction and SQuAD / HotpotQA answer metrics (docs/evaluation.md).
 
 * :func:`normalize_answer` is the official SQuAD v1.1 normalisation.
 * :func:`exact_match` and :func:`token_f1` follow the SQuAD evaluation script, with the convention that an empty
@@ -191,7 +191,7 @@ def clean_generation(generation: str) -> str:
 
 
 def extract_answer(generation: str) -> str:
-    """Extract the answer to score from a raw model generation (shine-method.md §3.3).
+    """Extract the answer to score from a raw model generation (docs/evaluation.md).
 
     Steps: remove ``<|...|>`` special tokens; drop a ``<think>…</think>`` block (an unclosed leading ``<think>``
     means the model never answered and gives ``""``; a lone ``</think>`` keeps only what follows it); strip a

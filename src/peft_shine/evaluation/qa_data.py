@@ -264,7 +264,7 @@ def group_contexts(
     seed: int = 0,
     separator: str = "\n\n",
 ) -> list[QARecord]:
-    """SQuAD with distractors (shine-method.md §3.2, "SQuAD-512 / 1K / 2K").
+    """SQuAD with distractors (the SHINE paper's "SQuAD-512 / 1K / 2K").
 
     The unique contexts (paragraphs) of ``records`` are shuffled with ``seed`` and cut into consecutive groups
     whose concatenations average about ``target_tokens`` tokens. Each record's new context is its paragraph's
