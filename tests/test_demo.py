@@ -20,9 +20,9 @@ from gradio_client.exceptions import AppError
 
 from peft_shine.cli import build_parser
 from peft_shine.contexts import context_sha256
-from peft_shine.demo_app import build_demo, launch_options
-from peft_shine.demo_engine import DemoEngine, scrub
-from peft_shine.demo_hub import resolve_token
+from peft_shine.demo.app import build_demo, launch_options
+from peft_shine.demo.engine import DemoEngine, scrub
+from peft_shine.demo.hub import resolve_token
 from peft_shine.prompting import generate_answers
 from peft_shine.shipped import SHIPPED_NAME
 
@@ -101,8 +101,8 @@ def test_generate_chat_compare_and_download_a_loadable_peft_folder(app, tmp_path
     adapter = adapter_of(engine, CONTEXT)
     base, _ = load_base_model()
     loaded = PeftModel.from_pretrained(base, tmp_path / "shine-adapter")
-    assert type(loaded.get_base_model()) is type(engine.hypernetwork().shine.base_lm)
-    expected = get_peft_model_state_dict(engine.hypernetwork().shine.peft_model, adapter_name=adapter.name,
+    assert type(loaded.get_base_model()) is type(engine.hypernetwork().model.base_lm)
+    expected = get_peft_model_state_dict(engine.hypernetwork().model.peft_model, adapter_name=adapter.name,
                                          save_embedding_layers=False)
     actual = get_peft_model_state_dict(loaded, save_embedding_layers=False)
     assert expected.keys() == actual.keys()
@@ -123,13 +123,13 @@ def test_sessions_never_see_each_others_adapters(app):
 
     old = adapter_of(engine, "Alpha text: the gate code is 4417.").name
     first.predict("Gamma text: the gate code is 1234.", api_name="/generate")
-    peft_model = engine.hypernetwork().shine.peft_model
+    peft_model = engine.hypernetwork().model.peft_model
     assert old not in engine.adapters and old not in peft_model.peft_config  # the previous adapter is deleted
     beta = adapter_of(engine, "Beta text: the gate code is 9902.")
     assert beta.name in peft_model.peft_config  # the other session's adapter is untouched
 
     _, history = second.predict("What is the gate code?", [], api_name="/chat")
-    tokenizer = engine.hypernetwork().shine.tokenizer
+    tokenizer = engine.hypernetwork().model.tokenizer
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the gate code?"}], tokenize=False,
                                            add_generation_prompt=True)
     expected = generate_answers(peft_model, tokenizer, [prompt], [beta.name], engine.max_new_tokens)[0]
@@ -137,11 +137,11 @@ def test_sessions_never_see_each_others_adapters(app):
 
 
 def test_closed_sessions_free_their_adapters(app):
-    from peft_shine.demo_engine import Session
+    from peft_shine.demo.engine import Session
 
     engine = app[1]
     first, kept = engine.generate(Session(), "Delta text: the gate code is 5555.")
-    peft_config = engine.hypernetwork().shine.peft_model.peft_config
+    peft_config = engine.hypernetwork().model.peft_model.peft_config
     second, last = engine.generate(Session(), "Epsilon text: the gate code is 6666.")
     engine.release_session(first)  # what the gr.State delete callback does when a browser session ends
     assert kept.name not in engine.adapters and kept.name not in peft_config and not kept.zip_path.exists()
@@ -190,7 +190,7 @@ def test_load_a_hypernetwork_from_the_hub(app, hub_env, tmp_path):
     from huggingface_hub import HfApi
 
     engine = app[1]
-    engine.hypernetwork().shine.save_pretrained(tmp_path / "hypernetwork")
+    engine.hypernetwork().model.save_pretrained(tmp_path / "hypernetwork")
     HfApi().create_repo("tester/shine-test", exist_ok=True)
     HfApi().upload_folder(repo_id="tester/shine-test", folder_path=tmp_path / "hypernetwork")
     client = new_session(app)

@@ -7,11 +7,11 @@ import random
 import pytest
 import torch
 
-from peft_shine.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
-from peft_shine.distillation import add_teacher_targets, encode_teacher, teacher_topk, with_teacher_answers
-from peft_shine.evaluation.qa_data import QARecord
 from peft_shine.losses import per_context_mean, topk_kl
-from peft_shine.trainer import ShineTrainer, build_dataset
+from peft_shine.qa_data import QARecord
+from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
+from peft_shine.training.distillation import add_teacher_targets, encode_teacher, teacher_topk, with_teacher_answers
+from peft_shine.training.trainer import ShineTrainer, build_dataset
 from test_trainer import StepRecorder, assert_states_close, random_words, tiny_run, tiny_shine, training_args  # noqa: F401
 from tiny_models import make_char_tokenizer
 
@@ -152,8 +152,8 @@ def test_build_dataset_adds_targets_only_for_distilling_objectives(tmp_path):
 
 
 def test_lora_ceiling_fits_one_context_below_the_untrained_generator():
-    from peft_shine.data import ShineDataCollator
     from peft_shine.evaluation.ceiling import ceiling_table
+    from peft_shine.training.data import ShineDataCollator
 
     shine = tiny_shine()
     dataset = kd_dataset(shine, random_words(2, length=10))

@@ -10,8 +10,8 @@ import pytest
 from huggingface_hub import HfApi, ModelCard
 
 from hub_server import FakeHub
-from peft_shine import hub_cards
-from peft_shine.hub_cards import render_adapter_card, render_hypernetwork_card, templates_dir
+from peft_shine.hub import cards as hub_cards
+from peft_shine.hub.cards import render_adapter_card, render_hypernetwork_card, templates_dir
 
 
 pytest_plugins = ["hub_fixtures"]
@@ -36,8 +36,8 @@ FULL_HYPERNETWORK = {
         "notes": "Trained on one CPU.",
     },
     "eval_results": [
-        {"condition": "shine", "dataset": "squad", "dataset_id": "rajpurkar/squad", "f1": 0.5312, "em": 0.41, "n": 200},
-        {"condition": "no-context", "dataset": "squad", "f1": 0.102, "em": 0.05, "n": 200},
+        {"condition": "adapter", "dataset": "squad", "dataset_id": "rajpurkar/squad", "f1": 0.5312, "em": 0.41, "n": 200},
+        {"condition": "question_only", "dataset": "squad", "f1": 0.102, "em": 0.05, "n": 200},
     ],
 }
 
@@ -56,14 +56,13 @@ def test_hypernetwork_card_with_all_fields() -> None:
     assert data.tags == ["shine", "hypernetwork", "lora", "peft", "text-generation", "question-answering"]
     assert data.datasets == ["rajpurkar/squad", "Salesforce/wikitext"]
     metrics = {(result.metric_name, result.metric_value) for result in data.eval_results}
-    assert metrics == {("F1 (shine)", 0.5312), ("EM (shine)", 0.41), ("F1 (no-context)", 0.102),
-                       ("EM (no-context)", 0.05)}
-    assert {result.dataset_type for result in data.eval_results} == {"rajpurkar/squad", "squad"}
+    assert metrics == {("F1 (adapter)", 0.5312), ("EM (adapter)", 0.41)}  # the baselines are not the model's results
+    assert {result.dataset_type for result in data.eval_results} == {"rajpurkar/squad"}
 
     text = card.text
     assert 'AutoShineModel.from_pretrained("peft-shine/shine-smollm2-135m")' in text
     assert FULL_HYPERNETWORK["base_model_revision"] in text
-    assert "| shine | squad | 0.53 | 0.41 | 200 |" in text
+    assert "| adapter | squad | 0.53 | 0.41 | 200 |" in text and "| question_only | squad | 0.10 |" in text
     assert "| reconstruction | Salesforce/wikitext | 2000 |" in text and "Total optimisation steps: 5000." in text
     assert "`q_proj`, `v_proj`" in text and "| Memory slots | 32 |" in text and "| M2P depth (layers) | 4 |" in text
     assert "2602.06358" in text
@@ -123,30 +122,33 @@ def test_cards_push_to_the_hub_and_load_back(hub_env: FakeHub) -> None:
     assert info.card_data.library_name == "peft-shine" and "hypernetwork" in info.tags
 
 
-def test_templates_dir_prefers_packaged_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert templates_dir() in (ROOT / "hub_cards", Path(hub_cards.__file__).parent / "hub_card_templates")
-    packaged = tmp_path / "hub_card_templates"
-    packaged.mkdir()
-    (packaged / hub_cards.HYPERNETWORK_TEMPLATE).write_text("---\n{{ card_data }}\n---\n")
-    monkeypatch.setattr(hub_cards, "_PACKAGED_DIR", packaged)
-    assert templates_dir() == packaged
-    monkeypatch.setattr(hub_cards, "_CHECKOUT_DIR", tmp_path / "missing")
-    monkeypatch.setattr(hub_cards, "_PACKAGED_DIR", tmp_path / "missing")
-    with pytest.raises(FileNotFoundError):
-        templates_dir()
+def test_templates_are_package_data_and_hub_cards_links_to_them() -> None:
+    import peft_shine
+
+    package = Path(peft_shine.__file__).resolve().parent
+    assert templates_dir().is_relative_to(package)  # wheels, Spaces and checkouts read the same files
+    for template in (hub_cards.HYPERNETWORK_TEMPLATE, hub_cards.ADAPTER_TEMPLATE):
+        assert (templates_dir() / template).is_file()
+        assert (ROOT / "hub_cards" / template).samefile(templates_dir() / template)
 
 
-def test_pyproject_ships_templates_and_every_subpackage() -> None:
+def test_pyproject_ships_templates_and_the_shipped_checkpoint() -> None:
     setuptools_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert setuptools_config["package-dir"]["peft_shine.hub_card_templates"] == "hub_cards"
-    assert "*.md" in setuptools_config["package-data"]["peft_shine.hub_card_templates"]
-    src = ROOT / "src"
-    on_disk = {
-        ".".join(path.relative_to(src).parts)
-        for path in [src / "peft_shine", *(src / "peft_shine").rglob("*")]
-        if path.is_dir() and path.name != "__pycache__" and path.name.isidentifier()
-    }
-    assert set(setuptools_config["packages"]) == on_disk | {"peft_shine.hub_card_templates"}
+    assert setuptools_config["packages"]["find"]["where"] == ["src"]
+    data = setuptools_config["package-data"]["peft_shine"]
+    assert "hub/templates/*.md" in data and "shipped/*/*" in data
+    package = ROOT / "src" / "peft_shine"
+    for folder in [package, *package.rglob("*")]:  # every folder of Python modules is a package (found by find)
+        if folder.is_dir() and folder.name != "__pycache__" and any(folder.glob("*.py")):
+            assert (folder / "__init__.py").is_file(), folder
+
+
+def test_a_local_path_is_refused_as_base_model(tmp_path: Path) -> None:
+    for local in (str(tmp_path), "./models/base", "/srv/models/llama", "C:\\models\\x"):
+        with pytest.raises(ValueError, match="Hub model id"):
+            render_hypernetwork_card(**{**FULL_HYPERNETWORK, "base_model": local})
+        with pytest.raises(ValueError, match="Hub model id"):
+            render_adapter_card(repo_id="a/b", base_model=local, hypernetwork_repo="a/c")
 
 
 def test_card_command_writes_the_card_of_a_local_folder(tmp_path: Path) -> None:
@@ -170,5 +172,6 @@ def test_card_command_writes_the_card_of_a_local_folder(tmp_path: Path) -> None:
     assert "| adapter | SQuAD v1.1 | 31.23 | 20.00 | 349 |" in card.text and "| pretrain | – | 750 |" in card.text
     assert "`q_proj`, `down_proj`" in card.text and "| Memory slots | 53 |" in card.text
     metrics = {(m.metric_name, m.metric_value) for m in card.data.eval_results}
-    assert ("F1 (adapter)", 31.23) in metrics and ("EM (question_only)", 4.0) in metrics
+    assert ("F1 (adapter)", 31.23) in metrics and not any("question_only" in name for name, _ in metrics)
+    assert "| question_only | SQuAD v1.1 | 9.50 |" in card.text  # baselines stay in the text table
     assert main(["card", str(tmp_path / "missing")]) == 2

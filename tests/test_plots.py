@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from peft_shine.plots import chain_stages, loss_curves, main
+from peft_shine.training.plots import chain_stages, loss_curves, main
 
 
 STAGE_A = [{"loss": 3.0, "step": 10}, {"eval_loss": 2.9, "eval_loss_wrong_context": 3.1, "step": 20}]
@@ -32,7 +32,7 @@ def test_the_command_reads_the_last_checkpoint_of_each_run(tmp_path):
 
 
 def test_held_out_curves_are_not_joined_across_stages():
-    from peft_shine.plots import _split_at
+    from peft_shine.training.plots import _split_at
 
     points = [(0, 3.0), (20, 2.0), (25, 4.0), (35, 3.5)]
     assert _split_at(points, [20]) == [[(0, 3.0), (20, 2.0)], [(25, 4.0), (35, 3.5)]]
@@ -40,7 +40,7 @@ def test_held_out_curves_are_not_joined_across_stages():
 
 
 def test_comparison_plots_the_context_gap_and_teacher_kl_of_each_run(tmp_path):
-    from peft_shine.plots import eval_series
+    from peft_shine.training.plots import eval_series
 
     history = [{"eval_loss": 2.0, "eval_loss_wrong_context": 2.5, "eval_kd": 0.9, "step": 0},
                {"eval_loss": 1.5, "eval_loss_wrong_context": 2.25, "step": 10}, {"loss": 1.0, "step": 10}]

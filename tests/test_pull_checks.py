@@ -9,8 +9,8 @@ from huggingface_hub import HfApi
 
 from conftest import make_shine
 from peft_shine.cli import main
+from peft_shine.errors import PullError
 from peft_shine.hub import download
-from peft_shine.hub_pull import PullError
 
 
 pytest_plugins = ["hub_fixtures"]

@@ -10,7 +10,6 @@ import pytest
 
 from conftest import make_shine
 from peft_shine import cli
-from peft_shine.data import RECONSTRUCTION_INSTRUCTION, conversation_turns
 from peft_shine.evaluation import (
     CONDITIONS,
     RECALL_CONDITIONS,
@@ -30,6 +29,7 @@ from peft_shine.evaluation import runner as runner_module
 from peft_shine.evaluation.conditions import RECALL_MARGIN, SHINE, context_id, distinct_contexts
 from peft_shine.evaluation.runner import RunOptions, plan_chunks
 from peft_shine.prompting import ANSWER_SYSTEM_PROMPT, build_instruction_prompt
+from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, conversation_turns
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:The PEFT config's `base_model_name_or_path` was renamed")
@@ -216,7 +216,7 @@ def test_recall_is_added_to_a_folder_of_qa_results(shine, tmp_path):
 def test_cli_eval_recall_conditions(tmp_path, monkeypatch, capsys):
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in RECORDS))
-    monkeypatch.setattr("peft_shine.commands.eval.load_for_eval", lambda name, base: (make_shine(), "tiny"))
+    monkeypatch.setattr("peft_shine.cli.eval.load_for_eval", lambda name, base: (make_shine(), "tiny"))
     out = tmp_path / "out"
     code = cli.main(["eval", "--data", str(data), "--limit", "3", "--seed", "0", "--conditions", ",".join(RECALL),
                      "--output", str(out), "--recall-max-new-tokens", "12", "--no-progress"])

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from conftest import make_shine
-from peft_shine import AutoShineModel, BaseModelMismatchError, ShineConfig, ShineModel
+from peft_shine import AutoShineModel, BaseModelMismatchError, CheckpointError, ShineConfig, ShineModel
 from tiny_models import make_char_tokenizer, make_tiny_lm
 
 
@@ -73,8 +73,10 @@ def test_auto_classes_load_checkpoint_with_the_base_named_in_the_config(tmp_path
         assert "default" in loaded.generate_adapter("a context").peft_config
 
 
-def test_auto_shine_model_on_a_plain_causal_lm_makes_an_untrained_hypernetwork(saved_base):
-    shine = AutoShineModel.from_pretrained(str(saved_base), lora_rank=2)
+def test_auto_shine_model_on_a_plain_causal_lm_refuses_unless_asked_for_an_untrained_one(saved_base):
+    with pytest.raises(CheckpointError, match="not a SHINE hypernetwork checkpoint.*from_base_model"):
+        AutoShineModel.from_pretrained(str(saved_base), lora_rank=2)
+    shine = AutoShineModel.from_pretrained(str(saved_base), lora_rank=2, allow_untrained=True)
     assert isinstance(shine, ShineModel) and shine.config.base_model_type == "llama"
 
 

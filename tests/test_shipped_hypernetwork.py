@@ -1,4 +1,4 @@
-"""The shipped default hypernetwork (models/shine-smollm2-135m-instruct): present, small, documented, loadable
+"""The shipped default hypernetwork (src/peft_shine/shipped/shine-smollm2-135m-instruct): present, small, documented, loadable
 by path and by default, and trained: on held-out SQuAD paragraphs its adapters make the gold answers more likely
 than adapters generated from other paragraphs do."""
 
@@ -10,11 +10,11 @@ from huggingface_hub import ModelCard
 
 from peft_shine import AutoShineModel, ShineModel
 from peft_shine.base_models import DEFAULT_BASE_MODEL
-from peft_shine.data import conversation_turns
 from peft_shine.evaluation.conditions import derangement
-from peft_shine.evaluation.qa_data import load_qa_records
 from peft_shine.prompting import answer_system_message
+from peft_shine.qa_data import load_qa_records
 from peft_shine.shipped import SHIPPED_NAME, shipped_checkpoint
+from peft_shine.training.data import conversation_turns
 
 
 pytestmark = pytest.mark.integration
@@ -42,11 +42,11 @@ def test_the_shipped_folder_is_small_and_has_a_card():
 
 
 def test_the_shipped_hypernetwork_is_the_default_of_the_commands():
-    from peft_shine.commands.quickstart import load_hypernetwork
+    from peft_shine.shipped import load_hypernetwork
 
-    shine, label = load_hypernetwork(None, DEFAULT_BASE_MODEL)
-    assert label.startswith("trained hypernetwork") and SHIPPED_NAME in label
-    assert shine.config.base_model_name_or_path == DEFAULT_BASE_MODEL
+    loaded = load_hypernetwork(None, base_model=DEFAULT_BASE_MODEL)
+    assert loaded.trained and loaded.label.startswith("trained hypernetwork") and SHIPPED_NAME in loaded.label
+    assert loaded.model.config.base_model_name_or_path == DEFAULT_BASE_MODEL
 
 
 def _answer_loss(shine: ShineModel, adapter: str, question: str, answer: str) -> float:

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from peft_shine import ShineModel
-from peft_shine.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
-from peft_shine.evaluation.qa_data import load_qa_records
-from peft_shine.trainer import ShineTrainer, ShineTrainingArguments, build_dataset
+from peft_shine.qa_data import load_qa_records
+from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
+from peft_shine.training.trainer import ShineTrainer, ShineTrainingArguments, build_dataset
 from tiny_models import make_char_tokenizer, make_tiny_lm, write_training_folder
 
 
@@ -282,7 +282,7 @@ def test_cli_trains_both_stages_and_writes_model_and_plot(tiny_run, tmp_path):
 
 def test_cli_holds_back_evaluation_articles_and_trims_the_monitor(tiny_run):
     from peft_shine.cli import build_parser
-    from peft_shine.commands.train import train_and_eval_data, training_arguments
+    from peft_shine.training.recipe import train_and_eval_data, training_arguments
 
     records = load_qa_records(str(tiny_run / "qa.jsonl"))
     args = build_parser().parse_args(["train", "--stage", "instruct", "--data", str(tiny_run / "qa.jsonl"),
@@ -301,7 +301,7 @@ def test_stage_one_reads_qa_contexts_and_texts_together_minus_held_back_articles
     import gzip
 
     from peft_shine.cli import build_parser
-    from peft_shine.commands.train import train_and_eval_data, training_arguments
+    from peft_shine.training.recipe import train_and_eval_data, training_arguments
 
     records = load_qa_records(str(tiny_run / "qa.jsonl"))
     held = tmp_path / "held.jsonl"
@@ -319,7 +319,8 @@ def test_stage_one_reads_qa_contexts_and_texts_together_minus_held_back_articles
 
 def test_cli_config_file_is_merged_under_the_flags(tmp_path):
     from peft_shine.cli import build_parser
-    from peft_shine.commands.train import read_config, training_arguments
+    from peft_shine.io_utils import read_mapping as read_config
+    from peft_shine.training.recipe import training_arguments
 
     (tmp_path / "run.yaml").write_text("learning_rate: 5e-5\nmax_steps: 7\nqa_mode: multi\nmodel:\n  lora_rank: 2\n")
     args = build_parser().parse_args(["train", "--stage", "instruct", "--data", "x", "--output", str(tmp_path),
@@ -337,7 +338,7 @@ DDP_WORKER = textwrap.dedent("""
     import argparse
     import sys
     import torch
-    from peft_shine.commands import train as command
+    from peft_shine.cli import train as command
 
     out, base, config = sys.argv[1:4]
     parser = argparse.ArgumentParser()

@@ -14,7 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peft_shine.data import ShineDataCollator, build_pretraining_examples, build_qa_examples, tokenize_examples
+from peft_shine.training.data import (
+    ShineDataCollator,
+    build_pretraining_examples,
+    build_qa_examples,
+    tokenize_examples,
+)
 from tiny_models import make_char_tokenizer, write_training_folder
 
 
@@ -98,7 +103,7 @@ def test_qa_pipeline_never_crashes_on_arbitrary_records(contexts, question, answ
 
 
 def test_resume_skips_a_checkpoint_left_incomplete_by_a_crash(tmp_path):
-    from peft_shine.trainer import CHECKPOINT_FILES, last_complete_checkpoint
+    from peft_shine.training.trainer import CHECKPOINT_FILES, last_complete_checkpoint
 
     for step in (2, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()

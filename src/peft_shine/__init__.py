@@ -1,26 +1,43 @@
 """peft-shine: SHINE hypernetworks that turn a text context into a LoRA adapter in one forward pass."""
 
-from .auto import AutoShineModel
-from .checkpoints import CheckpointError
-from .configuration_shine import ShineConfig
-from .contexts import ContextError
-from .layout import UnsupportedModelError
-from .lora_binding import LoraWeights
-from .modeling_shine import BaseModelMismatchError, ShineModel
+from peft_shine.auto import AutoShineModel
+from peft_shine.configuration_shine import ShineConfig
+from peft_shine.errors import (
+    AdapterSaveError,
+    AdapterStateError,
+    BaseModelMismatchError,
+    CheckpointError,
+    ContextError,
+    DemoError,
+    HubError,
+    PullError,
+    ShineError,
+    TargetExistsError,
+    UnsupportedModelError,
+)
+from peft_shine.lora_binding import LoraWeights
+from peft_shine.modeling_shine import ShineModel
 
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdapterSaveError",
+    "AdapterStateError",
     "AutoShineModel",
     "BaseModelMismatchError",
     "CheckpointError",
     "ContextError",
+    "DemoError",
+    "HubError",
     "LoraWeights",
+    "PullError",
     "ShineConfig",
+    "ShineError",
     "ShineModel",
     "ShineTrainer",
     "ShineTrainingArguments",
+    "TargetExistsError",
     "UnsupportedModelError",
     "__version__",
 ]
@@ -29,7 +46,7 @@ __all__ = [
 def __getattr__(name: str):
     """`ShineTrainer` and `ShineTrainingArguments` are imported on first use (transformers' Trainer is heavy)."""
     if name in ("ShineTrainer", "ShineTrainingArguments"):
-        from . import trainer
+        from peft_shine.training import trainer  # transformers' Trainer is heavy: loaded on first use
 
         return getattr(trainer, name)
     raise AttributeError(f"module 'peft_shine' has no attribute {name!r}")

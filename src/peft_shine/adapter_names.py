@@ -15,7 +15,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from peft_shine.errors import AdapterSaveError
 
 
 ADAPTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -24,9 +27,6 @@ PEFT_RESERVED_NAMES = frozenset({
     "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_dropout", "lora_magnitude_vector",
 })
 
-
-class AdapterSaveError(RuntimeError):
-    """A written adapter file does not hold exactly the adapter's tensors; nothing was saved."""
 
 
 def module_path_parts(model: nn.Module) -> frozenset[str]:
@@ -82,8 +82,6 @@ def expected_adapter_tensors(peft_model: nn.Module, adapter_name: str) -> dict[s
 def verify_saved_adapter(file: Path, peft_model: nn.Module, adapter_name: str, count: int | None = None) -> None:
     """Raise `AdapterSaveError` unless ``file`` holds exactly the tensors of ``adapter_name`` (keys, shapes, values)
     and, when given, ``count`` of them."""
-    from safetensors.torch import load_file
-
     saved = load_file(str(file))
     expected = expected_adapter_tensors(peft_model, adapter_name)
     missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())

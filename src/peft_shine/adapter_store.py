@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 import weakref
 from collections.abc import Iterator
 
@@ -22,6 +23,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+
+from peft_shine.errors import AdapterStateError
 
 
 _SHARED_ATTRIBUTE = "_peft_shine_peft_model"  # a weak reference on the base object to its PeftModel
@@ -46,8 +49,8 @@ def all_adapters_disabled(model: nn.Module) -> Iterator[None]:
     layers = tuner_layers(model)
     merged = [layer for layer in layers if getattr(layer, "merged", False)]
     if merged:
-        raise RuntimeError("Adapters are merged into the base model's weights, so the plain base cannot be run; "
-                           "call unmerge_adapter() on that PeftModel before generating adapters.")
+        raise AdapterStateError("Adapters are merged into the base model's weights, so the plain base cannot be "
+                                "run; call unmerge_adapter() on that PeftModel before generating adapters.")
     previous = [layer._disable_adapters for layer in layers]
     for layer in layers:
         layer._disable_adapters = True
@@ -74,7 +77,7 @@ def add_adapters(base_lm: nn.Module, peft_model: PeftModel | None, config: LoraC
     peft_model = peft_model or shared_peft_model(base_lm)
     for name, state in states.items():
         if peft_model is None:
-            peft_model = get_peft_model(base_lm, config, adapter_name=name, low_cpu_mem_usage=True)
+            peft_model = wrap_base(base_lm, config, name, low_cpu_mem_usage=True)  # weights loaded next
             object.__setattr__(base_lm, _SHARED_ATTRIBUTE, weakref.ref(peft_model))
             _load_through_peft(peft_model, name, state)
         elif name in peft_model.peft_config or not _add_directly(peft_model, name, config, state):
@@ -151,3 +154,44 @@ def _frozen_linear(weight: torch.Tensor) -> nn.Linear:
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     linear.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     return linear
+
+
+def forget_shared(base_lm: nn.Module) -> None:
+    """Drop the base's reference to its shared `PeftModel` (after the last adapter is deleted or it was unloaded)."""
+    if _SHARED_ATTRIBUTE in base_lm.__dict__:
+        object.__delattr__(base_lm, _SHARED_ATTRIBUTE)
+
+
+@torch.no_grad()
+def weights_fingerprint(modules: list[nn.Module]) -> tuple[float, ...]:
+    """Sums and sums of squares of the given modules' weights: a merged LoRA update changes them."""
+    sums = []
+    for module in modules:
+        weight = module.weight.detach().double()
+        sums += [weight.sum().item(), weight.square().sum().item()]
+    return tuple(sums)
+
+
+def delete_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: list[str]) -> PeftModel | None:
+    """Delete the named adapters; when none is left, unwrap the base (plain again) and return ``None``."""
+    if peft_model is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft warns when the active adapter goes
+        for name in names:
+            if name in peft_model.peft_config:
+                peft_model.delete_adapter(name)
+    if peft_model.peft_config:
+        return peft_model
+    peft_model.unload()
+    forget_shared(base_lm)
+    return None
+
+
+def wrap_base(base_lm: nn.Module, config: LoraConfig, adapter_name: str, *, low_cpu_mem_usage: bool = False,
+              ) -> PeftModel:
+    """`get_peft_model` on the base, without the deprecation warning peft triggers by reading the base's
+    ``is_gradient_checkpointing`` (renamed in transformers 5.24): our call, so not the user's noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(base_lm, config, adapter_name=adapter_name, low_cpu_mem_usage=low_cpu_mem_usage)

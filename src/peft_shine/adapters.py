@@ -2,36 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
+from peft import LoraConfig, PeftModel
+from transformers import PreTrainedTokenizerBase
 
-from .adapter_names import module_path_parts, validate_adapter_names
-from .adapter_store import add_adapters
-from .contexts import as_context_list, context_sha256, tokenize_contexts
-from .export import lora_config, peft_state_dict, save_adapter
+from peft_shine.adapter_names import module_path_parts, validate_adapter_names
+from peft_shine.adapter_store import add_adapters, delete_adapters, forget_shared, tuner_layers, weights_fingerprint
+from peft_shine.configuration_shine import ShineConfig
+from peft_shine.contexts import as_context_list, context_sha256, tokenize_left_padded
+from peft_shine.errors import AdapterStateError
+from peft_shine.export import lora_config, peft_state_dict, write_adapter_folder
+from peft_shine.layout import target_layer_modules
 
-
-if TYPE_CHECKING:
-    from peft import LoraConfig, PeftModel
 
 _GENERATION_LOCK = threading.RLock()
 MAX_CONTEXTS_PER_CALL = 4096  # each adapter stays in memory on the base; the cost per call is linear in the count
 
 
 class AdapterGenerationMixin:
-    """`generate_adapter` / `save_adapter` for `ShineModel` (kept apart from the training mechanism)."""
+    """The adapter lifecycle of `ShineModel`: create (`generate_adapter`), replace (the same name again), save
+    (`save_adapter`), delete (`delete_adapters`) and scope (`adapter_scope`), all on one `PeftModel` shared with the
+    base LM. Kept apart from the training mechanism; `ShineModel.__init__` declares every attribute used here."""
+
+    config: ShineConfig
+    tokenizer: PreTrainedTokenizerBase | None
+    peft_model: PeftModel | None
+    adapter_info: dict[str, dict[str, Any]]  # adapter name -> context_sha256, generation_seconds
+    memory_slots: torch.nn.Parameter
+    _adapter_config: tuple[LoraConfig, frozenset[str]] | None
+    _base_weights: tuple[float, ...] | None  # `weights_fingerprint` of the base when it was attached
 
     def tokenize_contexts(self, contexts: str | Sequence[str], truncation: bool = False):
         """Validate and tokenize contexts for `encode` (left-padded). Returns ``(input_ids, attention_mask)``."""
         if self.tokenizer is None:
             raise RuntimeError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
-        ids, mask = tokenize_contexts(self.tokenizer, as_context_list(contexts), self.config.max_context_length,
+        ids, mask = tokenize_left_padded(self.tokenizer, as_context_list(contexts), self.config.max_context_length,
                                       truncation=truncation)
         device = self.memory_slots.device
         return ids.to(device), mask.to(device)
@@ -72,15 +85,58 @@ class AdapterGenerationMixin:
         _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])
         with _GENERATION_LOCK:
+            self.check_base_model_state()
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size)
             self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
             seconds = (time.perf_counter() - started) / len(texts)
-            info = getattr(self, "adapter_info", {})
             for name, text in zip(names, texts):
-                info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
-            self.adapter_info = info
+                self.adapter_info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
             return self.peft_model
+
+    def delete_adapters(self, names: str | Sequence[str]) -> None:
+        """Delete generated adapters (weights and `adapter_info`). Deleting the last one unwraps the base LM, which
+        is then plain again (``peft_model`` becomes ``None``; the next `generate_adapter` wraps it anew)."""
+        names = [names] if isinstance(names, str) else list(names)
+        with _GENERATION_LOCK:
+            for name in names:
+                self.adapter_info.pop(name, None)
+            self.peft_model = delete_adapters(self.base_lm, self.peft_model, names)
+
+    @contextlib.contextmanager
+    def adapter_scope(self) -> Iterator[list[str]]:
+        """Yield a list; every adapter name appended to it is deleted when the block ends, however it ends, and the
+        adapter that was active before is active again (when it still exists)."""
+        previous = self.peft_model.active_adapter if self.peft_model is not None else None
+        names: list[str] = []
+        try:
+            yield names
+        finally:
+            self.delete_adapters(names)
+            if self.peft_model is not None and previous in self.peft_model.peft_config:
+                self.peft_model.set_adapter(previous)
+
+    def check_base_model_state(self) -> None:
+        """Make sure the shared base LM is still the one SHINE encodes with.
+
+        ``merge_and_unload()`` on the returned `PeftModel` writes an adapter into the base's weights: SHINE would
+        then encode with a different model, so this raises `AdapterStateError` (reload the base model, or keep
+        merging to a copy). ``unload()`` only removes peft's wrappers: the weights are intact, so the stale
+        `PeftModel` is forgotten and the next adapter wraps the base anew. A merged-but-not-unloaded adapter
+        (``merge_adapter()``) raises too (``unmerge_adapter()`` first)."""
+        if self._base_weights is not None and weights_fingerprint(self._fingerprint_modules()) != self._base_weights:
+            raise AdapterStateError(
+                "The base model's weights changed since it was attached (an adapter was merged into it with "
+                "merge_and_unload() or merge_adapter()): adapters generated now would not fit it. Reload the base "
+                "model (e.g. ShineModel.from_pretrained again); to merge an adapter, merge into a separate copy.")
+        if self.peft_model is not None and not tuner_layers(self.base_lm):
+            self.peft_model = None  # unload()ed: the base is plain again and its weights are intact
+            forget_shared(self.base_lm)
+
+    def _fingerprint_modules(self) -> list[torch.nn.Module]:
+        """The target linears of the first and last decoder layers (any merged LoRA changes them)."""
+        layers = target_layer_modules(self.base_lm, self.config.module_specs)
+        return [*layers[0], *layers[-1]]
 
     def adapter_lora_config(self) -> LoraConfig:
         """A fresh copy of the generated adapters' `LoraConfig`. It depends only on the base layout, so it is derived
@@ -123,7 +179,7 @@ class AdapterGenerationMixin:
             available = list(self.peft_model.peft_config) if self.peft_model is not None else []
             raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
         count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
-        return save_adapter(self.peft_model, adapter_name, path, overwrite=overwrite, expected_tensors=count)
+        return write_adapter_folder(self.peft_model, adapter_name, path, overwrite=overwrite, expected_tensors=count)
 
 
 def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) -> list[str]:

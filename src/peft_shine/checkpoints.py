@@ -7,14 +7,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import HfApi
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from safetensors import SafetensorError
+
+from peft_shine.errors import CheckpointError
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
-
-class CheckpointError(OSError):
-    """A hypernetwork checkpoint is missing, unsafe to load, truncated or corrupted."""
 
 
 def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tuple, kwargs: dict[str, Any],
@@ -65,10 +67,6 @@ def _check_complete(path: str | os.PathLike, info: dict[str, Any]) -> None:
 def refuse_pickle_only_repo(repo_id: str, revision: str | None, token: Any = None) -> str | None:
     """List a Hub repo at ``revision`` and refuse one whose weights are only pickle files; return the revision
     pinned to its commit sha when the Hub (or the cache) answered, else ``revision`` unchanged."""
-    from huggingface_hub import HfApi
-    from huggingface_hub import constants as hf_constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     if hf_constants.HF_HUB_OFFLINE:
         return revision
     try:

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from .config_bounds import check_bounds
-from .layout import ModuleSpec, discover_modules
-from .layout import num_memory_slots as required_memory_slots
+from peft_shine.base_models import resolve_base_model_path
+from peft_shine.config_bounds import check_bounds
+from peft_shine.layout import ModuleSpec, discover_modules
+from peft_shine.layout import num_memory_slots as required_memory_slots
 
 
 class ShineConfig(PretrainedConfig):
@@ -72,33 +73,25 @@ class ShineConfig(PretrainedConfig):
         base_fingerprint: str | None = None,
         **kwargs: Any,
     ) -> None:
-        check_bounds({name: value for name, value in locals().items() if name not in ("self", "kwargs")})
-        self.base_model_name_or_path = base_model_name_or_path
-        self.base_model_revision = base_model_revision
-        self.base_model_type = base_model_type
-        self.hidden_size = hidden_size
-        self.num_base_layers = num_base_layers
-        self.base_vocab_size = base_vocab_size
+        fields = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
+        check_bounds(fields)
+        for name, value in fields.items():  # every field is a plain attribute, as in any transformers config
+            setattr(self, name, value)
         self.target_modules = list(target_modules or [])
         self.module_shapes = [list(shape) for shape in (module_shapes or [])]
-        self.lora_rank = lora_rank
-        self.lora_scale = lora_scale
-        self.meta_lora_rank = meta_lora_rank
-        self.meta_lora_init_scale = meta_lora_init_scale
-        self.train_memory_slots = train_memory_slots
-        self.m2p_num_layers = m2p_num_layers
-        self.m2p_num_heads = m2p_num_heads or default_num_heads(hidden_size)
-        self.m2p_ffn_dim = m2p_ffn_dim or 2 * hidden_size
-        self.m2p_input_norm = m2p_input_norm
-        self.max_context_length = max_context_length
-        self.max_conversation_length = max_conversation_length
-        self.num_memory_slots = num_memory_slots or (
-            required_memory_slots(self.module_specs, lora_rank, hidden_size) if self.module_shapes else 1
-        )
-        self.base_fingerprint = base_fingerprint or self.compute_fingerprint()
+        self._derive_defaults()
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
         self.validate_layout()
+
+    def _derive_defaults(self) -> None:
+        """Fill the fields left ``None`` from the others: M2P heads and width, memory slots, base fingerprint."""
+        self.m2p_num_heads = self.m2p_num_heads or default_num_heads(self.hidden_size)
+        self.m2p_ffn_dim = self.m2p_ffn_dim or 2 * self.hidden_size
+        self.num_memory_slots = self.num_memory_slots or (
+            required_memory_slots(self.module_specs, self.lora_rank, self.hidden_size) if self.module_shapes else 1
+        )
+        self.base_fingerprint = self.base_fingerprint or self.compute_fingerprint()
 
     @property
     def module_specs(self) -> list[ModuleSpec]:
@@ -172,8 +165,6 @@ def _layout_model(base: str | PretrainedConfig | PreTrainedModel, revision: str 
     if isinstance(base, PreTrainedModel):
         return base, base.config.name_or_path
     if isinstance(base, str):
-        from .base_models import resolve_base_model_path
-
         config = AutoConfig.from_pretrained(resolve_base_model_path(base, revision), revision=revision)
         name = base
     else:

@@ -8,9 +8,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-
-class ContextError(ValueError):
-    """A context cannot be encoded (empty, not a string, or too long)."""
+from peft_shine.errors import ContextError
 
 
 def as_context_list(contexts: str | Sequence[str]) -> list[str]:
@@ -41,7 +39,7 @@ def context_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def tokenize_contexts(
+def tokenize_left_padded(
     tokenizer: PreTrainedTokenizerBase,
     contexts: list[str],
     max_length: int,

@@ -11,14 +11,14 @@ import json
 import math
 from pathlib import Path
 
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 from torch import nn
 
-from .adapter_names import verify_saved_adapter
-from .io_utils import atomic_save_safetensors
-from .layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
-from .lora_binding import LoraWeights
-from .save_targets import guarded_directory
+from peft_shine.adapter_names import verify_saved_adapter
+from peft_shine.io_utils import atomic_save_safetensors
+from peft_shine.layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
+from peft_shine.lora_binding import LoraWeights
+from peft_shine.save_targets import guarded_directory
 
 
 def peft_target_modules(base_lm: nn.Module, specs: list[ModuleSpec]) -> list[str]:
@@ -66,7 +66,7 @@ def peft_state_dict(base_lm: nn.Module, specs: list[ModuleSpec], lora: LoraWeigh
     return state
 
 
-def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None, *,
+def write_adapter_folder(peft_model: PeftModel, adapter_name: str, path: str | Path, extra_files: dict | None = None, *,
                  overwrite: bool = False, expected_tensors: int | None = None) -> Path:
     """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically.
 
@@ -75,8 +75,6 @@ def save_adapter(peft_model: PeftModel, adapter_name: str, path: str | Path, ext
     writes only the adapter's files into it. The written weights are read back and compared with the adapter's
     layers (and ``expected_tensors``, when given) before anything lands in ``path`` (`AdapterSaveError`).
     """
-    from peft import get_peft_model_state_dict
-
     path = Path(path)
     with guarded_directory(path, extra_names=list(extra_files or {}), overwrite=overwrite) as tmp:
         peft_model.peft_config[adapter_name].save_pretrained(tmp)

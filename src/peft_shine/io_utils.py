@@ -22,6 +22,7 @@ a leftover without a process id after an hour.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -29,11 +30,12 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+import torch
+import yaml
+from safetensors.torch import save_file
 
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "atomic_directory",
@@ -281,8 +283,6 @@ def atomic_save_safetensors(
     header format). Tensors sharing storage (e.g. tied weights) are rejected by safetensors, as with ``save_file``.
     Returns the absolute path written.
     """
-    from safetensors.torch import save_file
-
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise TypeError("safetensors metadata must be a dict[str, str]")
     prepared = {name: tensor.detach().contiguous() for name, tensor in tensors.items()}
@@ -315,3 +315,16 @@ def remove_stale_temporaries(target: str | Path, *, min_age_s: float = STALE_AGE
                 _remove(candidate)
                 removed.append(candidate)
     return removed
+
+
+def read_mapping(path: str | os.PathLike | None) -> dict[str, Any]:
+    """The JSON or YAML (``.yaml``/``.yml``) mapping in ``path``; an empty dict without a path."""
+    if path is None:
+        return {}
+    text = Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    if data is None and Path(path).suffix in (".yaml", ".yml"):
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping (key: value pairs), not {type(data).__name__}.")
+    return data

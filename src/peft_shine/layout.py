@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from peft_shine.errors import UnsupportedModelError
+
 
 # Target modules of each supported family, in SHINE's order: attention first, then MLP.
 KNOWN_TARGET_MODULES: dict[str, list[str]] = {
@@ -31,9 +33,6 @@ for _family in ("qwen2", "qwen3", "mistral", "gemma", "gemma2", "gemma3_text", "
 
 _LAYER_CONTAINERS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers", "transformer.blocks")
 
-
-class UnsupportedModelError(ValueError):
-    """The base model's decoder layers or target modules could not be found."""
 
 
 @dataclass(frozen=True)

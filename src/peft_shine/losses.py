@@ -4,7 +4,7 @@
 holding the rest of the probability mass on both sides (teacher tail ``1 − Σ p_topk``, student tail ``1 − Σ q_topk``
 over the same ids). It is exactly zero when the two distributions agree on those buckets and positive otherwise,
 and needs no renormalisation of the truncated teacher distribution. Where the targets come from:
-`peft_shine.distillation`.
+`peft_shine.training.distillation`.
 """
 
 from __future__ import annotations

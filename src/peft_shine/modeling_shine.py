@@ -20,25 +20,31 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from peft import LoraConfig, PeftModel
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .adapters import AdapterGenerationMixin
-from .configuration_shine import ShineConfig
-from .io_utils import staged_files
-from .layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
-from .lora_binding import LoraBinder, LoraWeights, capture_layer_outputs
-from .losses import teacher_kl, weighted_answer_loss
-from .m2p import M2PTransformer
+from peft_shine.adapter_store import all_adapters_disabled, weights_fingerprint
+from peft_shine.adapters import AdapterGenerationMixin
+from peft_shine.base_models import load_base_model as load_base
+from peft_shine.base_models import progress_bars_off, renamed_argument
+from peft_shine.checkpoints import load_checkpoint_safely
+from peft_shine.configuration_shine import ShineConfig
+from peft_shine.errors import BaseModelMismatchError
+from peft_shine.hub.push import push_hypernetwork
+from peft_shine.hub.revisions import HubOrigin
+from peft_shine.io_utils import staged_files
+from peft_shine.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
+from peft_shine.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs
+from peft_shine.losses import teacher_kl, weighted_answer_loss
+from peft_shine.m2p import M2PTransformer
+from peft_shine.save_targets import check_hypernetwork_folder
 
 
 BASE_PREFIX = "base_lm."
 
-
-class BaseModelMismatchError(ValueError):
-    """The base LM does not have the shapes this hypernetwork was built for."""
 
 
 @dataclass
@@ -78,7 +84,11 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
                                   input_norm=config.m2p_input_norm)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._binder: LoraBinder | None = None
-        self.peft_model = None
+        self.peft_model: PeftModel | None = None  # the base's shared PeftModel holding the generated adapters
+        self.adapter_info: dict[str, dict[str, Any]] = {}  # adapter name -> context_sha256, generation_seconds
+        self.hub_origin: HubOrigin | None = None  # where from_pretrained / push_to_hub last met the Hub
+        self._adapter_config: tuple[LoraConfig, frozenset[str]] | None = None  # derived once per attached base
+        self._base_weights: tuple[float, ...] | None = None  # fingerprint of the base at attach time
         self.post_init()
 
     @classmethod
@@ -116,10 +126,11 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
                                "model.attach_base_model(causal_lm, tokenizer).")
         return self._modules["base_lm"]
 
-    def attach_base_model(self, base_lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None):
-        """Attach (by reference, never copied) and freeze the base LM; check it matches this hypernetwork."""
-        from peft import PeftModel
-
+    def attach_base_model(self, base_model: PreTrainedModel | None = None,
+                          tokenizer: PreTrainedTokenizerBase | None = None, **deprecated: Any):
+        """Attach (by reference, never copied) and freeze the base LM; check it matches this hypernetwork.
+        (``base_lm=`` is the deprecated name of ``base_model``.)"""
+        base_lm = renamed_argument(base_model, deprecated, "base_lm", "base_model", "attach_base_model")
         if isinstance(base_lm, PeftModel):
             raise TypeError("Pass the plain causal LM, not a PeftModel (use peft_model.get_base_model()).")
         found = ShineConfig.from_base_model(base_lm, target_modules=self.config.target_modules,
@@ -141,6 +152,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         self.peft_model = None
         self._adapter_config = None  # derived from the new base on first use
         self._binder = LoraBinder(target_layer_modules(base_lm, self.config.module_specs))
+        self._base_weights = weights_fingerprint(self._fingerprint_modules())
         device = next(base_lm.parameters()).device
         for tensor in self.hypernetwork_parameters():
             tensor.data = tensor.data.to(device)
@@ -232,7 +244,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         labelled tokens and divided by ``num_items_in_batch`` (given by `Trainer` under gradient accumulation: the
         labelled-token count) or by the token count. With ``kd > 0`` and the teacher's top-k targets
         (``teacher_topk_ids``/``teacher_topk_logprobs``, one row per labelled token in batch order; see
-        `peft_shine.distillation`) the loss is ``ce · CE + kd · KL`` **averaged per context** (token mean within a
+        `peft_shine.training.distillation`) the loss is ``ce · CE + kd · KL`` **averaged per context** (token mean within a
         row, summed over rows) and divided by ``num_items_in_batch`` (then: the number of contexts) or the row
         count. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
         """
@@ -279,8 +291,6 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
     def _peft_disabled(self):
         """Generated peft adapters live on the shared base: switch every one off while SHINE runs it (also those of
         another `ShineModel` on the same base object, or a user's own)."""
-        from .adapter_store import all_adapters_disabled
-
         return all_adapters_disabled(self.base_lm)
 
     # ------------------------------------------------------------------ save / load
@@ -290,8 +300,6 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         atomically: a crash mid-save leaves the previous checkpoint readable. Other files in the folder are kept; a
         file path, or a folder whose ``config.json`` belongs to another model, is refused unless ``overwrite=True``
         (see `peft_shine.save_targets.check_hypernetwork_folder`)."""
-        from .save_targets import check_hypernetwork_folder
-
         check_hypernetwork_folder(save_directory, overwrite=overwrite)
         if state_dict is None:
             state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}
@@ -325,13 +333,10 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         ``allow_pickle=True`` (they can run code when unpickled: only for files you trust). A truncated or
         corrupted checkpoint raises `CheckpointError` and no model is returned.
         """
-        from .checkpoints import load_checkpoint_safely
-
-        model = load_checkpoint_safely(super().from_pretrained, pretrained_model_name_or_path, args, kwargs,
-                                       allow_pickle=allow_pickle)
+        with progress_bars_off():  # a few MB of hypernetwork weights: no bar (the base's own load keeps one)
+            model = load_checkpoint_safely(super().from_pretrained, pretrained_model_name_or_path, args, kwargs,
+                                           allow_pickle=allow_pickle)
         if base_model is None and load_base_model:
-            from .base_models import load_base_model as load_base
-
             base_model, loaded_tokenizer = load_base(model.config.base_model_name_or_path,
                                                      revision=model.config.base_model_revision)
             tokenizer = tokenizer or loaded_tokenizer
@@ -340,13 +345,13 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         return model.eval()
 
     @classmethod
-    def from_base_model(cls, base: str | PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None,
-                        target_modules: Sequence[str] | None = None, revision: str | None = None, seed: int = 0,
-                        **config_overrides: Any) -> ShineModel:
-        """A fresh (untrained) hypernetwork for any supported causal LM: a loaded model or a Hub id / path."""
+    def from_base_model(cls, base_model: str | PreTrainedModel | None = None,
+                        tokenizer: PreTrainedTokenizerBase | None = None, target_modules: Sequence[str] | None = None,
+                        revision: str | None = None, seed: int = 0, **config_overrides: Any) -> ShineModel:
+        """A fresh (untrained) hypernetwork for any supported causal LM: a loaded model or a Hub id / path.
+        (``base=`` is the deprecated name of ``base_model``.)"""
+        base = renamed_argument(base_model, config_overrides, "base", "base_model", "from_base_model")
         if isinstance(base, str):
-            from .base_models import load_base_model as load_base
-
             base, loaded_tokenizer = load_base(base, revision=revision)
             tokenizer = tokenizer or loaded_tokenizer
         config = ShineConfig.from_base_model(base, target_modules=list(target_modules or []) or None,
@@ -363,12 +368,10 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         """Upload the hypernetwork (config + safetensors, never the base LM) with a SHINE model card, in one commit.
 
         Replaces transformers' version, which would overwrite the card with a generic one. ``revision`` is a branch
-        (created when missing); ``model_card_fields`` go to `peft_shine.hub_cards.render_hypernetwork_card`
+        (created when missing); ``model_card_fields`` go to `peft_shine.hub.cards.render_hypernetwork_card`
         (``license``, ``datasets``, ``training``, ``eval_results``, ...). Returns the `CommitInfo`. See
         `peft_shine.hub.push_hypernetwork`.
         """
-        from .hub import push_hypernetwork
-
         return push_hypernetwork(self, repo_id, model_card_fields=model_card_fields, private=private,
                                  revision=revision, commit_message=commit_message,
                                  commit_description=commit_description, token=token, create_pr=create_pr)
@@ -389,8 +392,6 @@ def _check_tokenizer(tokenizer: PreTrainedTokenizerBase | None, base_lm: PreTrai
 
 def _tokenizer_for(base_model: PreTrainedModel) -> PreTrainedTokenizerBase | None:
     """Best effort: the tokenizer saved next to a base model loaded from a folder or the Hub."""
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(base_model.config.name_or_path)
     except (OSError, ValueError):

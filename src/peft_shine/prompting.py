@@ -1,4 +1,5 @@
-"""Chat prompts and batched greedy answering, shared by the quickstart, the evaluation harness and the demo.
+"""Chat prompts, batched greedy answering and the adapter / question-only / in-context comparison, shared by the
+quickstart, chat, the evaluation harness and the demo.
 
 One prompt format everywhere, in stage-2 training and at inference: the base model's own chat template, the
 `ANSWER_SYSTEM_PROMPT` as system turn, the question as the user turn, and (for the in-context baseline only) the
@@ -10,7 +11,9 @@ stage-1 format (no short-answer system turn), which the recall evaluation uses t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -67,3 +70,46 @@ def generate_answers(
                             pad_token_id=tokenizer.pad_token_id, **kwargs)
     new_tokens = output[:, batch["input_ids"].shape[1]:]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+COMPARISON = {  # condition -> what a front end calls it
+    "adapter": "adapter (no context in prompt)",
+    "question_only": "question only (base model)",
+    "in_context": "context in prompt (base model)",
+}
+
+
+@dataclass
+class Comparison:
+    """Answers to the same questions by the generated adapter (no context in its prompt), the base model alone, and
+    the base model with the context in its prompt; ``seconds`` per condition when timed."""
+
+    answers: dict[str, list[str]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def compare_answers(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
+                    context: str, adapter_name: str = "default", *, history: Sequence[Mapping[str, str]] = (),
+                    max_new_tokens: int = 32, timed: bool = False) -> Comparison:
+    """The three-way comparison of the quickstart, ``shine chat --compare`` and the demo. ``history`` goes into the
+    adapter's prompts only (the chat so far). Untimed, everything is one mixed-adapter batch; timed, one batch per
+    condition, so that each condition's time can be reported."""
+    prompts = {
+        "adapter": [build_prompt(tokenizer, q, history=history) for q in questions],
+        "question_only": [build_prompt(tokenizer, q) for q in questions],
+        "in_context": [build_prompt(tokenizer, q, context) for q in questions],
+    }
+    names = {"adapter": adapter_name, "question_only": BASE_ADAPTER, "in_context": BASE_ADAPTER}
+    if not timed:
+        flat = [p for condition in COMPARISON for p in prompts[condition]]
+        rows = [names[condition] for condition in COMPARISON for _ in questions]
+        answers = generate_answers(model, tokenizer, flat, rows, max_new_tokens)
+        count = len(questions)
+        return Comparison({c: answers[i * count:(i + 1) * count] for i, c in enumerate(COMPARISON)})
+    comparison = Comparison({})
+    for condition in COMPARISON:
+        started = time.perf_counter()
+        comparison.answers[condition] = generate_answers(model, tokenizer, prompts[condition],
+                                                         [names[condition]] * len(questions), max_new_tokens)
+        comparison.seconds[condition] = time.perf_counter() - started
+    return comparison

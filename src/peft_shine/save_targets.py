@@ -30,7 +30,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .io_utils import atomic_directory, staged_files
+from peft_shine.errors import TargetExistsError
+from peft_shine.io_utils import atomic_directory, staged_files
 
 
 __all__ = ["OWN_FILES", "TargetExistsError", "check_hypernetwork_folder", "foreign_entries", "guarded_directory",
@@ -44,9 +45,6 @@ OWN_PATTERNS = ("model-*-of-*.safetensors",)
 OWN_CONFIGS = ("adapter_config.json", "config.json")
 _TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)-(?:\d+-)?[0-9a-f]{8}$")  # io_utils' hidden temporaries
 
-
-class TargetExistsError(FileExistsError):
-    """A save target exists and holds something peft-shine did not write; nothing was written."""
 
 
 def _is_own_name(name: str, extra_names: Iterable[str]) -> bool:

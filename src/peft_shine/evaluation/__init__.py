@@ -30,7 +30,9 @@ from peft_shine.evaluation.metrics import (
     token_f1,
     uses_hotpot_rule,
 )
-from peft_shine.evaluation.qa_data import (
+from peft_shine.evaluation.report import format_markdown, markdown_table, plot_results, write_reports
+from peft_shine.evaluation.sft import SFTConfig, train_sft_adapter
+from peft_shine.qa_data import (
     BUNDLED_QA_FILES,
     QARecord,
     available_bundled,
@@ -41,8 +43,6 @@ from peft_shine.evaluation.qa_data import (
     load_sample_context,
     sample_indices,
 )
-from peft_shine.evaluation.report import format_markdown, markdown_table, plot_results, write_reports
-from peft_shine.evaluation.sft import SFTConfig, train_sft_adapter
 
 
 __all__ = [

@@ -7,7 +7,7 @@ improving. It is trained and scored on the same tokens, so it is an upper bound 
 can hold, not a baseline: if the hypernetwork's adapters sit far above it, the generator is the limit; if the
 ceiling itself is high, the rank is.
 
-    python -m peft_shine.evaluation.ceiling --hypernetwork models/shine-smollm2-135m-instruct \\
+    python -m peft_shine.evaluation.ceiling --hypernetwork src/peft_shine/shipped/shine-smollm2-135m-instruct \\
         --data squad:train --contexts 8 --objective kd+ce --output ceiling.json
 """
 
@@ -21,8 +21,12 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..lora_binding import LoraWeights
-from ..losses import topk_kl
+from peft_shine.auto import AutoShineModel
+from peft_shine.lora_binding import LoraWeights
+from peft_shine.losses import topk_kl
+from peft_shine.qa_data import load_qa_source
+from peft_shine.training.data import ShineDataCollator
+from peft_shine.training.trainer import ShineTrainingArguments, build_dataset
 
 
 def fresh_lora(shine, generator: torch.Generator) -> LoraWeights:
@@ -80,11 +84,6 @@ def ceiling_table(shine, examples: Iterable[dict[str, torch.Tensor]], **fit_opti
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..auto import AutoShineModel
-    from ..commands.train import load_records
-    from ..data import ShineDataCollator
-    from ..trainer import ShineTrainingArguments, build_dataset
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hypernetwork", required=True)
     parser.add_argument("--data", default="squad:train", help="QA data (first --contexts distinct contexts)")
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="ceiling.json")
     args = parser.parse_args(argv)
     shine = AutoShineModel.from_pretrained(args.hypernetwork)
-    records = load_records(args.data)
+    records = load_qa_source(args.data)
     first = set(list(dict.fromkeys(r.context for r in records))[: args.contexts])
     training = ShineTrainingArguments(output_dir="runs/ceiling", stage="instruct", qa_mode="multi", report_to="none",
                                       max_context_length=512, max_conversation_length=320, objective=args.objective)

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from ..io_utils import atomic_write_text
-from ..prompting import ANSWER_SYSTEM_PROMPT, IN_CONTEXT_TEMPLATE
-from .conditions import (
+from peft_shine.evaluation.conditions import (
     DEFAULT_CONDITIONS,
     DEFAULT_RECALL_MAX_NEW_TOKENS,
     KNOWN_CONDITIONS,
@@ -36,12 +35,14 @@ from .conditions import (
     recall_instruction,
     resolve_conditions,
 )
-from .metrics import aggregate
-from .qa_data import QARecord
-from .report import write_reports
-from .runner import Row, RunOptions, execute_tasks, rescored
-from .sft import SFTConfig
-from .store import PredictionLog
+from peft_shine.evaluation.metrics import aggregate
+from peft_shine.evaluation.report import write_reports
+from peft_shine.evaluation.runner import Row, RunOptions, execute_tasks, rescored
+from peft_shine.evaluation.sft import SFTConfig
+from peft_shine.evaluation.store import PredictionLog
+from peft_shine.io_utils import atomic_write_text
+from peft_shine.prompting import ANSWER_SYSTEM_PROMPT, IN_CONTEXT_TEMPLATE
+from peft_shine.qa_data import QARecord
 
 
 SETTINGS_FILE = "settings.json"
@@ -173,8 +174,6 @@ def run_evaluation(
         ``{"settings", "metadata", "conditions", "aggregates": {condition: {...}}, "predictions": [row, ...]}``,
         also written to ``results.json`` (with ``results.md`` and ``results.png``).
     """
-    from tqdm.auto import tqdm
-
     if not records:
         raise ValueError("no records to evaluate")
     names = resolve_conditions(conditions)
@@ -188,16 +187,7 @@ def run_evaluation(
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = _check_settings(output_dir, run_settings(shine, options, any(spec.recall for spec in specs)))
     log = PredictionLog(output_dir / PREDICTIONS_FILE)
-    done = _reusable_keys(log, settings[HYPERNETWORK_KEY])
-    with tqdm(total=len(tasks), initial=sum(t.key in done for t in tasks), desc="shine eval", unit="q",
-              disable=not progress) as bar:
-        def record(rows: list[Row]) -> None:
-            for row in filter(_uses_hypernetwork, rows):
-                row[HYPERNETWORK_KEY] = settings[HYPERNETWORK_KEY]
-            log.append(rows)
-            bar.update(len(rows))
-
-        execute_tasks(shine, tasks, options, done, on_rows=record, on_status=bar.set_postfix_str)
+    _answer_missing(shine, tasks, options, log, settings[HYPERNETWORK_KEY], progress)
     rows = [rescored(log.rows[task.key]) for task in tasks]  # scores always from the current extractor
     results = {
         "settings": settings,
@@ -209,3 +199,18 @@ def run_evaluation(
     }
     write_reports(results, output_dir)
     return results
+
+
+def _answer_missing(shine, tasks: list, options: RunOptions, log: PredictionLog, hypernetwork: str,
+                    progress: bool) -> None:
+    """Run every task not yet in ``log`` (a resumed run skips the finished ones), appending rows as they come."""
+    done = _reusable_keys(log, hypernetwork)
+    with tqdm(total=len(tasks), initial=sum(t.key in done for t in tasks), desc="shine eval", unit="q",
+              disable=not progress) as bar:
+        def record(rows: list[Row]) -> None:
+            for row in filter(_uses_hypernetwork, rows):
+                row[HYPERNETWORK_KEY] = hypernetwork
+            log.append(rows)
+            bar.update(len(rows))
+
+        execute_tasks(shine, tasks, options, done, on_rows=record, on_status=bar.set_postfix_str)

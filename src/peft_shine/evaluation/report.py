@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_write_bytes, atomic_write_text
+from peft_shine.io_utils import atomic_write_bytes, atomic_write_text
 
 
 RESULTS_JSON = "results.json"
@@ -73,6 +73,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
 
 def plot_results(results: Mapping[str, Any], title: str | None = None) -> bytes:
     """A PNG bar chart with F1 and EM (×100) side by side for every condition, and ROUGE-L for those that have it."""
+    # matplotlib is heavy and only the chart needs it: loaded on first use
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

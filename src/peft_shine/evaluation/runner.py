@@ -16,17 +16,23 @@ left to do create no adapter.
 
 from __future__ import annotations
 
-import contextlib
 import time
-import warnings
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..prompting import BASE_ADAPTER, generate_answers
-from .conditions import DEFAULT_RECALL_MAX_NEW_TOKENS, KNOWN_CONDITIONS, SFT, SHINE, Task, TaskKey, context_id
-from .metrics import score_generation, score_recall
-from .sft import SFTConfig, train_sft_adapter
+from peft_shine.evaluation.conditions import (
+    DEFAULT_RECALL_MAX_NEW_TOKENS,
+    KNOWN_CONDITIONS,
+    SFT,
+    SHINE,
+    Task,
+    TaskKey,
+    context_id,
+)
+from peft_shine.evaluation.metrics import score_generation, score_recall
+from peft_shine.evaluation.sft import SFTConfig, train_sft_adapter
+from peft_shine.prompting import BASE_ADAPTER, generate_answers
 
 
 Row = dict[str, Any]
@@ -86,38 +92,6 @@ def plan_chunks(tasks: Sequence[Task], options: RunOptions) -> list[Chunk]:
             chunk_tasks = [t for t in tasks if t.adapter_kind == kind and t.adapter_context in members]
             chunks.append(Chunk(kind, contexts[start:start + size], _batches(chunk_tasks, options.batch_size)))
     return [chunk for chunk in chunks if chunk.batches]
-
-
-def remove_adapters(shine, names: Collection[str]) -> None:
-    """Delete the named adapters from ``shine.peft_model`` (and their `adapter_info`); when no adapter is left,
-    unwrap the base LM so it is plain again and ``shine.peft_model`` is ``None``."""
-    for name in names:
-        getattr(shine, "adapter_info", {}).pop(name, None)
-    model = shine.peft_model
-    if model is None:
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft warns when the active adapter goes
-        for name in names:
-            if name in model.peft_config:
-                model.delete_adapter(name)
-    if not model.peft_config:
-        model.unload()
-        shine.peft_model = None
-
-
-@contextlib.contextmanager
-def adapter_scope(shine) -> Iterator[list[str]]:
-    """Yield a list; every adapter name appended to it is deleted when the block ends, however it ends. The
-    adapter that was active before is active again afterwards (when it still exists)."""
-    previous = shine.peft_model.active_adapter if shine.peft_model is not None else None
-    names: list[str] = []
-    try:
-        yield names
-    finally:
-        remove_adapters(shine, names)
-        if shine.peft_model is not None and previous in shine.peft_model.peft_config:
-            shine.peft_model.set_adapter(previous)
 
 
 def _make_adapters(shine, chunk: Chunk, options: RunOptions, scope: list[str],
@@ -202,7 +176,7 @@ def execute_tasks(
         if not warmed:
             warm_up(shine, pending[0][0].prompt)
             warmed = True
-        with adapter_scope(shine) as scope:
+        with shine.adapter_scope() as scope:
             adapters = _make_adapters(shine, chunk, options, scope, on_status) if chunk.kind else {}
             on_status(f"answering ({chunk.kind or 'base model'})")
             for batch in pending:

@@ -3,7 +3,7 @@
 The adapter has the rank and target modules of the hypernetwork's generated LoRA (peft's standard init: ``B = 0``,
 so it starts as a no-op; ``lora_alpha = r``). It is trained for a fixed number of AdamW steps (linear decay, no
 warm-up, as SHINE's ``sft_lora`` baseline) on **reconstructing the context**, in the chat format SHINE's stage-1
-reconstruction uses (`peft_shine.data`): user ``"Repeat the text."``, assistant = the context, loss on the
+reconstruction uses (`peft_shine.training.data`): user ``"Repeat the text."``, assistant = the context, loss on the
 assistant tokens and the end-of-turn token. Its questions are then asked exactly like the ``adapter`` condition's.
 """
 
@@ -14,7 +14,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
+
+from peft_shine.adapter_store import wrap_base
+from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, conversation_turns
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,6 @@ class SFTConfig:
 
 def reconstruction_batch(tokenizer, context: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, labels)`` of one reconstruction exchange about ``context`` (labels -100 outside the answer)."""
-    from ..data import RECONSTRUCTION_INSTRUCTION, conversation_turns  # data imports evaluation: not at import time
-
     messages = [{"role": "user", "content": RECONSTRUCTION_INSTRUCTION}, {"role": "assistant", "content": context}]
     (ids, labels), = conversation_turns(tokenizer, messages)
     return torch.tensor([ids]), torch.tensor([labels])
@@ -47,7 +48,7 @@ def sft_lora_config(shine) -> LoraConfig:
 def _add_trainable_adapter(shine, name: str, config: LoraConfig) -> PeftModel:
     """Add adapter ``name`` to the shared `PeftModel` (creating it on the same base instance if there is none)."""
     if shine.peft_model is None:
-        shine.peft_model = get_peft_model(shine.base_lm, config, adapter_name=name)
+        shine.peft_model = wrap_base(shine.base_lm, config, name)
     else:
         shine.peft_model.add_adapter(name, config)
     shine.peft_model.set_adapter(name)

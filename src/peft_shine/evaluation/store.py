@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..io_utils import atomic_write_text
-from .conditions import TaskKey
+from peft_shine.evaluation.conditions import TaskKey
+from peft_shine.io_utils import atomic_write_text
 
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from ..base_models import DEFAULT_BASE_MODEL
+from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.evaluation.metrics import score_generation
+from peft_shine.prompting import COMPARISON, compare_answers
+from peft_shine.qa_data import load_sample_context
+from peft_shine.save_targets import write_mode
+from peft_shine.shipped import load_hypernetwork
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,26 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def load_hypernetwork(hypernetwork: str | None, base: str):
-    """The requested or shipped hypernetwork, else a freshly initialised one; returns ``(model, label)``."""
-    from ..auto import AutoShineModel
-    from ..modeling_shine import ShineModel
-    from ..shipped import shipped_checkpoint
-
-    path = hypernetwork or shipped_checkpoint()
-    if path is not None:
-        return AutoShineModel.from_pretrained(str(path)), f"trained hypernetwork {path}"
-    return ShineModel.from_base_model(base), "UNTRAINED hypernetwork (randomly initialised; no checkpoint shipped yet)"
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.qa_data import load_sample_context
-    from ..prompting import BASE_ADAPTER, build_prompt, generate_answers
-    from ..save_targets import write_mode
-
     write_mode(args.output, overwrite=args.overwrite)  # refuse a target that must not be written before any work
     started = time.perf_counter()
-    shine, label = load_hypernetwork(args.hypernetwork, args.base)
+    loaded = load_hypernetwork(args.hypernetwork, base_model=args.base)
+    shine, label = loaded.model, loaded.label
     print(f"Loaded {label} for {shine.config.base_model_name_or_path} in {time.perf_counter() - started:.1f} s")
     records = load_sample_context()
     context = records[0].context
@@ -56,31 +46,22 @@ def run(args: argparse.Namespace) -> int:
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"Adapter generated in {seconds:.2f} s (one forward pass), {size / 1e6:.1f} MB, saved to {path}/")
 
-    tokenizer = shine.tokenizer
     questions = [record.question for record in records]
-    rows = {
-        "adapter (no context in prompt)": ([build_prompt(tokenizer, q) for q in questions], ["default"]),
-        "question only (base model)": ([build_prompt(tokenizer, q) for q in questions], [BASE_ADAPTER]),
-        "context in prompt (base model)": ([build_prompt(tokenizer, q, context) for q in questions], [BASE_ADAPTER]),
-    }
-    answers, timings = {}, {}
-    for name, (prompts, adapter) in rows.items():
-        started = time.perf_counter()
-        answers[name] = generate_answers(model, tokenizer, prompts, adapter * len(prompts), args.max_new_tokens)
-        timings[name] = time.perf_counter() - started
+    comparison = compare_answers(model, shine.tokenizer, questions, context, max_new_tokens=args.max_new_tokens,
+                                 timed=True)
     for index, record in enumerate(records):
         print(f"\nQ: {record.question}   (gold: {record.answers[0]})")
-        for name in rows:
-            print(f"  {name:32s} {answers[name][index]}")
-    print("\nAnswer time for all questions: " + ", ".join(f"{k.split(' (')[0]} {v:.1f} s" for k, v in timings.items()))
+        for condition, name in COMPARISON.items():
+            print(f"  {name:32s} {comparison.answers[condition][index]}")
+    short = {condition: name.split(" (")[0] for condition, name in COMPARISON.items()}
+    print("\nAnswer time for all questions: " + ", ".join(
+        f"{short[c]} {seconds:.1f} s" for c, seconds in comparison.seconds.items()))
     print("Token F1 against the gold answers: " + ", ".join(
-        f"{name.split(' (')[0]} {mean_f1(answers[name], records):.0f}" for name in rows))
+        f"{short[c]} {mean_f1(answers, records):.0f}" for c, answers in comparison.answers.items()))
     return 0
 
 
 def mean_f1(generations: list[str], records: list) -> float:
     """Mean SQuAD token F1 (×100) of the extracted answers (`shine eval`'s scoring)."""
-    from ..evaluation.metrics import score_generation
-
     scores = [score_generation(text, r.answers, r.source)["f1"] for text, r in zip(generations, records)]
     return 100.0 * sum(scores) / len(scores)

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import IGNORE_INDEX, conversation_turns, right_pad
-from .io_utils import atomic_write_text
-from .prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
+from peft_shine.io_utils import atomic_write_text
+from peft_shine.prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
+from peft_shine.training.data import IGNORE_INDEX, conversation_turns, right_pad
 
 
 TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")

@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments
 
-from .configuration_shine import ShineConfig
-from .contexts import pad_token_id
-from .data import (
+from peft_shine.configuration_shine import ShineConfig
+from peft_shine.contexts import pad_token_id
+from peft_shine.losses import topk_kl
+from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
+from peft_shine.training.data import (
     QA_MODES,
     ShineDataCollator,
     as_qa_records,
@@ -41,9 +44,8 @@ from .data import (
     texts_from_column,
     tokenize_examples,
 )
-from .distillation import add_teacher_targets, with_teacher_answers
-from .losses import topk_kl
-from .modeling_shine import BASE_PREFIX, ShineModel
+from peft_shine.training.distillation import add_teacher_targets, with_teacher_answers
+from peft_shine.training.trainer_hub import ShineHubMixin
 
 
 logger = logging.getLogger(__name__)
@@ -164,8 +166,6 @@ def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None
         FileNotFoundError: if the folder has no ``model.safetensors``.
         ValueError: if the checkpoint was built for another base LM or hypernetwork size.
     """
-    from safetensors.torch import load_file
-
     folder = Path(checkpoint)
     weights = folder / "model.safetensors"
     if not weights.is_file():
@@ -230,7 +230,7 @@ def no_adapter_scores(shine: ShineModel, batch: dict[str, torch.Tensor]) -> torc
     return torch.stack([ce.double(), torch.tensor(float(targets.numel()), dtype=torch.float64), kd.double()]).cpu()
 
 
-class ShineTrainer(Trainer):
+class ShineTrainer(ShineHubMixin, Trainer):
     """`Trainer` for a `ShineModel` (see the module docstring for what it adds).
 
     Args:

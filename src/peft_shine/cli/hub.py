@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from peft_shine.hub import download, push_adapter_folder, push_hypernetwork_folder
+from peft_shine.hub.cards import eval_rows, hypernetwork_card_fields, render_hypernetwork_card
+from peft_shine.io_utils import atomic_write_text, read_mapping
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,10 +85,7 @@ def _push_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_push_hypernetwork(args: argparse.Namespace) -> int:
     """``shine push hypernetwork FOLDER REPO_ID``."""
-    from ..hub import push_hypernetwork_folder
-    from .train import read_config
-
-    info = push_hypernetwork_folder(args.folder, args.repo_id, model_card_fields=read_config(args.card),
+    info = push_hypernetwork_folder(args.folder, args.repo_id, model_card_fields=read_mapping(args.card),
                                     **_push_options(args))
     _report_push(info)
     return 0
@@ -91,17 +93,11 @@ def run_push_hypernetwork(args: argparse.Namespace) -> int:
 
 def run_card(args: argparse.Namespace) -> int:
     """``shine card FOLDER [--card fields.yaml] [--eval-results results.json]``: render README.md in place."""
-    import json
-
-    from ..hub_cards import eval_rows, hypernetwork_card_fields, render_hypernetwork_card
-    from ..io_utils import atomic_write_text
-    from .train import read_config
-
     folder = Path(args.folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing; pass a hypernetwork folder written by save_pretrained")
-    fields = hypernetwork_card_fields(json.loads(config_path.read_text(encoding="utf-8")), read_config(args.card))
+    fields = hypernetwork_card_fields(json.loads(config_path.read_text(encoding="utf-8")), read_mapping(args.card))
     if args.eval_results:
         results = json.loads(Path(args.eval_results).read_text(encoding="utf-8"))
         fields["eval_results"] = eval_rows(results, args.eval_dataset, dataset_id=args.eval_dataset_id)
@@ -113,8 +109,6 @@ def run_card(args: argparse.Namespace) -> int:
 
 def run_push_adapter(args: argparse.Namespace) -> int:
     """``shine push adapter FOLDER REPO_ID --hypernetwork-repo ID``."""
-    from ..hub import push_adapter_folder
-
     context = Path(args.context_file).read_text(encoding="utf-8") if args.context_file else None
     if args.include_context and context is None:
         raise ValueError("--include-context needs --context-file.")
@@ -138,8 +132,6 @@ def _report_push(info: Any) -> None:
 
 def run_pull(args: argparse.Namespace) -> int:
     """``shine pull REPO_ID [--revision R] [--output DIR]``."""
-    from ..hub import download
-
     try:
         path, kind, origin = download(args.repo_id, args.output, revision=args.revision, overwrite=args.overwrite)
     except FileExistsError as error:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ def plot_losses(log_history: Sequence[Mapping[str, Any]], path: str | Path, titl
                 stage_starts: Sequence[int] = ()) -> Path:
     """Draw the training loss and the held-out losses (adapter and its controls) against the optimizer step,
     with a dashed line where each later stage starts (see `chain_stages`)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy, only for drawing: loaded on first use
 
     curves = loss_curves(log_history)
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
@@ -89,7 +91,7 @@ def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: 
                     title: str | None = None) -> Path:
     """Runs side by side (an ablation): the context-specific gap (wrong-context loss − adapter loss) and the KL to
     the in-context teacher of their held-out monitors, one line per run."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy, only for drawing: loaded on first use
 
     figure = Figure(figsize=(10, 4), layout="constrained")
     gap_axes, kd_axes = figure.subplots(1, 2)
@@ -117,8 +119,6 @@ def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: 
 
 def last_history(run: Path) -> list[dict[str, Any]]:
     """The log history of a training output folder's last checkpoint."""
-    import json
-
     states = sorted(run.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     if not states:
         raise SystemExit(f"{run} has no checkpoint-*/trainer_state.json")
@@ -126,11 +126,9 @@ def last_history(run: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m peft_shine.plots RUN [RUN ...] --output PNG``: the losses of consecutive training runs, or with
+    """``python -m peft_shine.training.plots RUN [RUN ...] --output PNG``: the losses of consecutive training runs, or with
     ``--compare`` the monitors of runs side by side (an ablation)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m peft_shine.plots", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m peft_shine.training.plots", description=main.__doc__)
     parser.add_argument("runs", nargs="+", help="training output folders (their last checkpoint's trainer_state)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--title", default=None)

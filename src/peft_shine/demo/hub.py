@@ -1,19 +1,23 @@
 """The demo's seam to the Hugging Face Hub: pushing a generated adapter and choosing whose token to use.
 
-`push_adapter_to_hub` calls ``peft_shine.hub.push_adapter`` when that module provides it, so the demo switches to the
-library's own push as soon as it exists; until then it uploads the saved adapter folder with `huggingface_hub`.
+`push_adapter_to_hub` pushes through `peft_shine.hub.push_adapter` (with the SHINE adapter card) when the hypernetwork
+has a Hub repo to cite, else uploads the saved adapter folder as is.
 Loading another hypernetwork needs no seam: ``AutoShineModel.from_pretrained(repo_id)`` already pulls from the Hub.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import HfApi, constants, get_token
+
+from peft_shine.hub.cards import render_adapter_card
+from peft_shine.hub.push import push_adapter
 
 
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -34,20 +38,8 @@ def resolve_token(typed: str | None, oauth_token: Any = None, space: bool | None
         return oauth_token.token
     if on_space() if space is None else space:
         return None
-    from huggingface_hub import get_token
 
     return get_token()
-
-
-def _library_push() -> Any:
-    """``peft_shine.hub.push_adapter`` if the library has it (None while that module is not written yet)."""
-    try:
-        hub = importlib.import_module("peft_shine.hub")
-    except ModuleNotFoundError as error:
-        if error.name != "peft_shine.hub":
-            raise
-        return None
-    return getattr(hub, "push_adapter", None)
 
 
 def push_adapter_to_hub(shine: Any, adapter_name: str, repo_id: str, *, token: str, private: bool, folder: Path,
@@ -56,16 +48,13 @@ def push_adapter_to_hub(shine: Any, adapter_name: str, repo_id: str, *, token: s
     """Push one generated adapter (a flat peft folder, plus its card when the hypernetwork has a Hub repo to cite) to
     ``repo_id``; returns the repo URL.
 
-    With ``peft_shine.hub.push_adapter`` available and a citable hypernetwork (``hypernetwork_repo`` or the model's
-    ``hub_origin``), the library pushes. Otherwise (an untrained or local hypernetwork, for which the library refuses
-    to write a card) ``folder``, the adapter as saved by `ShineModel.save_adapter`, is uploaded as is.
+    With a citable hypernetwork (``hypernetwork_repo`` or the model's ``hub_origin``), `peft_shine.hub.push_adapter`
+    pushes it with its card. Otherwise (an untrained or local hypernetwork, for which no card can name its origin)
+    ``folder``, the adapter as saved by `ShineModel.save_adapter`, is uploaded as is.
     """
-    from huggingface_hub import HfApi, constants
-
-    library_push = _library_push()
-    if library_push is not None and (hypernetwork_repo or getattr(shine, "hub_origin", None)):
-        citation = {} if getattr(shine, "hub_origin", None) else {"hypernetwork_repo": hypernetwork_repo}
-        library_push(shine, adapter_name, repo_id, token=token, private=private, **citation)
+    if hypernetwork_repo or shine.hub_origin is not None:
+        citation = {} if shine.hub_origin is not None else {"hypernetwork_repo": hypernetwork_repo}
+        push_adapter(shine, adapter_name, repo_id, token=token, private=private, **citation)
         return f"{constants.ENDPOINT}/{repo_id}"
     api = HfApi(token=token)
     url = api.create_repo(repo_id, private=private, exist_ok=True)
@@ -82,7 +71,6 @@ def write_adapter_card(folder: Path, shine: Any, hypernetwork_repo: str | None, 
     a hypernetwork from a local folder or an untrained one has none, and the peft folder is complete without it."""
     if hypernetwork_repo is None:
         return
-    from .hub_cards import render_adapter_card
 
     config = shine.config
     card = render_adapter_card(

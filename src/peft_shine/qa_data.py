@@ -178,7 +178,7 @@ def _diagnose_jsonl(path: Path) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    import datasets
+    import datasets  # heavy, and only Hub datasets need it: loaded on first use
 
     try:
         dataset = datasets.load_dataset("json", data_files=str(path), split="train")
@@ -368,3 +368,11 @@ def held_out_split(
     train = [record for record in records if _component_of(record, components) not in eval_keys]
     evaluation = [record for record in records if _component_of(record, components) in eval_keys]
     return train, evaluation
+
+
+def load_qa_source(source: str) -> list[QARecord]:
+    """QA records of a JSONL file or a bundled name, optionally ``name:split`` (e.g. ``squad:train``)."""
+    if Path(source).is_file() or ":" not in source:
+        return load_qa_records(source)
+    name, split = source.rsplit(":", 1)
+    return load_qa_records(name, split=split)

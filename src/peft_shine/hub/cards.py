@@ -1,14 +1,11 @@
 """Model cards for the Hub: a SHINE hypernetwork repo and a generated LoRA adapter repo.
 
-The Jinja templates live in the repository's top-level ``hub_cards/`` folder (the single source of truth). A wheel
-ships them as the data-only package ``peft_shine.hub_card_templates`` (a ``package-dir`` mapping in
-``pyproject.toml``); a source checkout reads them from ``hub_cards/`` directly. Cards are rendered with
-``huggingface_hub.ModelCard.from_template``, which fills the YAML front matter from a ``ModelCardData``.
+The Jinja templates are package data in ``templates/`` (the repository's top-level ``hub_cards/`` links to
+them). Cards are rendered with ``huggingface_hub.ModelCard.from_template``, which fills the YAML front matter from a ``ModelCardData``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,22 +13,21 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from peft_shine.contexts import context_sha256 as hash_context
+
 
 HYPERNETWORK_TEMPLATE = "hypernetwork_card.md"
 ADAPTER_TEMPLATE = "adapter_card.md"
 HYPERNETWORK_TAGS = ["shine", "hypernetwork", "lora", "peft", "text-generation"]
 ADAPTER_TAGS = ["lora", "peft", "shine"]
+OWN_CONDITIONS = ("adapter",)  # the hypernetwork's own results; the baselines stay in the text table
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-_PACKAGED_DIR = Path(__file__).resolve().parent / "hub_card_templates"
-_CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "hub_cards"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 
 def templates_dir() -> Path:
-    """The folder holding the card templates: packaged with a wheel install, ``hub_cards/`` in a checkout."""
-    for candidate in (_PACKAGED_DIR, _CHECKOUT_DIR):
-        if (candidate / HYPERNETWORK_TEMPLATE).is_file():
-            return candidate
-    raise FileNotFoundError(f"peft_shine card templates not found in {_PACKAGED_DIR} or {_CHECKOUT_DIR}")
+    """The folder holding the card templates (package data; the repository's ``hub_cards/`` links to them)."""
+    return TEMPLATES_DIR
 
 
 def render_hypernetwork_card(
@@ -57,20 +53,14 @@ def render_hypernetwork_card(
         eval_results: optional rows with ``condition``, ``dataset``, ``f1``, ``em`` and ``n`` (plus optional
             ``dataset_id`` for the Hub dataset id and ``split``); they also become ``model-index`` entries.
     """
+    check_hub_model_id(base_model)
     summary = _training_summary(training)
     all_datasets = _unique([*(datasets or []), *(summary["datasets"] if summary else [])])
     results = [dict(row) for row in eval_results or []]
-    card_data = ModelCardData(
-        base_model=base_model,
-        base_model_relation="adapter",
-        library_name="peft-shine",
-        pipeline_tag="text-generation",
-        license=license,
-        datasets=all_datasets or None,
-        tags=_unique([*HYPERNETWORK_TAGS, *(tags or [])]),
-        model_name=repo_id.split("/")[-1] if results else None,
-        eval_results=[item for row in results for item in _eval_results(row)] or None,
-    )
+    card_data = _card_data(base_model, "peft-shine", license, [*HYPERNETWORK_TAGS, *(tags or [])],
+                           datasets=all_datasets or None, model_name=repo_id.split("/")[-1] if results else None,
+                           eval_results=[item for row in results if row.get("condition") in OWN_CONDITIONS
+                                         for item in _eval_results(row)] or None)
     return ModelCard.from_template(
         card_data,
         template_path=str(templates_dir() / HYPERNETWORK_TEMPLATE),
@@ -133,15 +123,10 @@ def render_adapter_card(
     The context text goes into the card only with ``include_context=True``; otherwise only its SHA-256 does
     (computed from ``context`` when ``context_sha256`` is not given, and checked against it when both are).
     """
+    check_hub_model_id(base_model)
     digest = _context_digest(context, context_sha256)
-    card_data = ModelCardData(
-        base_model=base_model,
-        base_model_relation="adapter",
-        library_name="peft",
-        pipeline_tag="text-generation",
-        license=license,
-        tags=_unique([f"base_model:adapter:{base_model}", *ADAPTER_TAGS, *(tags or [])]),
-    )
+    card_data = _card_data(base_model, "peft", license,
+                           [f"base_model:adapter:{base_model}", *ADAPTER_TAGS, *(tags or [])])
     return ModelCard.from_template(
         card_data,
         template_path=str(templates_dir() / ADAPTER_TEMPLATE),
@@ -161,12 +146,29 @@ def render_adapter_card(
     )
 
 
-def _context_digest(context: str | None, context_sha256: str | None) -> str | None:
-    """The context's hex SHA-256 (of its UTF-8 bytes), computed or checked against the given one."""
+def check_hub_model_id(base_model: str) -> None:
+    """A card's ``base_model`` must be a Hub model id (``org/name``): a local path would publish a server path and
+    link to nothing. Raise `ValueError` saying what to pass instead."""
+    hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", base_model or "")
+    if not hub_id or Path(base_model).expanduser().is_dir():
+        raise ValueError(f"The card's base_model must be a Hub model id like 'HuggingFaceTB/SmolLM2-135M-Instruct', "
+                         f"not a local path ({base_model!r}): pass model_card_fields={{'base_model': '<org/name>'}} "
+                         f"(--base-model on the command line), or record the Hub id in the config.")
+
+
+def _card_data(base_model: str, library: str, license: str | None, tags: list[str],  # noqa: A002
+               **extra: Any) -> ModelCardData:
+    """The YAML metadata shared by both cards: an adapter of ``base_model`` for text generation."""
+    return ModelCardData(base_model=base_model, base_model_relation="adapter", library_name=library,
+                         pipeline_tag="text-generation", license=license, tags=_unique(tags), **extra)
+
+
+def _context_digest(context: str | None, given: str | None) -> str | None:
+    """The context's hex SHA-256 (`peft_shine.contexts.context_sha256`), computed or checked against the given one."""
     if context is None:
-        return context_sha256
-    digest = hashlib.sha256(context.encode("utf-8")).hexdigest()
-    if context_sha256 is not None and context_sha256.lower() != digest:
+        return given
+    digest = hash_context(context)
+    if given is not None and given.lower() != digest:
         raise ValueError("context_sha256 does not match the SHA-256 of the given context")
     return digest
 

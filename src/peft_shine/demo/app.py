@@ -1,6 +1,6 @@
 """The SHINE Gradio demo: paste a context, get a LoRA adapter, chat with it, compare answers, download or push it.
 
-A thin UI over `peft_shine.demo_engine.DemoEngine` (which holds the models). ``shine demo`` runs it locally and
+A thin UI over `peft_shine.demo.engine.DemoEngine` (which holds the models). ``shine demo`` runs it locally and
 ``demo/app.py`` is the Hugging Face Space entry point. Every event has an ``api_name``, so it is scriptable with
 ``gradio_client.Client(url).predict(..., api_name="/generate")``. Model work goes through one queue slot
 (``concurrency_id="model"``); each browser session keeps its own adapter in a ``gr.State``.
@@ -13,9 +13,10 @@ from typing import Any
 
 import gradio as gr
 
-from .contexts import ContextError
-from .demo_engine import DemoEngine, DemoError, Session, read_context_file, scrub
-from .demo_hub import on_space, resolve_token
+from peft_shine.contexts import ContextError
+from peft_shine.demo.engine import DemoEngine, DemoError, Session, read_context_file, scrub
+from peft_shine.demo.hub import on_space, resolve_token
+from peft_shine.qa_data import load_qa_records, load_sample_context
 
 
 logger = logging.getLogger(__name__)
@@ -31,8 +32,8 @@ footer { display: none !important; }
 INTRO = """# SHINE · turn a context into a LoRA adapter
 A hypernetwork reads your text once and writes a LoRA adapter for the frozen base model in **one forward pass**.
 The adapted model then answers questions about the text **without the text in its prompt**."""
-UNTRAINED_BANNER = """⚠️ **Untrained hypernetwork.** No trained SHINE checkpoint ships yet, so this demo uses a randomly
-initialised hypernetwork: every step is real (one forward pass → a standard peft LoRA adapter), but the adapter has
+UNTRAINED_BANNER = """⚠️ **Untrained hypernetwork.** The shipped checkpoint was not found (or another was asked for), so this
+demo uses a randomly initialised hypernetwork: every step is real (one forward pass → a standard peft LoRA adapter), but the adapter has
 not learned to store the context, so its answers are not informed by it. Load a trained hypernetwork under
 **Hypernetwork** below."""
 MODEL_EVENT = {"concurrency_id": "model", "concurrency_limit": 1}
@@ -136,8 +137,6 @@ class Handlers:
 
 def example_rows() -> tuple[list[list[str]], list[str]]:
     """Examples ``[context, question, question]``: the bundled sample context and two SQuAD paragraphs."""
-    from .evaluation.qa_data import load_qa_records, load_sample_context
-
     sample = load_sample_context()[0]
     rows, labels, titles = [[sample.context, sample.question, sample.question]], [f"Sample: {sample.title}"], set()
     titles.add(sample.title)

@@ -1,6 +1,6 @@
 """The model side of the SHINE demo: hypernetworks, per-session adapters, answers, zips and Hub pushes.
 
-Free of Gradio so it can be used and tested alone; `peft_shine.demo_app` is the UI over it. Isolation rules:
+Free of Gradio so it can be used and tested alone; `peft_shine.demo.app` is the UI over it. Isolation rules:
 
 * every session gets fresh adapter names (``s<uuid>``) and only ever answers through its own adapter, named
   explicitly per row (``adapter_names=[...]``); the PeftModel's globally active adapter is never relied on;
@@ -23,9 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .base_models import DEFAULT_BASE_MODEL
-from .demo_hub import HUB_ID_PATTERN, push_adapter_to_hub, write_adapter_card
-from .prompting import BASE_ADAPTER, build_prompt, generate_answers
+from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.contexts import as_context_list, context_sha256
+from peft_shine.demo.hub import HUB_ID_PATTERN, push_adapter_to_hub, write_adapter_card
+from peft_shine.errors import CheckpointError, DemoError
+from peft_shine.prompting import build_prompt, compare_answers, generate_answers
+from peft_shine.shipped import LoadedHypernetwork, load_hypernetwork
 
 
 DEFAULT_KEY = "default"
@@ -36,9 +39,6 @@ MAX_CHAT_TURNS = 4  # earlier turns are dropped from the prompt to keep CPU answ
 _PATH_PATTERN = re.compile(r"(?<![\w.:/\\-])(?:~|[A-Za-z]:)?(?:[/\\][\w.@+-]+){2,}[/\\]?")
 
 
-class DemoError(Exception):
-    """A problem to show the user as is (its message names no server path and no secret)."""
-
 
 def scrub(message: str, secrets: Iterable[str | None] = ()) -> str:
     """``message`` with secrets replaced by ``***`` and filesystem paths by ``<path>`` (URLs and repo ids kept)."""
@@ -48,14 +48,7 @@ def scrub(message: str, secrets: Iterable[str | None] = ()) -> str:
     return _PATH_PATTERN.sub("<path>", message)
 
 
-@dataclass
-class Hypernetwork:
-    """A loaded hypernetwork with its own base LM and PeftModel; ``label`` is safe to display."""
-
-    shine: Any
-    label: str
-    trained: bool
-    hub_id: str | None = None
+Hypernetwork = LoadedHypernetwork  # a loaded hypernetwork, its display label, whether trained, its Hub id
 
 
 @dataclass
@@ -94,7 +87,6 @@ class DemoEngine:
         self.workdir = Path(tempfile.mkdtemp(prefix="shine-demo-"))
         self.hypernetworks: dict[str, Hypernetwork] = {}  # least recently used first
         self.adapters: dict[str, Adapter] = {}  # least recently used first
-        self._orphans: dict[str, set[str]] = {}  # adapters kept only because peft cannot drop its last one
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ hypernetworks
@@ -109,34 +101,17 @@ class DemoEngine:
             return self.hypernetworks[key]
 
     def _load_default(self) -> Hypernetwork:
-        from .shipped import SHIPPED_NAME, shipped_checkpoint
-
-        if self.default_source:
-            return self._load(self.default_source)
-        shipped = shipped_checkpoint()
-        if shipped is not None:
-            from .auto import AutoShineModel
-
-            return Hypernetwork(AutoShineModel.from_pretrained(str(shipped)), SHIPPED_NAME, trained=True)
-        return self._load(self.base)
+        loaded = load_hypernetwork(self.default_source, base_model=self.base)
+        return replace(loaded, label=loaded.label.split(" (")[0])
 
     def _load(self, source: str, allow_untrained: bool = True) -> Hypernetwork:
         """A SHINE checkpoint (Hub id or folder), or an untrained hypernetwork when ``source`` is a plain LM."""
-        from transformers import AutoConfig
-
-        from .auto import AutoShineModel
-        from .base_models import resolve_base_model_path
-        from .configuration_shine import ShineConfig
-        from .modeling_shine import ShineModel
-
-        local = Path(source).expanduser()
-        hub_id = None if local.is_dir() else source
-        label = local.name if local.is_dir() else source
-        if AutoConfig.from_pretrained(resolve_base_model_path(source)).model_type == ShineConfig.model_type:
-            return Hypernetwork(AutoShineModel.from_pretrained(source), label, trained=True, hub_id=hub_id)
-        if not allow_untrained:  # a public Space does not download arbitrary base models for visitors
-            raise DemoError(f"{source} is not a SHINE hypernetwork checkpoint.")
-        return Hypernetwork(ShineModel.from_base_model(source), "untrained (randomly initialised)", trained=False)
+        try:
+            loaded = load_hypernetwork(source, base_model=self.base, allow_untrained=allow_untrained)
+        except CheckpointError as error:  # a public Space does not download arbitrary base models for visitors
+            raise DemoError(f"{source} is not a SHINE hypernetwork checkpoint.") from error
+        label = Path(source).expanduser().name if loaded.hub_id is None and loaded.trained else source
+        return replace(loaded, label=label if loaded.trained else "untrained (randomly initialised)")
 
     def load_hypernetwork(self, session: Session, source: str) -> tuple[Session, Hypernetwork]:
         """Switch ``session`` to the hypernetwork at ``source`` (Hub repo id, or a local folder if allowed)."""
@@ -159,19 +134,16 @@ class DemoEngine:
             for name in [n for n, a in self.adapters.items() if a.hypernetwork == evicted]:
                 shutil.rmtree(self.adapters.pop(name).folder.parent, ignore_errors=True)
             del self.hypernetworks[evicted]
-            self._orphans.pop(evicted, None)
 
     # ------------------------------------------------------------------ adapters
     def generate(self, session: Session, context: str) -> tuple[Session, Adapter]:
         """Generate ``session``'s adapter from ``context`` (replacing its previous one) and package it as a zip.
 
         Raises `peft_shine.ContextError` for empty, non-string or too long contexts."""
-        from .contexts import as_context_list, context_sha256
-
         as_context_list(context)  # clear ContextError before any model work
         with self._lock:
             loaded = self.hypernetwork(session.hypernetwork)
-            shine, name = loaded.shine, f"s{uuid.uuid4().hex[:16]}"
+            shine, name = loaded.model, f"s{uuid.uuid4().hex[:16]}"
             started = time.perf_counter()
             shine.generate_adapter(context, adapter_names=name)
             seconds = time.perf_counter() - started
@@ -182,7 +154,6 @@ class DemoEngine:
             adapter = Adapter(name, session.hypernetwork, context, digest, tokens, seconds, size, folder, zip_path)
             self.adapters[name] = adapter
             self._release(session.adapter)
-            self._drop_orphans(session.hypernetwork)
             while len(self.adapters) > self.max_adapters:
                 self._release(next(iter(self.adapters)))
             return replace(session, adapter=name), adapter
@@ -190,8 +161,8 @@ class DemoEngine:
     def _package(self, loaded: Hypernetwork, name: str, sha256: str, seconds: float) -> tuple[Path, Path]:
         """Save the adapter as a flat peft folder and zip it (``shine-adapter/…``) in a fresh temp dir."""
         root = self.workdir / uuid.uuid4().hex
-        folder = loaded.shine.save_adapter(root / FOLDER_NAME, name)
-        write_adapter_card(folder, loaded.shine, loaded.hub_id, FOLDER_NAME, sha256, seconds)
+        folder = loaded.model.save_adapter(root / FOLDER_NAME, name)
+        write_adapter_card(folder, loaded.model, loaded.hub_id, FOLDER_NAME, sha256, seconds)
         zip_path = root / ZIP_NAME
         with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for file in sorted(folder.iterdir()):
@@ -199,24 +170,14 @@ class DemoEngine:
         return folder, zip_path
 
     def _release(self, name: str | None) -> None:
-        """Delete an adapter (files and peft weights); peft cannot delete its last adapter, so that one waits."""
+        """Delete an adapter: its files and its weights on the hypernetwork's base."""
         adapter = self.adapters.pop(name, None) if name else None
         if adapter is None:
             return
         shutil.rmtree(adapter.folder.parent, ignore_errors=True)
-        self._orphans.setdefault(adapter.hypernetwork, set()).add(name)
-        self._drop_orphans(adapter.hypernetwork)
-
-    def _drop_orphans(self, key: str) -> None:
-        loaded = self.hypernetworks.get(key)
-        peft_model = loaded.shine.peft_model if loaded else None
-        for name in sorted(self._orphans.get(key, ())):
-            if peft_model is None or name not in peft_model.peft_config:
-                self._orphans[key].discard(name)
-            elif len(peft_model.peft_config) > 1:
-                peft_model.delete_adapter(name)
-                loaded.shine.adapter_info.pop(name, None)
-                self._orphans[key].discard(name)
+        loaded = self.hypernetworks.get(adapter.hypernetwork)
+        if loaded is not None:
+            loaded.model.delete_adapters(name)
 
     def release_session(self, session: Session | None) -> None:
         """Free a session's adapter (the ``gr.State`` delete callback)."""
@@ -242,9 +203,9 @@ class DemoEngine:
             loaded, adapter = self.session_adapter(session)
             turns = [{"role": m["role"], "content": message_text(m["content"])} for m in history
                      if m.get("role") in ("user", "assistant")][-2 * MAX_CHAT_TURNS:]
-            tokenizer = loaded.shine.tokenizer
+            tokenizer = loaded.model.tokenizer
             prompt = build_prompt(tokenizer, message.strip(), history=turns)
-            return generate_answers(loaded.shine.peft_model, tokenizer, [prompt], [adapter.name],
+            return generate_answers(loaded.model.peft_model, tokenizer, [prompt], [adapter.name],
                                     self.max_new_tokens)[0]
 
     def compare(self, session: Session, question: str) -> tuple[str, str, str]:
@@ -253,11 +214,9 @@ class DemoEngine:
             raise DemoError("Type a question first.")
         with self._lock:
             loaded, adapter = self.session_adapter(session)
-            tokenizer, question = loaded.shine.tokenizer, question.strip()
-            prompts = [build_prompt(tokenizer, question)] * 2 + [build_prompt(tokenizer, question, adapter.context)]
-            answers = generate_answers(loaded.shine.peft_model, tokenizer, prompts,
-                                       [adapter.name, BASE_ADAPTER, BASE_ADAPTER], self.max_new_tokens)
-            return answers[0], answers[1], answers[2]
+            answers = compare_answers(loaded.model.peft_model, loaded.model.tokenizer, [question.strip()],
+                                      adapter.context, adapter.name, max_new_tokens=self.max_new_tokens).answers
+            return answers["adapter"][0], answers["question_only"][0], answers["in_context"][0]
 
     def describe(self, session: Session) -> dict[str, Any]:
         """What the session currently uses (no paths, no adapter weights)."""
@@ -268,8 +227,8 @@ class DemoEngine:
                 "context_sha256": adapter.context_sha256, "context_tokens": adapter.context_tokens,
                 "generation_seconds": round(adapter.seconds, 3), "size_bytes": adapter.size_bytes}
             return {"hypernetwork": loaded.label, "trained": loaded.trained,
-                    "base_model": loaded.shine.config.base_model_name_or_path,
-                    "max_context_tokens": loaded.shine.config.max_context_length, "adapter": summary}
+                    "base_model": loaded.model.config.base_model_name_or_path,
+                    "max_context_tokens": loaded.model.config.max_context_length, "adapter": summary}
 
     def push(self, session: Session, repo_id: str, token: str | None, private: bool = True) -> str:
         """Push the session's adapter to ``repo_id``; returns the repo URL."""
@@ -280,7 +239,7 @@ class DemoEngine:
             raise DemoError("No Hugging Face token: sign in, or paste a token with write access.")
         with self._lock:
             loaded, adapter = self.session_adapter(session)
-            return push_adapter_to_hub(loaded.shine, adapter.name, repo_id, token=token, private=private,
+            return push_adapter_to_hub(loaded.model, adapter.name, repo_id, token=token, private=private,
                                        folder=adapter.folder, hypernetwork_repo=loaded.hub_id,
                                        context_sha256=adapter.context_sha256, seconds=adapter.seconds)
 

@@ -49,9 +49,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .contexts import left_pad
-from .evaluation.qa_data import QARecord
-from .prompting import answer_system_message
+from peft_shine.contexts import left_pad
+from peft_shine.prompting import answer_system_message
+from peft_shine.qa_data import QARecord
 
 
 logger = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
     """Tokenise examples once into a `datasets.Dataset` with ``context_input_ids``, ``input_ids``, ``labels``
     (truncation rules in the module docstring); examples left without a labelled token are dropped. ``keep_raw``
     also keeps ``context``, ``messages`` and ``dropped_turns`` (what `distillation.add_teacher_targets` reads)."""
-    import datasets
+    import datasets  # heavy (pyarrow): loaded when a dataset is built
 
     if not examples:
         raise ValueError("No examples to tokenise (is the data empty?).")

@@ -16,7 +16,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..base_models import DEFAULT_BASE_MODEL
+from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.contexts import as_context_list
+from peft_shine.prompting import build_prompt, compare_answers, generate_answers
+from peft_shine.qa_data import load_sample_context
+from peft_shine.save_targets import write_mode
+from peft_shine.shipped import load_hypernetwork
 
 
 MAX_HISTORY_TURNS = 4  # earlier exchanges kept in the prompt
@@ -54,7 +59,6 @@ def read_context(args: argparse.Namespace) -> tuple[str, str]:
         if not path.is_file():
             raise FileNotFoundError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
         return path.read_text(encoding="utf-8"), str(path)
-    from ..evaluation.qa_data import load_sample_context
 
     record = load_sample_context()[0]
     return record.context, f"the bundled sample context ({record.title}); pass --context or --context-file"
@@ -77,16 +81,12 @@ def questions(args: argparse.Namespace) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..contexts import as_context_list
-    from ..prompting import BASE_ADAPTER, build_prompt, generate_answers
-    from ..save_targets import write_mode
-    from .quickstart import load_hypernetwork
-
     context, origin = read_context(args)
     as_context_list(context)  # empty or invalid text fails here, before any model is loaded
     if args.save_adapter:  # refuse a target that must not be written before any work
         write_mode(args.save_adapter, overwrite=args.overwrite)
-    shine, label = load_hypernetwork(args.hypernetwork, args.base)
+    loaded = load_hypernetwork(args.hypernetwork, base_model=args.base)
+    shine, label = loaded.model, loaded.label
     tokens = len(shine.tokenizer(context, add_special_tokens=False).input_ids)
     print(f"Loaded {label}. Context: {origin}, {tokens} tokens.")
     started = time.perf_counter()
@@ -96,16 +96,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"Adapter saved to {shine.save_adapter(Path(args.save_adapter), overwrite=args.overwrite)}/")
     tokenizer, history = shine.tokenizer, []
     for question in questions(args):
-        prompt = build_prompt(tokenizer, question, history=history[-2 * MAX_HISTORY_TURNS:])
-        prompts, names = [prompt], ["default"]
-        if args.compare:
-            prompts += [build_prompt(tokenizer, question), build_prompt(tokenizer, question, context)]
-            names += [BASE_ADAPTER, BASE_ADAPTER]
         started = time.perf_counter()
-        answers = generate_answers(model, tokenizer, prompts, names, args.max_new_tokens)
-        seconds = time.perf_counter() - started
-        print(f"adapter> {answers[0]}" + ("" if args.compare else f"   ({seconds:.1f} s)"))
         if args.compare:
-            print(f"  base model, no context> {answers[1]}\n  base model, context in prompt> {answers[2]}")
-        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answers[0]}]
+            comparison = compare_answers(model, tokenizer, [question], context, history=history[-2 * MAX_HISTORY_TURNS:],
+                                         max_new_tokens=args.max_new_tokens)
+            answer = comparison.answers["adapter"][0]
+            print(f"adapter> {answer}\n  base model, no context> {comparison.answers['question_only'][0]}\n"
+                  f"  base model, context in prompt> {comparison.answers['in_context'][0]}")
+        else:
+            prompt = build_prompt(tokenizer, question, history=history[-2 * MAX_HISTORY_TURNS:])
+            answer = generate_answers(model, tokenizer, [prompt], ["default"], args.max_new_tokens)[0]
+            print(f"adapter> {answer}   ({time.perf_counter() - started:.1f} s)")
+        history += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     return 0

@@ -6,18 +6,20 @@ import argparse
 import time
 from pathlib import Path
 
-from ..base_models import DEFAULT_BASE_MODEL
+from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.evaluation import SFTConfig, group_contexts, load_qa_records, resolve_conditions, run_evaluation
+from peft_shine.evaluation.conditions import (
+    CONDITIONS,
+    DEFAULT_CONDITIONS,
+    DEFAULT_RECALL_MAX_NEW_TOKENS,
+    RECALL_CONDITIONS,
+    RECALL_MARGIN,
+)
+from peft_shine.evaluation.report import RESULTS_CHART, RESULTS_JSON, RESULTS_MARKDOWN, markdown_table
+from peft_shine.shipped import load_hypernetwork
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation.conditions import (
-        CONDITIONS,
-        DEFAULT_CONDITIONS,
-        DEFAULT_RECALL_MAX_NEW_TOKENS,
-        RECALL_CONDITIONS,
-        RECALL_MARGIN,
-    )
-
     parser = subparsers.add_parser(
         "eval", help="compare the generated adapter with question-only, in-context, SFT and wrong-context baselines",
         description="Answer QA records under each condition with greedy decoding and write results.json, "
@@ -56,18 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def load_for_eval(hypernetwork: str | None, base: str):
     """The hypernetwork to evaluate and a label for the report; ``"none"`` means a fresh, untrained one."""
-    from ..modeling_shine import ShineModel
-    from .quickstart import load_hypernetwork
-
-    if hypernetwork is not None and hypernetwork.lower() == "none":
-        return ShineModel.from_base_model(base), "UNTRAINED hypernetwork (randomly initialised)"
-    return load_hypernetwork(hypernetwork, base)
+    untrained = hypernetwork is not None and hypernetwork.lower() == "none"
+    loaded = load_hypernetwork(base if untrained else hypernetwork, base_model=base)
+    return loaded.model, loaded.label
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import SFTConfig, group_contexts, load_qa_records, resolve_conditions, run_evaluation
-    from ..evaluation.report import RESULTS_CHART, RESULTS_JSON, RESULTS_MARKDOWN, markdown_table
-
     conditions = resolve_conditions(args.conditions)
     started = time.perf_counter()
     shine, label = load_for_eval(args.hypernetwork, args.base)

@@ -1,10 +1,11 @@
-"""``shine demo``: run the Gradio demo (`peft_shine.demo_app`) locally on the shipped or an untrained hypernetwork."""
+"""``shine demo``: run the Gradio demo (`peft_shine.demo.app`) locally on the shipped or an untrained hypernetwork."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..base_models import DEFAULT_BASE_MODEL
+from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.demo.engine import DemoEngine
 
 
 def _bool(text: str) -> bool:
@@ -33,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo_app import build_demo, launch_options
-    from ..demo_engine import DemoEngine
+    # gradio is the optional [demo] extra: imported only when the demo runs
+    from peft_shine.demo.app import build_demo, launch_options
 
     engine = DemoEngine(args.hypernetwork, base=args.base, max_new_tokens=args.max_new_tokens,
                         allow_local_paths=args.allow_local_paths)

@@ -1,0 +1,75 @@
+"""``shine train``: train a SHINE hypernetwork — stage 1 (``pretrain``) or stage 2 (``instruct``).
+
+Examples::
+
+    shine train --stage pretrain --data wikitext --output runs/stage1 --max-steps 500
+    shine train --stage instruct --data squad:train --init-from runs/stage1 --output runs/stage2
+    accelerate launch --multi_gpu --num_processes 2 -m peft_shine.cli train --stage pretrain ... (2 CPU processes;
+    with --cpu alone accelerate 1.15 starts a single process)
+
+``--config`` takes a JSON or YAML file of `ShineTrainingArguments` fields (any `TrainingArguments` field too) and an
+optional ``model`` mapping of `ShineConfig` fields for a new hypernetwork (e.g. ``lora_rank``). Flags given on the
+command line win over the file. The output folder receives the final hypernetwork, Trainer checkpoints and
+``loss.png`` (training loss and the held-out losses with the adapter, a wrong-context adapter and no adapter).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from peft_shine.base_models import DEFAULT_BASE_MODEL
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train a SHINE hypernetwork (stage 1 pretrain, stage 2 instruct)",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["pretrain", "instruct"], required=True)
+    parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base causal LM (Hub id or folder)")
+    parser.add_argument("--data", required=True, action="append",
+                        help="pretrain: 'wikitext' (bundled), a .jsonl/.json/.csv/.parquet/.txt file (optionally "
+                             "gzipped) with a text column, a QA file (its distinct contexts are the texts) or a Hub "
+                             "dataset id; instruct: a QA JSONL file in the shared format or a bundled name such as "
+                             "'squad:train'. Repeat to train on several sources")
+    parser.add_argument("--eval-data", default=None, help="held-out data (default: a split of --data)")
+    parser.add_argument("--eval-contexts", type=int, default=None,
+                        help="instruct: keep only the records of the first N distinct contexts of the held-out data "
+                             "(a cheap monitor)")
+    parser.add_argument("--eval-fraction", type=float, default=0.1,
+                        help="share of --data held out for evaluation when --eval-data is not given (by article "
+                             "for QA records; 0: no evaluation)")
+    parser.add_argument("--exclude-articles", action="append", default=[], metavar="QA_DATA",
+                        help="drop training records (stage 1: contexts of QA data) about any article (title) of "
+                             "this QA data, e.g. 'squad' (the bundled evaluation articles); repeatable. Stage 2 "
+                             "always drops the articles of --eval-data")
+    parser.add_argument("--output", required=True, help="output folder (checkpoints, final model, loss.png)")
+    parser.add_argument("--config", default=None, help="JSON or YAML file of training arguments (+ 'model')")
+    parser.add_argument("--init-from", default=None, help="stage-1 checkpoint folder to start stage 2 from")
+    parser.add_argument("--objective", choices=["ce", "kd", "kd+ce"], default=None,
+                        help="answer-pass loss: gold cross-entropy (default), distillation from the base model with "
+                             "the context in its prompt, or both (see docs/training.md)")
+    parser.add_argument("--teacher-answers", action="store_true", default=None,
+                        help="instruct: train on the teacher's own greedy answers instead of the gold ones")
+    parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", nargs="?", const="latest", default=None,
+                        help="resume from the latest checkpoint in --output, or from the given checkpoint")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # the training stack (datasets, accelerate) is the optional [train] extra: loaded only to train
+    from peft_shine.training.plots import plot_losses
+    from peft_shine.training.recipe import train
+
+    trainer = train(args)
+    if trainer.is_world_process_zero():
+        history = trainer.state.log_history
+        data = ", ".join([args.data] if isinstance(args.data, str) else args.data)
+        plot = plot_losses(history, Path(args.output) / "loss.png", title=f"SHINE {args.stage} on {data}")
+        final = next((entry for entry in reversed(history) if "eval_loss" in entry), {})
+        summary = ", ".join(f"{key} {value:.4f}" for key, value in final.items() if key.startswith("eval_loss"))
+        print(f"Hypernetwork saved to {args.output}/; loss plot {plot}")
+        if summary:
+            print(f"Held-out (step {final['step']}): {summary}")
+    return 0

@@ -1,1 +1,0 @@
-"""Subcommands of the ``shine`` CLI (one module each, registered in `peft_shine.cli.COMMANDS`)."""

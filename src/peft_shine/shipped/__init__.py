@@ -1,0 +1,66 @@
+"""The shipped default hypernetwork (package data: ``shine-smollm2-135m-instruct/`` next to this file), and the one
+loader every front end uses: a named checkpoint, else the shipped one, else an untrained one, always saying which.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig
+
+from peft_shine.auto import AutoShineModel
+from peft_shine.base_models import DEFAULT_BASE_MODEL, resolve_base_model_path
+from peft_shine.configuration_shine import ShineConfig
+from peft_shine.errors import CheckpointError
+from peft_shine.modeling_shine import ShineModel
+
+
+SHIPPED_NAME = "shine-smollm2-135m-instruct"
+SHIPPED_DIR = Path(__file__).resolve().parent / SHIPPED_NAME
+
+
+def shipped_checkpoint() -> Path | None:
+    """The shipped default checkpoint folder: ``$PEFT_SHINE_DEFAULT_HYPERNETWORK`` if set, else the packaged one;
+    ``None`` when the chosen folder lacks ``config.json`` or ``model.safetensors``."""
+    path = Path(os.environ.get("PEFT_SHINE_DEFAULT_HYPERNETWORK") or SHIPPED_DIR)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    return None
+
+
+@dataclass
+class LoadedHypernetwork:
+    """A hypernetwork with what a front end tells its user about it."""
+
+    model: ShineModel
+    label: str  # e.g. "trained hypernetwork shine-smollm2-135m-instruct" or "UNTRAINED hypernetwork ..."
+    trained: bool
+    hub_id: str | None = None  # the Hub repo it came from (adapter cards cite it), None for local folders
+
+
+def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: str = DEFAULT_BASE_MODEL,
+                      allow_untrained: bool = True) -> LoadedHypernetwork:
+    """Load ``source`` (a SHINE checkpoint folder or Hub id); without one, the shipped default; without that, an
+    untrained hypernetwork for ``base_model``. A ``source`` that is a plain causal LM gives an untrained
+    hypernetwork for it when ``allow_untrained`` (else a `CheckpointError`). The label says which it is."""
+    if source is None:
+        shipped = shipped_checkpoint()
+        if shipped is not None:
+            return LoadedHypernetwork(AutoShineModel.from_pretrained(str(shipped)),
+                                      f"trained hypernetwork {shipped.name}", trained=True)
+    else:
+        source = str(source)
+        local = Path(source).expanduser()
+        config = AutoConfig.from_pretrained(resolve_base_model_path(source))
+        if config.model_type == ShineConfig.model_type:
+            hub_id = None if local.is_dir() else source
+            return LoadedHypernetwork(AutoShineModel.from_pretrained(source), f"trained hypernetwork {local.name}",
+                                      trained=True, hub_id=hub_id)
+        if not allow_untrained:
+            raise CheckpointError(f"{source} is a {config.model_type} model, not a SHINE hypernetwork checkpoint.")
+        base_model = source
+    model = ShineModel.from_base_model(base_model)
+    return LoadedHypernetwork(model, f"UNTRAINED hypernetwork for {base_model} (randomly initialised: adapters "
+                                     f"carry nothing of their context)", trained=False)
