@@ -231,3 +231,23 @@ def test_group_contexts_with_a_word_counting_callable(squad: list[QARecord]) -> 
 def test_group_contexts_target_below_paragraph_length_keeps_paragraphs_alone(squad: list[QARecord]) -> None:
     grouped = group_contexts(squad, 10, lambda text: text.split())
     assert [r.context for r in grouped] == [r.context for r in squad]
+
+
+def test_load_qa_source_reads_a_hub_style_dataset_with_squad_answers(tmp_path):
+    import json
+
+    from peft_shine.qa_data import load_qa_source
+
+    folder = tmp_path / "my-squad"  # a dataset repo laid out as on the Hub, read through `datasets`
+    folder.mkdir()
+    rows = [{"id": "q1", "title": "Paris", "context": "Paris is the capital of France.", "question": "Capital of?",
+             "answers": {"text": ["France"], "answer_start": [24]}},
+            {"context": "Oslo is in Norway.", "question": "Where is Oslo?", "answers": {"text": ["Norway"],
+                                                                                         "answer_start": [11]}}]
+    (folder / "validation.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    records = load_qa_source(f"{folder}:validation")
+    assert [r.answers for r in records] == [("France",), ("Norway",)]
+    assert records[0].id == "q1" and records[1].id.endswith("-1") and records[1].title == str(folder)
+    with pytest.raises(ValueError, match="no column"):
+        (folder / "validation.jsonl").write_text(json.dumps({"text": "no QA here"}))
+        load_qa_source(f"{folder}:validation")

@@ -339,6 +339,7 @@ DDP_WORKER = textwrap.dedent("""
     import sys
     import torch
     from peft_shine.cli import train as command
+    from peft_shine.training.recipe import train
 
     out, base, config = sys.argv[1:4]
     parser = argparse.ArgumentParser()
@@ -347,7 +348,7 @@ DDP_WORKER = textwrap.dedent("""
                                ("instruct", "squad:train", ["--init-from", f"{out}/pretrain"])):
         args = parser.parse_args(["train", "--stage", stage, "--base", base, "--data", data, "--output",
                                           f"{out}/{stage}", "--config", config, "--max-steps", "3", *extra])
-        trainer = command.train(args)
+        trainer = train(args)
         state = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not n.startswith("base_lm.")}
         state["first_batch"] = next(iter(trainer.get_train_dataloader()))["input_ids"]
         torch.save(state, f"{out}/{stage}-rank{trainer.args.process_index}.pt")
@@ -374,3 +375,20 @@ def test_two_processes_train_both_stages_to_identical_weights(tiny_run, tmp_path
         assert len(ranks[0]) > 10
         for name, tensor in ranks[0].items():
             assert torch.equal(tensor, ranks[1][name]), name  # bit-identical on both ranks
+
+
+def test_every_training_arguments_field_is_a_flag_of_shine_train(tmp_path):
+    from peft_shine.cli import build_parser
+    from peft_shine.training.recipe import training_arguments
+
+    (tmp_path / "run.yaml").write_text("warmup_steps: 7\nlogging_steps: 5\n")
+    argv = ["train", "--stage", "pretrain", "--data", "x", "--output", str(tmp_path), "--config",
+            str(tmp_path / "run.yaml"), "--logging_steps", "2", "--lr_scheduler_type", "cosine", "--max-steps", "4"]
+    args, unknown = build_parser().parse_known_args(argv)
+    args.training_flags = unknown
+    parsed = training_arguments(args, {"warmup_steps": 7, "logging_steps": 5})
+    assert (parsed.logging_steps, parsed.lr_scheduler_type, parsed.warmup_steps, parsed.max_steps) == (
+        2, "cosine", 7, 4)  # the flag wins over the file, the file over the defaults, SHINE flags still apply
+    args.training_flags = ["--no_such_field", "1"]
+    with pytest.raises(ValueError, match="Unknown training flag"):
+        training_arguments(args, {})

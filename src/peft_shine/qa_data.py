@@ -8,6 +8,7 @@ A QA record is one JSON object per line with exactly the string keys ``id``, ``s
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -163,29 +164,19 @@ def _resolve_source(path_or_name: str | Path, split: str | None) -> Path:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _diagnose_jsonl(path: Path) -> None:
-    """Re-read a file line by line and raise a precise ``ValueError`` for its first malformed record."""
-    with path.open(encoding="utf-8") as handle:
-        lines = [line for line in handle if line.strip()]
-    for index, line in enumerate(lines):
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"QA record #{index} of {path} is not valid JSON ({error}); expected {QA_FORMAT}"
-            ) from None
-        QARecord.from_dict(data, index=index)
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    import datasets  # heavy, and only Hub datasets need it: loaded on first use
-
-    try:
-        dataset = datasets.load_dataset("json", data_files=str(path), split="train")
-    except Exception as error:  # arrow type clashes, bad JSON: find and name the offending record
-        _diagnose_jsonl(path)
-        raise ValueError(f"could not read {path} as QA JSONL ({error}); expected {QA_FORMAT}") from error
-    return dataset.to_list()
+    """The JSON objects of a (optionally gzipped) JSONL file, one per non-empty line; a malformed line raises a
+    `ValueError` naming it. Plain `json`, so reading QA data needs no `datasets` install."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for index, line in enumerate(line for line in handle if line.strip()):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"QA record #{index} of {path} is not valid JSON ({error}); expected {QA_FORMAT}"
+                                 ) from None
+    return rows
 
 
 def sample_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
@@ -371,8 +362,30 @@ def held_out_split(
 
 
 def load_qa_source(source: str) -> list[QARecord]:
-    """QA records of a JSONL file or a bundled name, optionally ``name:split`` (e.g. ``squad:train``)."""
-    if Path(source).is_file() or ":" not in source:
+    """QA records of a JSONL file, a bundled name (optionally ``name:split``, e.g. ``squad:train``) or a Hub
+    dataset id (optionally ``id:split``; default split ``train``) whose rows have ``context``, ``question`` and
+    ``answers`` (a list of strings, or SQuAD's ``{"text": [...]}``)."""
+    if Path(source).is_file():
         return load_qa_records(source)
-    name, split = source.rsplit(":", 1)
-    return load_qa_records(name, split=split)
+    name, _, split = source.partition(":") if ":" in source else (source, "", "")
+    if name in _bundled_qa_names() or name.endswith(".jsonl"):
+        return load_qa_records(name, split=split or None)
+    return hub_qa_records(name, split or "train")
+
+
+def hub_qa_records(dataset_id: str, split: str = "train") -> list[QARecord]:
+    """QA records of a Hub dataset (through the `datasets` cache, so offline mode works with a warm cache)."""
+    import datasets  # heavy, and only Hub datasets need it: loaded on first use
+
+    rows = datasets.load_dataset(dataset_id, split=split)
+    missing = {"context", "question", "answers"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"The Hub dataset {dataset_id!r} has no column(s) {sorted(missing)}; a QA dataset needs "
+                         f"context, question and answers (e.g. rajpurkar/squad).")
+    records = []
+    for index, row in enumerate(rows):
+        answers = row["answers"]["text"] if isinstance(row["answers"], Mapping) else row["answers"]
+        row = {**row, "id": str(row.get("id") or f"{dataset_id}-{index}"), "source": dataset_id,
+               "title": row.get("title") or dataset_id, "answers": list(answers)}
+        records.append(QARecord.from_dict(row, index=index))
+    return records

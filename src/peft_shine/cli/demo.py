@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
 from peft_shine.demo.engine import DemoEngine
+from peft_shine.shipped import DEFAULT_HUB_REPO
 
 
 def _bool(text: str) -> bool:
@@ -20,7 +22,11 @@ def _bool(text: str) -> bool:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the Gradio demo (context → adapter → chat, compare, download)")
     parser.add_argument("--hypernetwork", default=None,
-                        help="SHINE checkpoint (folder or Hub id); default: the shipped one, else an untrained one")
+                        help="SHINE checkpoint (folder or Hub id); default: --hypernetwork-repo, else the packaged "
+                             "one, else an untrained one")
+    parser.add_argument("--hypernetwork-repo", default=os.environ.get("SHINE_HYPERNETWORK_REPO", DEFAULT_HUB_REPO),
+                        help="Hub repo of the default hypernetwork, resolved through the Hub cache (default: "
+                             "$SHINE_HYPERNETWORK_REPO or %(default)s; 'none' for the packaged copy only)")
     parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base LM for an untrained hypernetwork")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=7860)
@@ -37,8 +43,9 @@ def run(args: argparse.Namespace) -> int:
     # gradio is the optional [demo] extra: imported only when the demo runs
     from peft_shine.demo.app import build_demo, launch_options
 
+    hub_repo = None if args.hypernetwork_repo.lower() == "none" else args.hypernetwork_repo
     engine = DemoEngine(args.hypernetwork, base=args.base, max_new_tokens=args.max_new_tokens,
-                        allow_local_paths=args.allow_local_paths)
+                        allow_local_paths=args.allow_local_paths, hub_repo=hub_repo)
     demo = build_demo(engine)
     print("Loading the hypernetwork and base model (first request) ...", flush=True)
     engine.hypernetwork()

@@ -4,6 +4,7 @@ Examples::
 
     shine push hypernetwork runs/stage2 user/shine-smollm2 --private --card card.yaml
     shine push adapter my-adapter user/my-adapter --hypernetwork-repo user/shine-smollm2 --context-file notes.txt
+    shine push space user/shine-demo                  (the demo/ folder + a wheel of this checkout)
     shine pull user/shine-smollm2 --revision v1 --output shine-smollm2
 
 The token comes from ``HF_TOKEN`` or ``hf auth login`` (there is deliberately no ``--token`` flag: command lines
@@ -21,6 +22,7 @@ from typing import Any
 
 from peft_shine.hub import download, push_adapter_folder, push_hypernetwork_folder
 from peft_shine.hub.cards import eval_rows, hypernetwork_card_fields, render_hypernetwork_card
+from peft_shine.hub.space import push_space
 from peft_shine.io_utils import atomic_write_text, read_mapping
 
 
@@ -49,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     adapter.add_argument("--base-model", default=None,
                          help="base model Hub id for the card (default: adapter_config.json's base_model_name_or_path)")
     adapter.set_defaults(func=run_push_adapter)
+
+    space = kinds.add_parser("space", help="the demo as a Space: the demo/ folder plus a wheel of this checkout")
+    space.add_argument("repo_id", help="Space repo id (user/name); created when missing")
+    space.add_argument("--folder", default="demo", help="the Space folder (default: demo)")
+    space.add_argument("--private", action="store_true", help="create the Space as private")
+    space.add_argument("--message", default=None, help="commit message")
+    space.set_defaults(func=run_push_space)
 
     card = subparsers.add_parser("card", help="write the model card (README.md) of a local hypernetwork folder")
     card.add_argument("folder", help="hypernetwork folder (save_pretrained output); README.md is written there")
@@ -142,4 +151,10 @@ def run_pull(args: argparse.Namespace) -> int:
         print(f"Load it with: AutoShineModel.from_pretrained({str(path)!r})")
     elif kind == "adapter":
         print(f"Load it with: PeftModel.from_pretrained(base_model, {str(path)!r})")
+    return 0
+
+
+def run_push_space(args: argparse.Namespace) -> int:
+    info = push_space(args.folder, args.repo_id, private=args.private or None, commit_message=args.message)
+    print(f"Pushed the Space {args.repo_id}: {info.commit_url}")
     return 0

@@ -62,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     Every failure ends in one line on stderr and exit status 2 (bad data, bad configs, unreadable files, a full
     disk, errors of the libraries underneath); set ``SHINE_TRACEBACK=1`` to see the traceback instead.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "train":  # `shine train` passes them to HfArgumentParser (TrainingArguments)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.training_flags = unknown
     set_verbosity(getattr(args, "verbosity", None))
     try:
         return int(args.func(args) or 0)

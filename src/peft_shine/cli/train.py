@@ -9,7 +9,10 @@ Examples::
 
 ``--config`` takes a JSON or YAML file of `ShineTrainingArguments` fields (any `TrainingArguments` field too) and an
 optional ``model`` mapping of `ShineConfig` fields for a new hypernetwork (e.g. ``lora_rank``). Flags given on the
-command line win over the file. The output folder receives the final hypernetwork, Trainer checkpoints and
+command line win over the file. Every field of `ShineTrainingArguments` and transformers' `TrainingArguments` is also
+a flag, written as the field is named (``--bf16``, ``--deepspeed ds.json``, ``--report_to wandb``,
+``--gradient_checkpointing``, ``--push_to_hub --hub_model_id me/shine``): ``shine train --help-training`` lists them.
+The output folder receives the final hypernetwork, Trainer checkpoints and
 ``loss.png`` (training loss and the held-out losses with the adapter, a wrong-context adapter and no adapter).
 """
 
@@ -54,7 +57,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
                         help="resume from the latest checkpoint in --output, or from the given checkpoint")
+    parser.add_argument("--help-training", action=TrainingHelp, nargs=0,
+                        help="list every TrainingArguments field accepted as a flag, and exit")
     parser.set_defaults(func=run)
+
+
+class TrainingHelp(argparse.Action):
+    """``--help-training``: the help of every `ShineTrainingArguments` field (they are all flags of ``shine train``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        # the training stack (datasets, accelerate) is the optional [train] extra: loaded only when asked for
+        from transformers import HfArgumentParser
+
+        from peft_shine.training.trainer import ShineTrainingArguments
+
+        HfArgumentParser(ShineTrainingArguments, prog="shine train").print_help()
+        parser.exit()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -149,14 +149,15 @@ def example_rows() -> tuple[list[list[str]], list[str]]:
 
 
 def build_demo(engine: DemoEngine | None = None, hypernetwork: str | None = None,
-               max_new_tokens: int = 64, allow_local_paths: bool = False) -> gr.Blocks:
+               max_new_tokens: int = 64, allow_local_paths: bool = False, hub_repo: str | None = None) -> gr.Blocks:
     """The demo `gr.Blocks` (queued, not launched). Models load lazily, on the first page load or request.
 
     Visitors may load server folders only with ``allow_local_paths=True`` (the operator's explicit choice): answers
     to a path would tell them which server paths exist.
     """
     if engine is None:
-        engine = DemoEngine(hypernetwork, max_new_tokens=max_new_tokens, allow_local_paths=allow_local_paths)
+        engine = DemoEngine(hypernetwork, max_new_tokens=max_new_tokens, allow_local_paths=allow_local_paths,
+                            hub_repo=hub_repo)
     handlers = Handlers(engine)
     with gr.Blocks(title="SHINE: context → LoRA adapter", delete_cache=(1800, 3600)) as demo:
         state = gr.State(Session(), delete_callback=engine.release_session)

@@ -32,6 +32,7 @@ from peft_shine.shipped import LoadedHypernetwork, load_hypernetwork
 
 
 DEFAULT_KEY = "default"
+UNTRAINED_LABEL = "untrained (randomly initialised)"
 FOLDER_NAME = "shine-adapter"
 ZIP_NAME = f"{FOLDER_NAME}.zip"
 MAX_UPLOAD_BYTES = 1_000_000
@@ -78,10 +79,12 @@ class DemoEngine:
     """Loads hypernetworks lazily and serves generate / chat / compare / zip / push for many sessions."""
 
     def __init__(self, hypernetwork: str | None = None, base: str = DEFAULT_BASE_MODEL, *, max_new_tokens: int = 64,
-                 max_hypernetworks: int = 2, max_adapters: int = 32, allow_local_paths: bool = False) -> None:
-        """``allow_local_paths``: let visitors load server folders (off by default: the answers would reveal
-        which server paths exist)."""
-        self.default_source, self.base = hypernetwork, base
+                 max_hypernetworks: int = 2, max_adapters: int = 32, allow_local_paths: bool = False,
+                 hub_repo: str | None = None) -> None:
+        """``hypernetwork``: the default hypernetwork (folder or Hub id); without it, ``hub_repo`` (through the Hub
+        cache), else the packaged one, else an untrained one (the app shows a banner). ``allow_local_paths``: let
+        visitors load server folders (off by default: the answers would reveal which server paths exist)."""
+        self.default_source, self.base, self.hub_repo = hypernetwork, base, hub_repo
         self.max_new_tokens, self.max_hypernetworks, self.max_adapters = max_new_tokens, max_hypernetworks, max_adapters
         self.allow_local_paths = allow_local_paths
         self.workdir = Path(tempfile.mkdtemp(prefix="shine-demo-"))
@@ -101,8 +104,9 @@ class DemoEngine:
             return self.hypernetworks[key]
 
     def _load_default(self) -> Hypernetwork:
-        loaded = load_hypernetwork(self.default_source, base_model=self.base)
-        return replace(loaded, label=loaded.label.split(" (")[0])
+        loaded = load_hypernetwork(self.default_source, base_model=self.base, hub_repo=self.hub_repo)
+        label = loaded.label.removeprefix("trained hypernetwork ") if loaded.trained else UNTRAINED_LABEL
+        return replace(loaded, label=label)
 
     def _load(self, source: str, allow_untrained: bool = True) -> Hypernetwork:
         """A SHINE checkpoint (Hub id or folder), or an untrained hypernetwork when ``source`` is a plain LM."""
@@ -111,7 +115,7 @@ class DemoEngine:
         except CheckpointError as error:  # a public Space does not download arbitrary base models for visitors
             raise DemoError(f"{source} is not a SHINE hypernetwork checkpoint.") from error
         label = Path(source).expanduser().name if loaded.hub_id is None and loaded.trained else source
-        return replace(loaded, label=label if loaded.trained else "untrained (randomly initialised)")
+        return replace(loaded, label=label if loaded.trained else UNTRAINED_LABEL)
 
     def load_hypernetwork(self, session: Session, source: str) -> tuple[Session, Hypernetwork]:
         """Switch ``session`` to the hypernetwork at ``source`` (Hub repo id, or a local folder if allowed)."""

@@ -44,6 +44,7 @@ def render_hypernetwork_card(
     m2p_num_layers: int | None = None,
     training: Mapping[str, Any] | None = None,
     eval_results: Sequence[Mapping[str, Any]] | None = None,
+    base_weights: str | None = None,
 ) -> ModelCard:
     """The card of a hypernetwork repo (``library_name: peft-shine``, ``base_model_relation: adapter``).
 
@@ -51,7 +52,10 @@ def render_hypernetwork_card(
         training: optional summary with any of ``stages`` (a list of stage names or of dicts with ``name`` and
             optional ``datasets``, ``steps``, ``description``), ``datasets``, ``steps`` and ``notes``.
         eval_results: optional rows with ``condition``, ``dataset``, ``f1``, ``em`` and ``n`` (plus optional
-            ``dataset_id`` for the Hub dataset id and ``split``); they also become ``model-index`` entries.
+            ``dataset_id`` for the Hub dataset id and ``split``); the ``adapter`` rows (the hypernetwork's own
+            results) also become ``model-index`` entries, the baselines stay in the text table.
+        base_weights: how the base weights the hypernetwork was trained with were obtained, when they are not the
+            Hub repo's own (e.g. de-quantised from a GGUF).
     """
     check_hub_model_id(base_model)
     summary = _training_summary(training)
@@ -75,6 +79,7 @@ def render_hypernetwork_card(
         m2p_num_layers=m2p_num_layers,
         training=summary,
         eval_results=[_formatted_row(row) for row in results],
+        base_weights=base_weights,
     )
 
 

@@ -4,6 +4,7 @@ loader every front end uses: a named checkpoint, else the shipped one, else an u
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +14,14 @@ from transformers import AutoConfig
 from peft_shine.auto import AutoShineModel
 from peft_shine.base_models import DEFAULT_BASE_MODEL, resolve_base_model_path
 from peft_shine.configuration_shine import ShineConfig
-from peft_shine.errors import CheckpointError
+from peft_shine.errors import CheckpointError, ShineError
 from peft_shine.modeling_shine import ShineModel
 
 
 SHIPPED_NAME = "shine-smollm2-135m-instruct"
 SHIPPED_DIR = Path(__file__).resolve().parent / SHIPPED_NAME
+DEFAULT_HUB_REPO = f"peft-shine/{SHIPPED_NAME}"  # where `shine push hypernetwork` publishes the shipped checkpoint
+logger = logging.getLogger(__name__)
 
 
 def shipped_checkpoint() -> Path | None:
@@ -41,10 +44,17 @@ class LoadedHypernetwork:
 
 
 def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: str = DEFAULT_BASE_MODEL,
-                      allow_untrained: bool = True) -> LoadedHypernetwork:
-    """Load ``source`` (a SHINE checkpoint folder or Hub id); without one, the shipped default; without that, an
-    untrained hypernetwork for ``base_model``. A ``source`` that is a plain causal LM gives an untrained
-    hypernetwork for it when ``allow_untrained`` (else a `CheckpointError`). The label says which it is."""
+                      allow_untrained: bool = True, hub_repo: str | None = None) -> LoadedHypernetwork:
+    """Load ``source`` (a SHINE checkpoint folder or Hub id); without one, ``hub_repo`` (through the Hub cache)
+    if given and reachable, else the shipped default; without that, an untrained hypernetwork for
+    ``base_model``. A ``source`` that is a plain causal LM gives an untrained hypernetwork for it when
+    ``allow_untrained`` (else a `CheckpointError`). The label says which it is."""
+    if source is None and hub_repo:
+        try:
+            return LoadedHypernetwork(AutoShineModel.from_pretrained(hub_repo), f"trained hypernetwork {hub_repo}",
+                                      trained=True, hub_id=hub_repo)
+        except (ShineError, OSError) as error:  # unreachable Hub, missing repo: the packaged copy still works
+            logger.warning("Could not load %s (%s); using the packaged hypernetwork instead.", hub_repo, error)
     if source is None:
         shipped = shipped_checkpoint()
         if shipped is not None:

@@ -48,7 +48,16 @@ def training_arguments(args: argparse.Namespace, config: dict[str, Any]):
     # YAML reads "5e-5" (no dot) as a string: convert strings given for float-valued fields
     floats = {f.name for f in dataclasses.fields(ShineTrainingArguments) if isinstance(f.default, float)}
     values = {k: float(v) if k in floats and isinstance(v, str) else v for k, v in values.items()}
-    (parsed,) = HfArgumentParser(ShineTrainingArguments).parse_dict(values)
+    (parsed,) = HfArgumentParser(ShineTrainingArguments).parse_dict(values)  # unknown fields are refused here
+    extra = list(getattr(args, "training_flags", None) or [])
+    if not extra:
+        return parsed
+    parser = HfArgumentParser(ShineTrainingArguments)
+    parser.set_defaults(**values)  # the defaults and the config file, under the flags
+    parsed, remaining = parser.parse_args_into_dataclasses(args=extra, return_remaining_strings=True)
+    if remaining:
+        raise ValueError(f"Unknown training flag(s) {remaining}: see `shine train --help` and `shine train "
+                         f"--help-training` for every TrainingArguments field.")
     return parsed
 
 
