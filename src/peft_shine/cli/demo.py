@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.options import add_device_options, placement_from_args
 from peft_shine.demo.engine import DemoEngine
 
 
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="let visitors load hypernetwork folders of this server by path (off by default: the "
                              "answers tell visitors which server paths exist; never with --share)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    add_device_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from peft_shine.demo.app import build_demo, launch_options
 
     engine = DemoEngine(args.hypernetwork, base=args.base, max_new_tokens=args.max_new_tokens,
-                        allow_local_paths=args.allow_local_paths)
+                        allow_local_paths=args.allow_local_paths,
+                        base_options=placement_from_args(args).base_options())
     demo = build_demo(engine)
     print("Loading the hypernetwork and base model (first request) ...", flush=True)
     engine.hypernetwork()

@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.options import add_device_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
                         help="resume from the latest checkpoint in --output, or from the given checkpoint")
+    add_device_options(parser)  # train: cpu or cuda (accelerate gives each process its GPU); --dtype: the base's
     parser.set_defaults(func=run)
 
 
