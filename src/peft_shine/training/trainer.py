@@ -345,7 +345,8 @@ class ShineTrainer(ShineHubMixin, Trainer):
         was_training = shine.training
         shine.eval()
         totals = torch.zeros(3, 3, dtype=torch.float64, device=self.args.device)
-        has_teacher = "teacher_topk_ids" in dataset.column_names
+        columns = getattr(dataset, "column_names", None) or list(dataset[0])  # a `datasets.Dataset` or a list
+        has_teacher = "teacher_topk_ids" in columns
         for batch in self.get_eval_dataloader(dataset):
             totals += held_out_losses(shine, self._prepare_inputs(batch), self.args.eval_controls).to(totals.device)
         totals = self.accelerator.reduce(totals, reduction="sum")
