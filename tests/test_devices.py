@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch.overrides import TorchFunctionMode
 
 from peft_shine import AutoShineModel, ShineModel, base_models
-from peft_shine.cli import build_parser
+from peft_shine.cli import build_parser, main
 from peft_shine.loading import (
     CONFIG_FIELDS,
     Placement,
@@ -249,6 +249,12 @@ def test_every_model_command_takes_device_and_dtype():
                     ["train", "--stage", "pretrain", "--data", "d", "--output", "o"]):
         args = parser.parse_args([*command, "--device", "cpu", "--dtype", "bfloat16"])
         assert (args.device, args.dtype) == ("cpu", "bfloat16"), command
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_command_asked_for_cuda_without_one_fails_in_one_line(tmp_path, capsys):
+    assert main(["quickstart", "--device", "cuda", "--output", str(tmp_path / "adapter")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_placement_defaults_and_refusals():

@@ -9,7 +9,7 @@ import torch
 from torch.nn.functional import cosine_similarity
 
 from peft_shine import ShineModel
-from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
+from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, encode_conversation
 from peft_shine.training.trainer import ShineTrainer, ShineTrainingArguments
 from tiny_models import make_char_tokenizer, make_tiny_lm
 
@@ -41,11 +41,17 @@ def test_bf16_adapter_on_cuda_matches_fp32():
     torch.testing.assert_close(logits[1], logits[0], atol=0.1, rtol=0.05)
 
 
-def word_dataset(count: int = 16):
+def word_dataset(count: int = 16) -> list[dict]:
+    """Reconstruction examples as plain lists (the GPU machine may not have ``datasets``)."""
+    tokenizer = make_char_tokenizer()
     words = [f"{chr(97 + i % 4)}{chr(97 + i // 4 % 4)}{chr(97 + i // 16 % 4)}" for i in range(count)]
-    examples = [{"context": w, "messages": [{"role": "user", "content": RECONSTRUCTION_INSTRUCTION},
-                                            {"role": "assistant", "content": w}]} for w in words]
-    return tokenize_examples(examples, make_char_tokenizer(), 32, 64)
+    examples = []
+    for word in words:
+        messages = [{"role": "user", "content": RECONSTRUCTION_INSTRUCTION}, {"role": "assistant", "content": word}]
+        input_ids, labels, _ = encode_conversation(tokenizer, messages, 64)
+        examples.append({"context_input_ids": tokenizer(word, add_special_tokens=False)["input_ids"],
+                         "input_ids": input_ids, "labels": labels})
+    return examples
 
 
 def test_bf16_training_step_on_cuda_with_bounded_peak_memory(tmp_path):
