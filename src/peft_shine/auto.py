@@ -47,6 +47,10 @@ class AutoShineModel:
         offline mode (``HF_HUB_OFFLINE=1``) is served from the cache, and ``model.hub_origin`` records the repo id,
         revision and commit (`peft_shine.hub.push_adapter` writes them into adapter cards). A missing repo, a
         refused token or a cold cache offline raise a `peft_shine.hub.HubError` that says what to do.
+
+        The base-model options ``dtype``, ``device_map``, ``token``, ``cache_dir``, ``attn_implementation`` reach the
+        base LM; ``hypernetwork_dtype`` (fp32 by default) is the hypernetwork's; any other keyword raises `TypeError`
+        (see `peft_shine.loading`).
         """
         name_or_path = os.fspath(name_or_path)
         source = resolve_base_model_path(name_or_path, revision)
@@ -55,7 +59,8 @@ class AutoShineModel:
 
             pinned = resolve_hub_revision(source, revision, token=kwargs.get("token"))
             origin = hub_origin(source, pinned)
-        config = AutoConfig.from_pretrained(source, revision=pinned, token=kwargs.get("token"))
+        config = AutoConfig.from_pretrained(source, revision=pinned, token=kwargs.get("token"),
+                                            cache_dir=kwargs.get("cache_dir"))
         model_class = _MODEL_CLASSES.get(config.model_type)
         if model_class is None:
             if not allow_untrained:

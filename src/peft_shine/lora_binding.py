@@ -40,9 +40,12 @@ class LoraWeights:
         return self.pairs[0][0].shape[0]
 
     def delta(self, layer: int, module: int, x: torch.Tensor) -> torch.Tensor:
-        """The LoRA contribution for input ``x (batch, ..., in)`` of one module of one layer."""
+        """The LoRA contribution for input ``x (batch, ..., in)`` of one module of one layer, computed on ``x``'s
+        device and in its dtype (a base spread over devices by a ``device_map`` gets each layer's factors where
+        that layer runs; gradients flow back to the hypernetwork's device)."""
         a, b = self.pairs[module]
-        a, b = a[:, layer].to(x.dtype), b[:, layer].to(x.dtype)
+        a = a[:, layer].to(device=x.device, dtype=x.dtype)
+        b = b[:, layer].to(device=x.device, dtype=x.dtype)
         if a.shape[0] == 1:
             return (x @ a[0]).mul_(self.scale) @ b[0]
         batch = x.shape[0]
@@ -113,3 +116,9 @@ def capture_layer_outputs(layers: nn.ModuleList, last_positions: int) -> Iterato
     finally:
         for handle in handles:
             handle.remove()
+
+
+def stack_layer_states(states: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Stack the per-layer ``(batch, slots, hidden)`` captures into ``(batch, layers, slots, hidden)`` on one
+    ``device`` in ``dtype`` (the layers of a base spread by a ``device_map`` leave them on different devices)."""
+    return torch.stack([state.to(device=device, dtype=dtype) for state in states], dim=1)

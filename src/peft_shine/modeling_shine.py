@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,29 +21,27 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from peft_shine.adapter_store import all_adapters_disabled, weights_fingerprint
 from peft_shine.adapters import AdapterGenerationMixin
-from peft_shine.base_models import load_base_model as load_base
-from peft_shine.base_models import progress_bars_off, renamed_argument
-from peft_shine.checkpoints import load_checkpoint_safely
+from peft_shine.base_models import renamed_argument
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.errors import BaseModelMismatchError
 from peft_shine.hub.push import push_hypernetwork
 from peft_shine.hub.revisions import HubOrigin
 from peft_shine.io_utils import staged_files
 from peft_shine.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
-from peft_shine.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs
+from peft_shine.loading import ShineLoadingMixin, check_plain_base, check_tokenizer, first_device, place_hypernetwork
+from peft_shine.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
 from peft_shine.losses import teacher_kl, weighted_answer_loss
 from peft_shine.m2p import M2PTransformer
 from peft_shine.save_targets import check_hypernetwork_folder
 
 
 BASE_PREFIX = "base_lm."
-
 
 
 @dataclass
@@ -58,10 +55,11 @@ class ShineOutput(ModelOutput):
     kd_sum: torch.Tensor | None = None
 
 
-class ShineModel(AdapterGenerationMixin, PreTrainedModel):
+class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
     """SHINE hypernetwork: turns a context into a LoRA adapter for a frozen causal LM in one forward pass.
 
-    User-facing adapter generation (`generate_adapter`, `save_adapter`) comes from `AdapterGenerationMixin`.
+    User-facing adapter generation (`generate_adapter`, `save_adapter`) comes from `AdapterGenerationMixin`; loading
+    (`from_pretrained`, `from_base_model`: which keyword reaches the base LM) from `ShineLoadingMixin`.
     """
 
     config_class = ShineConfig
@@ -69,7 +67,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     accepts_loss_kwargs = True
-    _no_split_modules: list[str] = []
+    _no_split_modules: set[str] | list[str] = []  # replaced by the attached base's own list (FSDP auto-wrap, device maps)
 
     def __init__(self, config: ShineConfig) -> None:
         super().__init__(config)
@@ -127,12 +125,13 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         return self._modules["base_lm"]
 
     def attach_base_model(self, base_model: PreTrainedModel | None = None,
-                          tokenizer: PreTrainedTokenizerBase | None = None, **deprecated: Any):
-        """Attach (by reference, never copied) and freeze the base LM; check it matches this hypernetwork.
+                          tokenizer: PreTrainedTokenizerBase | None = None,
+                          hypernetwork_dtype: torch.dtype | None = None, **deprecated: Any):
+        """Attach (by reference, never copied) and freeze the base LM; check it matches this hypernetwork. The
+        hypernetwork moves to the base's first device (``hypernetwork_dtype``: also cast; ``None`` keeps its dtype).
         (``base_lm=`` is the deprecated name of ``base_model``.)"""
         base_lm = renamed_argument(base_model, deprecated, "base_lm", "base_model", "attach_base_model")
-        if isinstance(base_lm, PeftModel):
-            raise TypeError("Pass the plain causal LM, not a PeftModel (use peft_model.get_base_model()).")
+        check_plain_base(base_lm)
         found = ShineConfig.from_base_model(base_lm, target_modules=self.config.target_modules,
                                             lora_rank=self.config.lora_rank)
         if found.base_fingerprint != self.config.base_fingerprint:
@@ -143,7 +142,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
                 f"{found.hidden_size}, {found.num_base_layers} layers, shapes {found.module_shapes}. Load the base "
                 f"model named in the config (or pass base_model=None to load it automatically)."
             )
-        _check_tokenizer(tokenizer, base_lm)
+        check_tokenizer(tokenizer, base_lm)
         if self._binder is not None:
             self._binder.remove()
         base_lm.requires_grad_(False)
@@ -153,9 +152,8 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         self._adapter_config = None  # derived from the new base on first use
         self._binder = LoraBinder(target_layer_modules(base_lm, self.config.module_specs))
         self._base_weights = weights_fingerprint(self._fingerprint_modules())
-        device = next(base_lm.parameters()).device
-        for tensor in self.hypernetwork_parameters():
-            tensor.data = tensor.data.to(device)
+        self._no_split_modules = set(getattr(base_lm, "_no_split_modules", None) or ())
+        place_hypernetwork(self.hypernetwork_parameters(), first_device(base_lm), hypernetwork_dtype)
         return self
 
     def hypernetwork_parameters(self) -> list[nn.Parameter]:
@@ -182,7 +180,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
                 capture_layer_outputs(layers, slots) as states:
             base.base_model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
                             use_cache=False)
-        return torch.stack(states, dim=1).to(self.memory_slots.dtype)
+        return stack_layer_states(states, self.memory_slots.device, self.memory_slots.dtype)
 
     def encoder_inputs(self, context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor | None = None):
         """Pass-1 inputs: ``[context embeddings ; memory slots]``, the extended mask and position ids that count
@@ -191,7 +189,7 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         if context_attention_mask is None:
             context_attention_mask = torch.ones_like(context_input_ids)
         embeds = self.base_lm.get_input_embeddings()(context_input_ids)
-        memory = self.memory_slots.to(embeds.dtype)[None].expand(batch, -1, -1)
+        memory = self.memory_slots.to(device=embeds.device, dtype=embeds.dtype)[None].expand(batch, -1, -1)
         inputs_embeds = torch.cat([embeds, memory], dim=1)
         mask = torch.cat([context_attention_mask, context_attention_mask.new_ones(batch, slots)], dim=1)
         return inputs_embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
@@ -222,7 +220,8 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         with self.apply_lora(lora) as base:
             logits = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False, logits_to_keep=keep).logits
-        return logits.reshape(-1, logits.shape[-1]), labels[:, 1:][keep[:, :-1]], keep
+        targets = labels[:, 1:][keep[:, :-1]].to(logits.device)  # the lm_head may sit on another device
+        return logits.reshape(-1, logits.shape[-1]), targets, keep.to(logits.device)
 
     def forward(
         self,
@@ -254,7 +253,8 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
         count = targets.new_tensor(targets.numel())
         kd = None
         if loss_weights[1]:
-            kd = teacher_kl(logits, targets, teacher_topk_ids, teacher_topk_logprobs)
+            kd = teacher_kl(logits, targets, *(None if t is None else t.to(logits.device)
+                                               for t in (teacher_topk_ids, teacher_topk_logprobs)))
         loss = weighted_answer_loss(ce, kd, keep.nonzero()[:, 0], labels.shape[0], loss_weights, num_items_in_batch)
         return ShineOutput(loss=loss, num_label_tokens=count, ce_sum=ce.detach().sum(),
                            kd_sum=None if kd is None else kd.detach().sum())
@@ -322,45 +322,6 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
                                f"unexpected {result.unexpected_keys}.")
         return result
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, base_model: PreTrainedModel | None = None,
-                        tokenizer: PreTrainedTokenizerBase | None = None, load_base_model: bool = True,
-                        allow_pickle: bool = False, **kwargs) -> ShineModel:
-        """Load a hypernetwork and attach its base LM: ``base_model`` if given, else the one named in the config
-        (the embedded SmolLM2 default is resolved offline).
-
-        Only safetensors weights are read; pickle-based files (``.bin``, ``.pt``) are refused unless
-        ``allow_pickle=True`` (they can run code when unpickled: only for files you trust). A truncated or
-        corrupted checkpoint raises `CheckpointError` and no model is returned.
-        """
-        with progress_bars_off():  # a few MB of hypernetwork weights: no bar (the base's own load keeps one)
-            model = load_checkpoint_safely(super().from_pretrained, pretrained_model_name_or_path, args, kwargs,
-                                           allow_pickle=allow_pickle)
-        if base_model is None and load_base_model:
-            base_model, loaded_tokenizer = load_base(model.config.base_model_name_or_path,
-                                                     revision=model.config.base_model_revision)
-            tokenizer = tokenizer or loaded_tokenizer
-        if base_model is not None:
-            model.attach_base_model(base_model, tokenizer or _tokenizer_for(base_model))
-        return model.eval()
-
-    @classmethod
-    def from_base_model(cls, base_model: str | PreTrainedModel | None = None,
-                        tokenizer: PreTrainedTokenizerBase | None = None, target_modules: Sequence[str] | None = None,
-                        revision: str | None = None, seed: int = 0, **config_overrides: Any) -> ShineModel:
-        """A fresh (untrained) hypernetwork for any supported causal LM: a loaded model or a Hub id / path.
-        (``base=`` is the deprecated name of ``base_model``.)"""
-        base = renamed_argument(base_model, config_overrides, "base", "base_model", "from_base_model")
-        if isinstance(base, str):
-            base, loaded_tokenizer = load_base(base, revision=revision)
-            tokenizer = tokenizer or loaded_tokenizer
-        config = ShineConfig.from_base_model(base, target_modules=list(target_modules or []) or None,
-                                             revision=revision, **config_overrides)
-        torch.manual_seed(seed)
-        model = cls(config).attach_base_model(base, tokenizer)
-        model.init_memory_from_embeddings(seed)
-        return model.eval()
-
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
                     commit_message: str | None = None, commit_description: str | None = None,
                     token: bool | str | None = None, create_pr: bool = False,
@@ -377,22 +338,3 @@ class ShineModel(AdapterGenerationMixin, PreTrainedModel):
                                  commit_description=commit_description, token=token, create_pr=create_pr)
 
 
-
-def _check_tokenizer(tokenizer: PreTrainedTokenizerBase | None, base_lm: PreTrainedModel) -> None:
-    """A tokenizer whose ids do not fit the base's embedding matrix would index garbage or crash later."""
-    if tokenizer is None:
-        return
-    rows = base_lm.get_input_embeddings().weight.shape[0]
-    if len(tokenizer) > rows:
-        raise BaseModelMismatchError(
-            f"The tokenizer has {len(tokenizer)} tokens but the base model's embedding matrix has {rows} rows: it "
-            f"belongs to another model. Pass the tokenizer saved with {base_lm.config.name_or_path!r}."
-        )
-
-
-def _tokenizer_for(base_model: PreTrainedModel) -> PreTrainedTokenizerBase | None:
-    """Best effort: the tokenizer saved next to a base model loaded from a folder or the Hub."""
-    try:
-        return AutoTokenizer.from_pretrained(base_model.config.name_or_path)
-    except (OSError, ValueError):
-        return None

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.options import add_device_options, placement_from_args
 from peft_shine.contexts import as_context_list
 from peft_shine.prompting import build_prompt, compare_answers, generate_answers
 from peft_shine.qa_data import load_sample_context
@@ -47,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="write the adapter files into a non-empty --save-adapter folder, keeping its other files")
     parser.add_argument("--truncate", action="store_true", help="keep the first max_context_length context tokens")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    add_device_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     as_context_list(context)  # empty or invalid text fails here, before any model is loaded
     if args.save_adapter:  # refuse a target that must not be written before any work
         write_mode(args.save_adapter, overwrite=args.overwrite)
-    loaded = load_hypernetwork(args.hypernetwork, base_model=args.base)
+    placement = placement_from_args(args)
+    loaded = load_hypernetwork(args.hypernetwork, base_model=args.base, **placement.base_options())
     shine, label = loaded.model, loaded.label
     tokens = len(shine.tokenizer(context, add_special_tokens=False).input_ids)
     print(f"Loaded {label}. Context: {origin}, {tokens} tokens.")

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.options import add_device_options, placement_from_args
 from peft_shine.demo.engine import DemoEngine
 from peft_shine.shipped import DEFAULT_HUB_REPO
 
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="let visitors load hypernetwork folders of this server by path (off by default: the "
                              "answers tell visitors which server paths exist; never with --share)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    add_device_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     hub_repo = None if args.hypernetwork_repo.lower() == "none" else args.hypernetwork_repo
     engine = DemoEngine(args.hypernetwork, base=args.base, max_new_tokens=args.max_new_tokens,
-                        allow_local_paths=args.allow_local_paths, hub_repo=hub_repo)
+                        allow_local_paths=args.allow_local_paths, hub_repo=hub_repo,
+                        base_options=placement_from_args(args).base_options())
     demo = build_demo(engine)
     print("Loading the hypernetwork and base model (first request) ...", flush=True)
     engine.hypernetwork()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.options import add_device_options, placement_from_args
 from peft_shine.evaluation import SFTConfig, group_contexts, load_qa_records, resolve_conditions, run_evaluation
 from peft_shine.evaluation.conditions import (
     CONDITIONS,
@@ -53,20 +55,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--truncate-contexts", action="store_true",
                         help="generate adapters from the first max_context_length tokens of longer contexts")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_options(parser)
     parser.set_defaults(func=run)
 
 
-def load_for_eval(hypernetwork: str | None, base: str):
-    """The hypernetwork to evaluate and a label for the report; ``"none"`` means a fresh, untrained one."""
+def load_for_eval(hypernetwork: str | None, base: str, **base_options: Any):
+    """The hypernetwork to evaluate and a label for the report; ``"none"`` means a fresh, untrained one.
+    ``base_options`` (``dtype``, ``device_map``) reach the base LM."""
     untrained = hypernetwork is not None and hypernetwork.lower() == "none"
-    loaded = load_hypernetwork(base if untrained else hypernetwork, base_model=base)
+    loaded = load_hypernetwork(base if untrained else hypernetwork, base_model=base, **base_options)
     return loaded.model, loaded.label
 
 
 def run(args: argparse.Namespace) -> int:
     conditions = resolve_conditions(args.conditions)
     started = time.perf_counter()
-    shine, label = load_for_eval(args.hypernetwork, args.base)
+    shine, label = load_for_eval(args.hypernetwork, args.base, **placement_from_args(args).base_options())
     print(f"Loaded {label} for {shine.config.base_model_name_or_path} in {time.perf_counter() - started:.1f} s")
     records = load_qa_records(args.data, split=args.split, limit=args.limit, seed=args.seed)
     if args.group_tokens > 0:

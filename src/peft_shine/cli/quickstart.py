@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.options import add_device_options, placement_from_args
 from peft_shine.evaluation.metrics import score_generation
 from peft_shine.prompting import COMPARISON, compare_answers
 from peft_shine.qa_data import load_sample_context
@@ -25,13 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="write the adapter files into a non-empty --output folder, keeping its other files")
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    add_device_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     write_mode(args.output, overwrite=args.overwrite)  # refuse a target that must not be written before any work
     started = time.perf_counter()
-    loaded = load_hypernetwork(args.hypernetwork, base_model=args.base)
+    placement = placement_from_args(args)
+    loaded = load_hypernetwork(args.hypernetwork, base_model=args.base, **placement.base_options())
     shine, label = loaded.model, loaded.label
     print(f"Loaded {label} for {shine.config.base_model_name_or_path} in {time.perf_counter() - started:.1f} s")
     records = load_sample_context()

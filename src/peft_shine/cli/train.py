@@ -21,7 +21,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
 from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.options import add_device_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="resume from the latest checkpoint in --output, or from the given checkpoint")
     parser.add_argument("--help-training", action=TrainingHelp, nargs=0,
                         help="list every TrainingArguments field accepted as a flag, and exit")
+    add_device_options(parser)  # train: cpu or cuda (accelerate gives each process its GPU); --dtype: the base's
     parser.set_defaults(func=run)
 
 
@@ -67,8 +71,6 @@ class TrainingHelp(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         # the training stack (datasets, accelerate) is the optional [train] extra: loaded only when asked for
-        from transformers import HfArgumentParser
-
         from peft_shine.training.trainer import ShineTrainingArguments
 
         HfArgumentParser(ShineTrainingArguments, prog="shine train").print_help()

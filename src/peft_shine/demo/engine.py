@@ -80,13 +80,15 @@ class DemoEngine:
 
     def __init__(self, hypernetwork: str | None = None, base: str = DEFAULT_BASE_MODEL, *, max_new_tokens: int = 64,
                  max_hypernetworks: int = 2, max_adapters: int = 32, allow_local_paths: bool = False,
-                 hub_repo: str | None = None) -> None:
+                 hub_repo: str | None = None, base_options: dict[str, Any] | None = None) -> None:
         """``hypernetwork``: the default hypernetwork (folder or Hub id); without it, ``hub_repo`` (through the Hub
         cache), else the packaged one, else an untrained one (the app shows a banner). ``allow_local_paths``: let
-        visitors load server folders (off by default: the answers would reveal which server paths exist)."""
+        visitors load server folders (off by default: the answers would reveal which server paths exist).
+        ``base_options`` (``dtype``, ``device_map``) reach every base LM loaded."""
         self.default_source, self.base, self.hub_repo = hypernetwork, base, hub_repo
         self.max_new_tokens, self.max_hypernetworks, self.max_adapters = max_new_tokens, max_hypernetworks, max_adapters
         self.allow_local_paths = allow_local_paths
+        self.base_options = dict(base_options or {})
         self.workdir = Path(tempfile.mkdtemp(prefix="shine-demo-"))
         self.hypernetworks: dict[str, Hypernetwork] = {}  # least recently used first
         self.adapters: dict[str, Adapter] = {}  # least recently used first
@@ -104,14 +106,16 @@ class DemoEngine:
             return self.hypernetworks[key]
 
     def _load_default(self) -> Hypernetwork:
-        loaded = load_hypernetwork(self.default_source, base_model=self.base, hub_repo=self.hub_repo)
+        loaded = load_hypernetwork(self.default_source, base_model=self.base, hub_repo=self.hub_repo,
+                                   **self.base_options)
         label = loaded.label.removeprefix("trained hypernetwork ") if loaded.trained else UNTRAINED_LABEL
         return replace(loaded, label=label)
 
     def _load(self, source: str, allow_untrained: bool = True) -> Hypernetwork:
         """A SHINE checkpoint (Hub id or folder), or an untrained hypernetwork when ``source`` is a plain LM."""
         try:
-            loaded = load_hypernetwork(source, base_model=self.base, allow_untrained=allow_untrained)
+            loaded = load_hypernetwork(source, base_model=self.base, allow_untrained=allow_untrained,
+                                       **self.base_options)
         except CheckpointError as error:  # a public Space does not download arbitrary base models for visitors
             raise DemoError(f"{source} is not a SHINE hypernetwork checkpoint.") from error
         label = Path(source).expanduser().name if loaded.hub_id is None and loaded.trained else source

@@ -8,6 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoConfig
 
@@ -44,21 +45,23 @@ class LoadedHypernetwork:
 
 
 def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: str = DEFAULT_BASE_MODEL,
-                      allow_untrained: bool = True, hub_repo: str | None = None) -> LoadedHypernetwork:
+                      allow_untrained: bool = True, hub_repo: str | None = None,
+                      **base_options: Any) -> LoadedHypernetwork:
     """Load ``source`` (a SHINE checkpoint folder or Hub id); without one, ``hub_repo`` (through the Hub cache)
     if given and reachable, else the shipped default; without that, an untrained hypernetwork for
     ``base_model``. A ``source`` that is a plain causal LM gives an untrained hypernetwork for it when
-    ``allow_untrained`` (else a `CheckpointError`). The label says which it is."""
+    ``allow_untrained`` (else a `CheckpointError`). The label says which it is. ``base_options`` (``dtype``,
+    ``device_map``, ...) reach the base LM (see `peft_shine.loading`)."""
     if source is None and hub_repo:
         try:
-            return LoadedHypernetwork(AutoShineModel.from_pretrained(hub_repo), f"trained hypernetwork {hub_repo}",
-                                      trained=True, hub_id=hub_repo)
+            return LoadedHypernetwork(AutoShineModel.from_pretrained(hub_repo, **base_options),
+                                      f"trained hypernetwork {hub_repo}", trained=True, hub_id=hub_repo)
         except (ShineError, OSError) as error:  # unreachable Hub, missing repo: the packaged copy still works
             logger.warning("Could not load %s (%s); using the packaged hypernetwork instead.", hub_repo, error)
     if source is None:
         shipped = shipped_checkpoint()
         if shipped is not None:
-            return LoadedHypernetwork(AutoShineModel.from_pretrained(str(shipped)),
+            return LoadedHypernetwork(AutoShineModel.from_pretrained(str(shipped), **base_options),
                                       f"trained hypernetwork {shipped.name}", trained=True)
     else:
         source = str(source)
@@ -66,11 +69,11 @@ def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: st
         config = AutoConfig.from_pretrained(resolve_base_model_path(source))
         if config.model_type == ShineConfig.model_type:
             hub_id = None if local.is_dir() else source
-            return LoadedHypernetwork(AutoShineModel.from_pretrained(source), f"trained hypernetwork {local.name}",
+            return LoadedHypernetwork(AutoShineModel.from_pretrained(source, **base_options), f"trained hypernetwork {local.name}",
                                       trained=True, hub_id=hub_id)
         if not allow_untrained:
             raise CheckpointError(f"{source} is a {config.model_type} model, not a SHINE hypernetwork checkpoint.")
         base_model = source
-    model = ShineModel.from_base_model(base_model)
+    model = ShineModel.from_base_model(base_model, **base_options)
     return LoadedHypernetwork(model, f"UNTRAINED hypernetwork for {base_model} (randomly initialised: adapters "
                                      f"carry nothing of their context)", trained=False)

@@ -19,6 +19,7 @@ from transformers.trainer_utils import IntervalStrategy
 from peft_shine.base_models import load_base_model
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.io_utils import read_mapping
+from peft_shine.loading import FP32, Placement, resolve_placement
 from peft_shine.modeling_shine import ShineModel
 from peft_shine.qa_data import QARecord, bundled_path, held_out_split, load_qa_source
 from peft_shine.training.data import texts_from_column
@@ -38,10 +39,13 @@ DEFAULTS: dict[str, Any] = {
 LEARNING_RATES = {"pretrain": 5e-5, "instruct": 3e-5}
 
 
-def training_arguments(args: argparse.Namespace, config: dict[str, Any]):
-    """`ShineTrainingArguments` from the defaults, the config file and the command line, in rising priority."""
+def training_arguments(args: argparse.Namespace, config: dict[str, Any], placement: Placement | None = None):
+    """`ShineTrainingArguments` from the defaults, the config file and the command line, in rising priority.
+    A CPU ``placement`` sets ``use_cpu``."""
     values = {**DEFAULTS, "learning_rate": LEARNING_RATES[args.stage], **config, "stage": args.stage,
               "output_dir": args.output}
+    if placement is not None and placement.device == "cpu":
+        values["use_cpu"] = True
     flags = {"init_from": args.init_from, "max_steps": args.max_steps, "seed": args.seed,
              "objective": getattr(args, "objective", None), "teacher_answers": getattr(args, "teacher_answers", None)}
     values.update({key: value for key, value in flags.items() if value is not None})
@@ -122,10 +126,23 @@ def train_and_eval_data(args: argparse.Namespace, training) -> tuple[list, list]
     return shuffled[cut:], shuffled[:cut]
 
 
-def build_model(base: str, training, model_config: dict[str, Any]):
+def training_placement(args: argparse.Namespace, config: dict[str, Any]) -> Placement:
+    """Where the base LM trains: ``--device`` cpu or cuda (each process of ``accelerate launch`` gets its own GPU,
+    so ``cuda:N`` and ``auto-map`` are refused), ``--dtype`` (``auto``: bf16 on a bf16 GPU or when the config sets
+    ``bf16: true``)."""
+    placement = resolve_placement(getattr(args, "device", "auto"), getattr(args, "dtype", "auto"),
+                                  prefer_bf16=str(config.get("bf16", "")).lower() == "true")
+    if placement.device not in ("cpu", "cuda"):
+        raise ValueError(f"shine train --device {placement.device}: use cpu or cuda (accelerate launch places one "
+                         f"process per GPU).")
+    return placement
+
+
+def build_model(base: str, training, model_config: dict[str, Any], placement: Placement | None = None):
     """A fresh hypernetwork for ``base`` (or one shaped like the ``init_from`` checkpoint, whose weights the
-    trainer then loads)."""
-    base_lm, tokenizer = load_base_model(base)
+    trainer then loads). The base is loaded in ``placement.dtype`` (frozen; the Trainer moves it to its device);
+    the hypernetwork's master weights stay fp32."""
+    base_lm, tokenizer = load_base_model(base, dtype=(placement or Placement("cpu", FP32)).dtype)
     lengths = {"max_context_length": training.max_context_length,
                "max_conversation_length": training.max_conversation_length}
     if training.init_from:  # same shapes as the checkpoint; the lengths of this stage (they shape no weight)
@@ -137,8 +154,9 @@ def build_model(base: str, training, model_config: dict[str, Any]):
 def train(args: argparse.Namespace):
     """Run ``shine train`` and return the finished `ShineTrainer` (final model saved in ``--output``)."""
     config = read_mapping(args.config)
-    training = training_arguments(args, {k: v for k, v in config.items() if k != "model"})
-    shine = build_model(args.base, training, config.get("model", {}))
+    placement = training_placement(args, config)
+    training = training_arguments(args, {k: v for k, v in config.items() if k != "model"}, placement)
+    shine = build_model(args.base, training, config.get("model", {}), placement)
     train_data, eval_data = train_and_eval_data(args, training)
     with training.main_process_first(desc="building the datasets"):  # rank 0 fills the teacher caches first
         train_set = build_dataset(training, shine.tokenizer, train_data, teacher=shine)

@@ -7,10 +7,14 @@ checkpoints, resume, logging — is the stock loop):
   tokenised dataset with the arguments' lengths and ratios, batched by `ShineDataCollator`;
 * the loss: `ShineModel.forward` divides its summed loss by ``num_items_in_batch``, so gradient accumulation and
   multi-process runs weight every labelled token equally;
-* non-finite steps: a micro-batch whose loss is NaN/Inf back-propagates NaN instead (so the usual gradient
-  all-reduce marks the step on every rank), and an optimizer pre-step hook drops the gradients of any step whose
-  gradient norm is not finite, so **no parameter, moment or weight-decay update is applied**; both are counted
-  (``nonfinite_losses``, ``skipped_steps`` in the training logs). The learning-rate schedule still advances;
+* non-finite steps: a micro-batch whose loss is NaN/Inf back-propagates NaN instead (the loss is multiplied by
+  NaN on the device: no host sync per micro-batch), and an optimizer pre-step hook skips any step whose gradient
+  norm is not finite, so **no parameter, moment or weight-decay update is applied**. The decision is one flag,
+  all-reduced (max) over the ranks when distributed, so every rank of DDP, FSDP or ZeRO (whose gradient shards
+  differ) skips the same steps. A fused AdamW (``adamw_torch_fused``, the default optimizer on recent torch) skips
+  on the device through its ``found_inf`` input (no host sync at all); any other optimizer reads the flag once per
+  optimizer step and drops the gradients. Both are counted (``nonfinite_losses``, ``skipped_steps`` in the
+  training logs, read only when logging). The learning-rate schedule still advances;
 * evaluation: held-out loss with the generated adapter (``eval_loss``), with no adapter
   (``eval_loss_no_adapter``) and with the adapter generated from a *different* context of the batch
   (``eval_loss_wrong_context``; the context batch rolled by one). The gap between the last and the first is the
@@ -159,6 +163,16 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
                                peft_disabled=teacher._peft_disabled)
 
 
+def nonfinite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor on the gradients' device: whether their total norm is NaN/Inf on **any** rank (a max
+    all-reduce when `torch.distributed` is initialised with several ranks; no host sync)."""
+    bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).to(torch.float32)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bad > 0
+
+
 def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None:
     """Copy a saved hypernetwork's weights (a `save_pretrained` or Trainer checkpoint folder) into ``model``.
 
@@ -252,8 +266,18 @@ class ShineTrainer(ShineHubMixin, Trainer):
             load_hypernetwork_weights(model, args.init_from)
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
                          **kwargs)
-        self.nonfinite_losses = 0
-        self.skipped_steps = 0
+        self._nonfinite_losses: torch.Tensor | int = 0  # device tensors once counting starts (read at log time)
+        self._skipped_steps: torch.Tensor | int = 0
+
+    @property
+    def nonfinite_losses(self) -> int:
+        """Micro-batches whose loss was NaN/Inf (on this process)."""
+        return int(self._nonfinite_losses)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for non-finite gradients (the same on every process)."""
+        return int(self._skipped_steps)
 
     # ------------------------------------------------------------------ non-finite steps
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -264,13 +288,19 @@ class ShineTrainer(ShineHubMixin, Trainer):
         return optimizer
 
     def _skip_nonfinite_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Optimizer pre-step hook: drop every gradient of a step whose gradient norm is NaN/Inf (AdamW then leaves
-        each parameter and its state untouched)."""
+        """Optimizer pre-step hook: skip a step whose gradient norm is NaN/Inf on any rank (AdamW then leaves each
+        parameter and its state untouched)."""
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if params and not torch.isfinite(torch.nn.utils.get_total_norm([p.grad for p in params])):
+        if not params:
+            return
+        bad = nonfinite_flag([p.grad for p in params])
+        self._skipped_steps = self._skipped_steps + bad.to(torch.int64)
+        if all(group.get("fused") for group in optimizer.param_groups):
+            optimizer.found_inf = bad.to(torch.float32)  # the fused kernel skips the update on the device
+            return
+        if bad.item():  # one host read per optimizer step (not per micro-batch)
             for param in params:
                 param.grad = None
-            self.skipped_steps += 1
             logger.warning("Skipped optimizer step %d: non-finite gradients.", self.state.global_step + 1)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
@@ -287,10 +317,10 @@ class ShineTrainer(ShineHubMixin, Trainer):
         inputs = {**inputs, "loss_weights": self.args.loss_weights}
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
-        if model.training and not torch.isfinite(loss.detach()).all():
-            self.nonfinite_losses += 1
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            loss = torch.stack([p.sum() for p in trainable]).sum() * float("nan")  # NaN gradients → step skipped
+        if model.training:  # a NaN/Inf loss back-propagates NaN (→ the step is skipped); decided on the device
+            bad = ~torch.isfinite(loss.detach()).all()
+            self._nonfinite_losses = self._nonfinite_losses + bad.to(torch.int64)
+            loss = loss * torch.where(bad, float("nan"), 1.0).to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -315,7 +345,8 @@ class ShineTrainer(ShineHubMixin, Trainer):
         was_training = shine.training
         shine.eval()
         totals = torch.zeros(3, 3, dtype=torch.float64, device=self.args.device)
-        has_teacher = "teacher_topk_ids" in dataset.column_names
+        columns = getattr(dataset, "column_names", None) or list(dataset[0])  # a `datasets.Dataset` or a list
+        has_teacher = "teacher_topk_ids" in columns
         for batch in self.get_eval_dataloader(dataset):
             totals += held_out_losses(shine, self._prepare_inputs(batch), self.args.eval_controls).to(totals.device)
         totals = self.accelerator.reduce(totals, reduction="sum")

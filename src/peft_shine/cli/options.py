@@ -1,0 +1,32 @@
+"""``--device`` and ``--dtype`` (parsed into a `peft_shine.loading.Placement`), shared by every command that loads
+a base LM (quickstart, chat, eval, demo, train).
+
+Defaults: CUDA and bf16 when a CUDA device is available (fp32 on a GPU without bf16: fp16 is never chosen
+silently), otherwise CPU and fp32. ``--dtype`` is the **base LM's** dtype; the hypernetwork's own weights stay
+fp32 (master weights) whatever it says. ``--device auto-map`` spreads a base too large for one GPU over every
+visible GPU (``device_map="auto"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from peft_shine.loading import DTYPES, SPREAD, Placement, resolve_placement
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--device`` and ``--dtype`` (both default ``auto``)."""
+    parser.add_argument("--device", default="auto",
+                        help=f"where the base LM runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps, "
+                             f"or {SPREAD} (spread over every visible GPU)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                        help="the base LM's dtype: auto (bf16 on a GPU that supports it, else fp32); the "
+                             "hypernetwork's own weights stay fp32")
+
+
+def placement_from_args(args: argparse.Namespace, prefer_bf16: bool = False) -> Placement:
+    """The `Placement` of a parsed command line (``auto`` for commands without the options)."""
+    return resolve_placement(getattr(args, "device", "auto"), getattr(args, "dtype", "auto"), prefer_bf16)
+
+
+__all__ = ["DTYPES", "SPREAD", "Placement", "add_device_options", "placement_from_args", "resolve_placement"]
