@@ -7,10 +7,18 @@ import random
 import pytest
 import torch
 
-from peft_shine.losses import per_context_mean, topk_kl
+from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.qa_data import QARecord
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
-from peft_shine.training.distillation import add_teacher_targets, encode_teacher, teacher_topk, with_teacher_answers
+from peft_shine.training.distillation import (
+    add_teacher_targets,
+    answer_hidden,
+    capture_hidden,
+    encode_teacher,
+    hidden_layer_indices,
+    teacher_topk,
+    with_teacher_answers,
+)
 from peft_shine.training.trainer import ShineTrainer, build_dataset
 from test_trainer import StepRecorder, assert_states_close, random_words, tiny_run, tiny_shine, training_args  # noqa: F401
 from tiny_models import make_char_tokenizer
@@ -179,3 +187,78 @@ def test_cli_trains_with_distillation_and_teacher_answers(tiny_run, tmp_path):  
     assert {"eval_kd", "eval_kd_no_adapter", "eval_kd_wrong_context"} <= set(history[-1])
     cache = tmp_path / "run" / "teacher-cache"
     assert (cache / "teacher-answers.json").is_file() and len(list(cache.glob("teacher-*.arrow"))) == 2
+
+
+# ---------------------------------------------------------------------------------------------- hidden-state matching
+
+
+def test_hidden_l1_is_zero_for_equal_states_and_positive_otherwise():
+    torch.manual_seed(0)
+    teacher = torch.randn(5, 3, 16)
+    assert hidden_l1(teacher.clone(), teacher.half()).abs().max() < 2e-3  # float16 targets round-trip closely
+    assert hidden_l1(teacher, teacher).abs().max() == 0
+    moved = teacher.clone()
+    moved[2, 1, 0] += 1.0  # one number of one layer of one token
+    distance = hidden_l1(moved, teacher)
+    assert distance[2] > 0 and distance[[0, 1, 3, 4]].abs().max() == 0
+    assert (hidden_l1(2 * teacher, teacher) - 1.0).abs().max() < 1e-5  # scale-aware, unlike a cosine
+    with pytest.raises(ValueError, match="do not line up"):
+        hidden_l1(teacher[:4], teacher)
+
+
+def test_hidden_layer_indices_end_at_the_last_layer():
+    assert hidden_layer_indices(30, 6) == [4, 9, 14, 19, 24, 29]
+    assert hidden_layer_indices(2, 6) == [0, 1]
+
+
+def kd_hidden_dataset(shine, words: list[str], cache_dir=None):
+    raw = tokenize_examples(word_examples(words), shine.tokenizer, 32, 64, keep_raw=True)
+    layers = hidden_layer_indices(shine.config.num_base_layers, 2)
+    return add_teacher_targets(raw, shine.base_lm, shine.tokenizer, top_k=8, cache_dir=cache_dir,
+                               hidden_layers=layers), layers
+
+
+def test_teacher_hidden_targets_are_the_teacher_states_on_the_answer_positions(tmp_path):
+    shine = tiny_shine()
+    words = random_words(4)
+    dataset, layers = kd_hidden_dataset(shine, words, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("teacher-*.arrow"))) == 1
+    kd_dataset(shine, words, cache_dir=tmp_path)  # top-k only: its own cache entry, no hidden column
+    assert len(list(tmp_path.glob("teacher-*.arrow"))) == 2
+    example = tokenize_examples(word_examples(words[:1]), shine.tokenizer, 32, 64, keep_raw=True)[0]
+    teacher = encode_teacher(example, shine.tokenizer)
+    labels = torch.tensor([teacher["teacher_labels"]])
+    with torch.no_grad(), capture_hidden(shine.base_lm, layers) as captured:
+        shine.base_lm(input_ids=torch.tensor([teacher["teacher_input_ids"]]))
+    expected = answer_hidden(captured, layers, labels)
+    stored = torch.tensor(dataset[0]["teacher_hidden"])
+    assert stored.shape == (sum(t != -100 for t in example["labels"]), len(layers), shine.config.hidden_size)
+    torch.testing.assert_close(stored, expected.half().float())
+    # the student (no context, no adapter) is not the teacher on those positions: the term has work to do
+    student = torch.tensor([example["input_ids"]])
+    with torch.no_grad(), capture_hidden(shine.base_lm, layers) as captured:
+        shine.base_lm(input_ids=student)
+    assert hidden_l1(answer_hidden(captured, layers, torch.tensor([example["labels"]])), stored).min() > 1e-3
+
+
+def test_kd_hidden_objective_adds_the_hidden_term_and_trains_only_the_hypernetwork(tmp_path):
+    from peft_shine.training.data import ShineDataCollator
+
+    shine = tiny_shine()
+    dataset, _ = kd_hidden_dataset(shine, random_words(4))
+    batch = ShineDataCollator(shine.tokenizer.pad_token_id)([dataset[i] for i in range(4)])
+    losses = {}
+    for objective in ("kd", "kd+hidden"):
+        trainer = ShineTrainer(shine, training_args(tmp_path, objective=objective, hidden_layers=2))
+        shine.zero_grad()
+        losses[objective] = trainer.compute_loss(shine.train(), dict(batch))
+        losses[objective].backward()
+    assert losses["kd+hidden"] > losses["kd"] + 1e-3  # the hidden term is positive and added
+    assert all(p.grad is None for p in shine.base_lm.parameters())  # the base LM stays frozen
+    grads = [p.grad for p in shine.hypernetwork_parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    # the hidden term alone moves the hypernetwork: with kd_weight 0 its gradient is non-zero
+    shine.zero_grad()
+    trainer = ShineTrainer(shine, training_args(tmp_path, objective="kd+hidden", hidden_layers=2, kd_weight=0.0))
+    trainer.compute_loss(shine, dict(batch)).backward()
+    assert sum(p.grad.abs().sum() for p in shine.meta_lora_B if p.grad is not None) > 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from peft_shine.training.plots import chain_stages, loss_curves, main
 
 
@@ -53,3 +55,7 @@ def test_comparison_plots_the_context_gap_and_teacher_kl_of_each_run(tmp_path):
     output = tmp_path / "compare.png"
     assert main([str(tmp_path / "ce"), str(tmp_path / "kd"), "--compare", "--output", str(output)]) == 0
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(tmp_path / "ce"), str(tmp_path / "kd"), "--compare", "--output", str(output),
+                 "--labels", "ce lr 1e-4,kd lr 1e-4"]) == 0
+    with pytest.raises(SystemExit, match="names 1 runs"):
+        main([str(tmp_path / "ce"), str(tmp_path / "kd"), "--compare", "--output", str(output), "--labels", "ce"])

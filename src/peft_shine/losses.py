@@ -3,8 +3,9 @@
 `topk_kl` is KL(teacher ‖ student) over ``top_k + 1`` buckets: the teacher's top-k tokens and one tail bucket
 holding the rest of the probability mass on both sides (teacher tail ``1 − Σ p_topk``, student tail ``1 − Σ q_topk``
 over the same ids). It is exactly zero when the two distributions agree on those buckets and positive otherwise,
-and needs no renormalisation of the truncated teacher distribution. Where the targets come from:
-`peft_shine.training.distillation`.
+and needs no renormalisation of the truncated teacher distribution. `hidden_l1` is the optional hidden-state
+matching term: the normalised L1 distance between the student's and the teacher's residual streams on a few decoder
+layers at the same answer positions. Where the targets come from: `peft_shine.training.distillation`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,23 @@ def topk_kl(student_logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_log
     teacher_tail = (1.0 - teacher_p.sum(-1)).clamp(min=_TAIL_FLOOR)
     student_tail = (1.0 - student_logprobs.exp().sum(-1)).clamp(min=_TAIL_FLOOR)
     return head + teacher_tail * (teacher_tail.log() - student_tail.log())
+
+
+def hidden_l1(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
+    """Per-token normalised L1 distance of hidden states, shape ``(tokens,)``: for each matched layer
+    ``‖h_student − h_teacher‖₁ / ‖h_teacher‖₁``, averaged over the layers. Zero exactly when the states agree; scale
+    free, so every layer counts alike whatever the norm of its residual stream.
+
+    Args:
+        student_hidden: ``(tokens, layers, hidden)`` the student's states at the labelled positions.
+        teacher_hidden: the teacher's states there, same shape (any float dtype; stored as float16).
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(f"Hidden states {tuple(student_hidden.shape)} (student) and {tuple(teacher_hidden.shape)} "
+                         f"(teacher) do not line up: the targets belong to another batch or layer choice.")
+    teacher_hidden = teacher_hidden.float()
+    distance = (student_hidden.float() - teacher_hidden).abs().sum(-1)
+    return (distance / teacher_hidden.abs().sum(-1).clamp(min=_TAIL_FLOOR)).mean(-1)
 
 
 def per_context_mean(values: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:

@@ -393,8 +393,8 @@ class ShineDataCollator:
         labels = right_pad([f["labels"] for f in features], IGNORE_INDEX, self.pad_to_multiple_of)
         batch = {"context_input_ids": context_ids, "context_attention_mask": context_mask, "input_ids": input_ids,
                  "attention_mask": attention_mask, "labels": labels}
-        if "teacher_topk_ids" in features[0]:  # one row per labelled token, rows in batch order (as forward reads)
-            batch["teacher_topk_ids"] = torch.cat([torch.as_tensor(f["teacher_topk_ids"]) for f in features])
-            batch["teacher_topk_logprobs"] = torch.cat(
-                [torch.as_tensor(f["teacher_topk_logprobs"], dtype=torch.float32) for f in features])
+        for name in ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_hidden"):  # one row per labelled token,
+            if name in features[0]:  # rows in batch order (as forward reads); float columns as float32
+                batch[name] = torch.cat([torch.as_tensor(f[name], dtype=None if name.endswith("ids") else
+                                                         torch.float32) for f in features])
         return batch

@@ -8,7 +8,8 @@ gold token.
 
 Targets are computed **once** per example by `add_teacher_targets` (a ``datasets.map`` whose output is cached on
 disk under a key of the teacher inputs, the base model and ``top_k``), so a training step runs no teacher pass.
-Per labelled token the dataset stores the teacher's ``top_k`` token ids and their log-probabilities.
+Per labelled token the dataset stores the teacher's ``top_k`` token ids and their log-probabilities and, for the
+hidden-state matching term (``hidden_layers``), the teacher's residual stream after a few decoder layers (float16).
 
 The loss that uses them, `peft_shine.losses.topk_kl`, is KL(teacher ‖ student) over the top-k tokens and one tail
 bucket.
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_shine.io_utils import atomic_write_text
+from peft_shine.layout import find_decoder_layers
 from peft_shine.prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
 from peft_shine.training.data import IGNORE_INDEX, conversation_turns, right_pad
 
 
 TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
+HIDDEN_COLUMN = "teacher_hidden"
 
 
 # ---------------------------------------------------------------------------------------------- teacher inputs
@@ -102,19 +106,57 @@ def teacher_topk(base_lm: PreTrainedModel, input_ids: list[list[int]], labels: l
     return list(zip(indices.cpu().split(counts), values.cpu().split(counts)))
 
 
-def teacher_cache_key(dataset, base_lm: PreTrainedModel, top_k: int) -> str:
-    """A key of everything the targets depend on: the teacher token ids and labels, the base model and ``top_k``."""
-    digest = hashlib.sha256(json.dumps({"top_k": top_k, "base": base_lm.config.name_or_path,
-                                        "params": sum(p.numel() for p in base_lm.parameters())}).encode())
+def hidden_layer_indices(num_layers: int, count: int) -> list[int]:
+    """``count`` evenly spaced decoder layers ending at the last one (e.g. 30 layers, 6 → 4, 9, 14, 19, 24, 29)."""
+    return sorted({max(0, round((i + 1) * num_layers / count) - 1) for i in range(count)})
+
+
+@contextmanager
+def capture_hidden(base_lm: PreTrainedModel, indices: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the residual stream ``(batch, length, hidden)`` after each decoder layer in ``indices``; the last
+    forward inside the block wins (the SHINE answer pass runs after the context pass)."""
+    captured: dict[int, torch.Tensor] = {}
+    _, layers = find_decoder_layers(base_lm)
+
+    def hook_for(index: int):
+        def hook(_module, _inputs, output) -> None:
+            captured[index] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [layers[i].register_forward_hook(hook_for(i)) for i in indices]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def answer_hidden(captured: dict[int, torch.Tensor], indices: Sequence[int], labels: torch.Tensor) -> torch.Tensor:
+    """The captured states at every position whose next token is labelled, ``(tokens, layers, hidden)`` in batch
+    order (the order of the top-k targets and of `ShineModel.answer_logits`)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return torch.stack([captured[i][keep.to(captured[i].device)] for i in indices], dim=1)
+
+
+def teacher_cache_key(dataset, base_lm: PreTrainedModel, top_k: int, hidden_layers: Sequence[int] = ()) -> str:
+    """A key of everything the targets depend on: the teacher token ids and labels, the base model, ``top_k`` and
+    the matched ``hidden_layers`` (absent from the key when none, so top-k-only caches keep their key)."""
+    spec = {"top_k": top_k, "base": base_lm.config.name_or_path,
+            "params": sum(p.numel() for p in base_lm.parameters())}
+    digest = hashlib.sha256(json.dumps({**spec, "hidden": list(hidden_layers)} if hidden_layers else spec).encode())
     for ids, labels in zip(dataset["teacher_input_ids"], dataset["teacher_labels"]):
         digest.update(json.dumps([ids, labels]).encode())
     return digest.hexdigest()[:20]
 
 
 def add_teacher_targets(dataset, base_lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, top_k: int = 16,
-                        batch_size: int = 4, cache_dir: str | Path | None = None, peft_disabled=None):
+                        batch_size: int = 4, cache_dir: str | Path | None = None, peft_disabled=None,
+                        hidden_layers: Sequence[int] = ()):
     """Add ``teacher_topk_ids`` / ``teacher_topk_logprobs`` to a tokenised dataset that kept its raw ``context`` /
-    ``messages`` columns (`data.tokenize_examples` with ``keep_raw=True``); the raw columns are removed.
+    ``messages`` columns (`data.tokenize_examples` with ``keep_raw=True``); the raw columns are removed. With
+    ``hidden_layers`` (decoder layer indices) the same teacher pass also stores ``teacher_hidden``, the residual
+    stream after those layers at every labelled position, ``(tokens, layers, hidden)`` in float16.
 
     With ``cache_dir`` the result is written to ``{cache_dir}/teacher-{key}.arrow`` and reused by later runs (and
     by the other processes of a multi-process run) whose teacher inputs, base model and ``top_k`` are the same.
@@ -125,17 +167,23 @@ def add_teacher_targets(dataset, base_lm: PreTrainedModel, tokenizer: PreTrained
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with_inputs = dataset.map(encode_teacher, fn_kwargs={"tokenizer": tokenizer}, desc="Teacher prompts",
                               remove_columns=["context", "messages"])
-    key = teacher_cache_key(with_inputs, base_lm, top_k)
+    key = teacher_cache_key(with_inputs, base_lm, top_k, hidden_layers)
     cache_file = None
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         cache_file = str(Path(cache_dir) / f"teacher-{key}.arrow")
 
     def targets(batch: dict[str, list]) -> dict[str, list]:
-        with peft_disabled() if peft_disabled is not None else torch.no_grad():
+        with peft_disabled() if peft_disabled is not None else torch.no_grad(), \
+                capture_hidden(base_lm, hidden_layers) as captured:
             rows = teacher_topk(base_lm, batch["teacher_input_ids"], batch["teacher_labels"], pad_id, top_k)
-        return {"teacher_topk_ids": [ids.tolist() for ids, _ in rows],
-                "teacher_topk_logprobs": [values.tolist() for _, values in rows]}
+        result = {"teacher_topk_ids": [ids.tolist() for ids, _ in rows],
+                  "teacher_topk_logprobs": [values.tolist() for _, values in rows]}
+        if hidden_layers:
+            states = answer_hidden(captured, hidden_layers, right_pad(batch["teacher_labels"], IGNORE_INDEX))
+            counts = [len(ids) for ids, _ in rows]
+            result[HIDDEN_COLUMN] = [part.half().cpu().numpy() for part in states.split(counts)]
+        return result
 
     return with_inputs.map(targets, batched=True, batch_size=batch_size, desc="Teacher top-k targets",
                            remove_columns=["teacher_input_ids", "teacher_labels", "dropped_turns"],

@@ -133,10 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True)
     parser.add_argument("--title", default=None)
     parser.add_argument("--compare", action="store_true", help="side by side instead of chained")
+    parser.add_argument("--labels", default=None, help="--compare: comma-separated legend names (default: folders)")
     args = parser.parse_args(argv)
     histories = [last_history(run) for run in map(Path, args.runs)]
     if args.compare:
-        print(plot_comparison({Path(run).name: h for run, h in zip(args.runs, histories)}, args.output, args.title))
+        labels = args.labels.split(",") if args.labels else [Path(run).name for run in args.runs]
+        if len(labels) != len(args.runs):
+            raise SystemExit(f"--labels names {len(labels)} runs, got {len(args.runs)} runs.")
+        print(plot_comparison(dict(zip(labels, histories)), args.output, args.title))
         return 0
     history, starts = chain_stages(histories)
     print(plot_losses(history, args.output, args.title, starts))

@@ -37,7 +37,7 @@ from transformers import Trainer, TrainingArguments
 
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.contexts import pad_token_id
-from peft_shine.losses import topk_kl
+from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 from peft_shine.training.data import (
     QA_MODES,
@@ -48,14 +48,21 @@ from peft_shine.training.data import (
     texts_from_column,
     tokenize_examples,
 )
-from peft_shine.training.distillation import add_teacher_targets, with_teacher_answers
+from peft_shine.training.distillation import (
+    HIDDEN_COLUMN,
+    add_teacher_targets,
+    answer_hidden,
+    capture_hidden,
+    hidden_layer_indices,
+    with_teacher_answers,
+)
 from peft_shine.training.trainer_hub import ShineHubMixin
 
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "instruct")
-OBJECTIVES = ("ce", "kd", "kd+ce")
+OBJECTIVES = ("ce", "kd", "kd+ce", "kd+hidden", "kd+ce+hidden")
 # config fields a stage-1 checkpoint must share with the model it initialises
 _COMPATIBLE_FIELDS = ("base_fingerprint", "lora_rank", "meta_lora_rank", "num_memory_slots", "m2p_num_layers",
                       "m2p_num_heads", "m2p_ffn_dim")
@@ -88,6 +95,10 @@ class ShineTrainingArguments(TrainingArguments):
     kd_top_k: int = field(default=16, metadata={"help": "Distillation: teacher tokens kept per position."})
     kd_weight: float = field(default=1.0, metadata={"help": "Distillation: weight of the KL term."})
     ce_weight: float = field(default=1.0, metadata={"help": "Weight of the cross-entropy term ('ce', 'kd+ce')."})
+    hidden_weight: float = field(default=1.0, metadata={"help": "'...+hidden': weight of the hidden-state term "
+                                                                "(normalised L1 to the teacher, `losses.hidden_l1`)."})
+    hidden_layers: int = field(default=6, metadata={"help": "'...+hidden': evenly spaced decoder layers matched, "
+                                                            "ending at the last one."})
     teacher_answers: bool = field(default=False, metadata={
         "help": "Stage 2: train on the teacher's own greedy answers (context in the prompt) instead of the gold "
                 "answers."})
@@ -110,8 +121,8 @@ class ShineTrainingArguments(TrainingArguments):
             raise ValueError("Need 0 < min_completion_keep <= max_completion_keep <= 1.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
-        if self.kd_top_k < 1 or not (self.kd_weight >= 0 and self.ce_weight >= 0):
-            raise ValueError("Need kd_top_k >= 1 and non-negative kd_weight and ce_weight.")
+        if self.kd_top_k < 1 or self.hidden_layers < 1 or min(self.kd_weight, self.ce_weight, self.hidden_weight) < 0:
+            raise ValueError("Need kd_top_k >= 1, hidden_layers >= 1 and non-negative loss weights.")
         if min(self.max_context_length, self.max_conversation_length) < 1:
             raise ValueError("max_context_length and max_conversation_length must be positive.")
         super().__post_init__()
@@ -124,8 +135,13 @@ class ShineTrainingArguments(TrainingArguments):
     @property
     def loss_weights(self) -> tuple[float, float]:
         """``(ce, kd)`` weights of `ShineModel.forward` for this objective."""
-        return {"ce": (self.ce_weight, 0.0), "kd": (0.0, self.kd_weight),
-                "kd+ce": (self.ce_weight, self.kd_weight)}[self.objective]
+        with_ce = self.objective in ("ce", "kd+ce", "kd+ce+hidden")
+        return (self.ce_weight if with_ce else 0.0, 0.0 if self.objective == "ce" else self.kd_weight)
+
+    @property
+    def hidden_matching_weight(self) -> float:
+        """Weight of the hidden-state matching term (0 unless the objective ends in ``+hidden``)."""
+        return self.hidden_weight if self.objective.endswith("+hidden") else 0.0
 
 
 def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int | None = None,
@@ -158,9 +174,11 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
                                 keep_raw=distill)
     if not distill:
         return dataset
+    hidden = (hidden_layer_indices(teacher.config.num_base_layers, args.hidden_layers)
+              if args.hidden_matching_weight and not held_out else ())  # the monitor needs no hidden targets
     return add_teacher_targets(dataset, teacher.base_lm, tokenizer, top_k=args.kd_top_k,
                                batch_size=args.teacher_batch_size, cache_dir=teacher_cache,
-                               peft_disabled=teacher._peft_disabled)
+                               peft_disabled=teacher._peft_disabled, hidden_layers=hidden)
 
 
 def nonfinite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -314,9 +332,22 @@ class ShineTrainer(ShineHubMixin, Trainer):
         return rows
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        teacher_hidden = inputs.pop(HIDDEN_COLUMN, None)
         inputs = {**inputs, "loss_weights": self.args.loss_weights}
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                             num_items_in_batch=num_items_in_batch)
+        weight = self.args.hidden_matching_weight if teacher_hidden is not None else 0.0
+        shine = self.accelerator.unwrap_model(model)
+        layers = hidden_layer_indices(shine.config.num_base_layers, self.args.hidden_layers) if weight else []
+        with capture_hidden(shine.base_lm, layers) as captured:  # no hooks without the hidden term
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+        if weight:  # Σ_rows mean_tokens(weight · hidden_l1) / contexts, added to the per-context KD loss
+            labels = inputs["labels"]
+            distance = hidden_l1(answer_hidden(captured, layers, labels), teacher_hidden.to(loss.device))
+            rows = (labels[:, 1:] != -100).nonzero()[:, 0]
+            denominator = num_items_in_batch if num_items_in_batch is not None else labels.shape[0]
+            scale = (self.accelerator.num_processes  # the scaling Trainer.compute_loss applies to the model's loss
+                     if self.args.average_tokens_across_devices and num_items_in_batch is not None else 1)
+            loss = loss + scale * weight * per_context_mean(distance, rows, labels.shape[0]).sum() / denominator
         if model.training:  # a NaN/Inf loss back-propagates NaN (→ the step is skipped); decided on the device
             bad = ~torch.isfinite(loss.detach()).all()
             self._nonfinite_losses = self._nonfinite_losses + bad.to(torch.int64)
