@@ -103,7 +103,7 @@ def test_qa_pipeline_never_crashes_on_arbitrary_records(contexts, question, answ
 
 
 def test_resume_skips_a_checkpoint_left_incomplete_by_a_crash(tmp_path):
-    from peft_shine.training.trainer import CHECKPOINT_FILES, last_complete_checkpoint
+    from peft_shine.training.resume import CHECKPOINT_FILES, last_complete_checkpoint
 
     for step in (2, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -24,7 +24,8 @@ from peft_shine.modeling_shine import ShineModel
 from peft_shine.qa_data import QARecord, bundled_path, held_out_split, load_qa_source
 from peft_shine.training.data import texts_from_column
 from peft_shine.training.data_files import check_text_data_file
-from peft_shine.training.trainer import ShineTrainer, ShineTrainingArguments, build_dataset, last_complete_checkpoint
+from peft_shine.training.resume import last_complete_checkpoint
+from peft_shine.training.trainer import ShineTrainer, ShineTrainingArguments, build_dataset
 
 
 BUNDLED_TEXTS = {"wikitext": "wikitext_sample.jsonl"}

@@ -32,10 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from transformers import Trainer, TrainingArguments
 
-from peft_shine.configuration_shine import ShineConfig
 from peft_shine.contexts import pad_token_id
 from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
@@ -56,6 +54,7 @@ from peft_shine.training.distillation import (
     hidden_layer_indices,
     with_teacher_answers,
 )
+from peft_shine.training.resume import load_hypernetwork_weights
 from peft_shine.training.trainer_hub import ShineHubMixin
 
 
@@ -63,9 +62,6 @@ logger = logging.getLogger(__name__)
 
 STAGES = ("pretrain", "instruct")
 OBJECTIVES = ("ce", "kd", "kd+ce", "kd+hidden", "kd+ce+hidden")
-# config fields a stage-1 checkpoint must share with the model it initialises
-_COMPATIBLE_FIELDS = ("base_fingerprint", "lora_rank", "meta_lora_rank", "num_memory_slots", "m2p_num_layers",
-                      "m2p_num_heads", "m2p_ffn_dim")
 
 
 @dataclass
@@ -189,40 +185,6 @@ def nonfinite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
             and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
     return bad > 0
-
-
-def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None:
-    """Copy a saved hypernetwork's weights (a `save_pretrained` or Trainer checkpoint folder) into ``model``.
-
-    Raises:
-        FileNotFoundError: if the folder has no ``model.safetensors``.
-        ValueError: if the checkpoint was built for another base LM or hypernetwork size.
-    """
-    folder = Path(checkpoint)
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"No model.safetensors in {folder}: pass a SHINE checkpoint folder.")
-    saved = ShineConfig.from_pretrained(folder)
-    differences = {name: (getattr(saved, name), getattr(model.config, name)) for name in _COMPATIBLE_FIELDS
-                   if getattr(saved, name) != getattr(model.config, name)}
-    if differences:
-        raise ValueError(f"{folder} does not fit this hypernetwork; (checkpoint, model) differ in {differences}.")
-    model.load_state_dict(load_file(str(weights), device="cpu"))
-
-
-CHECKPOINT_FILES = ("trainer_state.json", "config.json", "model.safetensors")
-
-
-def last_complete_checkpoint(output_dir: str | Path) -> Path:
-    """The newest ``checkpoint-N`` folder holding everything a resume needs. A process killed while writing a
-    checkpoint leaves a newer, incomplete folder behind; it is skipped (and named in the log), never resumed from."""
-    folders = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                     key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    for folder in folders:
-        if all((folder / name).is_file() for name in CHECKPOINT_FILES):
-            return folder
-        logger.warning("Skipping incomplete checkpoint %s (interrupted while it was being written).", folder)
-    raise FileNotFoundError(f"No complete checkpoint to resume from in {output_dir}: start without --resume.")
 
 
 @torch.no_grad()

@@ -1,0 +1,51 @@
+"""Starting from checkpoints: a stage-1 checkpoint's weights copied into a new run (``init_from``), and the newest
+complete Trainer checkpoint to resume from (an interrupted write is skipped, never resumed)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from peft_shine.configuration_shine import ShineConfig
+from peft_shine.modeling_shine import ShineModel
+
+
+logger = logging.getLogger(__name__)
+_COMPATIBLE_FIELDS = ("base_fingerprint", "lora_rank", "meta_lora_rank", "num_memory_slots", "m2p_num_layers",
+                      "m2p_num_heads", "m2p_ffn_dim")
+
+
+def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None:
+    """Copy a saved hypernetwork's weights (a `save_pretrained` or Trainer checkpoint folder) into ``model``.
+
+    Raises:
+        FileNotFoundError: if the folder has no ``model.safetensors``.
+        ValueError: if the checkpoint was built for another base LM or hypernetwork size.
+    """
+    folder = Path(checkpoint)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"No model.safetensors in {folder}: pass a SHINE checkpoint folder.")
+    saved = ShineConfig.from_pretrained(folder)
+    differences = {name: (getattr(saved, name), getattr(model.config, name)) for name in _COMPATIBLE_FIELDS
+                   if getattr(saved, name) != getattr(model.config, name)}
+    if differences:
+        raise ValueError(f"{folder} does not fit this hypernetwork; (checkpoint, model) differ in {differences}.")
+    model.load_state_dict(load_file(str(weights), device="cpu"))
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "config.json", "model.safetensors")
+
+
+def last_complete_checkpoint(output_dir: str | Path) -> Path:
+    """The newest ``checkpoint-N`` folder holding everything a resume needs. A process killed while writing a
+    checkpoint leaves a newer, incomplete folder behind; it is skipped (and named in the log), never resumed from."""
+    folders = sorted((p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                     key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for folder in folders:
+        if all((folder / name).is_file() for name in CHECKPOINT_FILES):
+            return folder
+        logger.warning("Skipping incomplete checkpoint %s (interrupted while it was being written).", folder)
+    raise FileNotFoundError(f"No complete checkpoint to resume from in {output_dir}: start without --resume.")
