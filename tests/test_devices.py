@@ -238,6 +238,8 @@ def test_no_split_modules_and_tokenizer_check_come_from_the_base():
     assert not ShineModel._no_split_modules  # the class attribute is untouched
     lm.get_input_embeddings().weight = torch.nn.Parameter(torch.empty(0))  # a ZeRO-3 partitioned weight
     check_tokenizer(make_char_tokenizer(), lm)  # reads num_embeddings, not the (empty) weight
+    with pytest.raises(RuntimeError, match="partitioned"):
+        shine.init_memory_from_embeddings()  # a clear error instead of an index error
 
 
 # ---------------------------------------------------------------------------------------------- --device / --dtype
