@@ -117,6 +117,7 @@ def test_unknown_keywords_raise_a_type_error_naming_them(base_folder, saved_shin
         ShineModel.from_base_model(str(base_folder), lora_rnak=2)
     with pytest.raises(TypeError, match="colour"):
         ShineModel.from_pretrained(saved_shine, colour="red")
+    assert ShineModel.from_pretrained(saved_shine, max_context_length=64).config.max_context_length == 64
     with pytest.raises(TypeError, match="colour"):
         AutoShineModel.from_pretrained(str(saved_shine), colour="red")
     with pytest.raises(TypeError, match="already loaded base"):
