@@ -117,6 +117,7 @@ def test_unknown_keywords_raise_a_type_error_naming_them(base_folder, saved_shin
         ShineModel.from_base_model(str(base_folder), lora_rnak=2)
     with pytest.raises(TypeError, match="colour"):
         ShineModel.from_pretrained(saved_shine, colour="red")
+    assert ShineModel.from_pretrained(saved_shine, max_context_length=64).config.max_context_length == 64
     with pytest.raises(TypeError, match="colour"):
         AutoShineModel.from_pretrained(str(saved_shine), colour="red")
     with pytest.raises(TypeError, match="already loaded base"):
@@ -238,6 +239,8 @@ def test_no_split_modules_and_tokenizer_check_come_from_the_base():
     assert not ShineModel._no_split_modules  # the class attribute is untouched
     lm.get_input_embeddings().weight = torch.nn.Parameter(torch.empty(0))  # a ZeRO-3 partitioned weight
     check_tokenizer(make_char_tokenizer(), lm)  # reads num_embeddings, not the (empty) weight
+    with pytest.raises(RuntimeError, match="partitioned"):
+        shine.init_memory_from_embeddings()  # a clear error instead of an index error
 
 
 # ---------------------------------------------------------------------------------------------- --device / --dtype

@@ -9,7 +9,8 @@ keyword arguments:
 * **hypernetwork options**: ``hypernetwork_dtype`` (default ``torch.float32``: the hypernetwork's own weights,
   memory slots, meta-LoRA and M2P, are master weights and stay fp32 whatever the base's dtype; pass
   ``torch.bfloat16`` for a bf16 hypernetwork at inference), the checkpoint-download options of `from_pretrained`
-  (`CHECKPOINT_OPTIONS`) and, for `from_base_model`, the `ShineConfig` fields (``lora_rank=8``, ...).
+  (`CHECKPOINT_OPTIONS`) and the `ShineConfig` fields (``lora_rank=8`` for `from_base_model`; overrides of the
+  saved config, e.g. ``max_context_length=2048``, for `from_pretrained`).
 
 `Placement` (``--device``/``--dtype`` of the command line, resolved) turns a device and dtype into base-model options.
 
@@ -175,9 +176,10 @@ class ShineLoadingMixin:
 
         Only safetensors weights are read; pickle-based files (``.bin``, ``.pt``) are refused unless
         ``allow_pickle=True`` (they can run code when unpickled: only for files you trust). A truncated or
-        corrupted checkpoint raises `CheckpointError` and no model is returned. An unknown keyword raises `TypeError`.
+        corrupted checkpoint raises `CheckpointError` and no model is returned. `ShineConfig` fields override the
+        saved config (``max_context_length=2048``), as in transformers; any other unknown keyword raises `TypeError`.
         """
-        base_options, checkpoint = split_options(kwargs, "from_pretrained", CHECKPOINT_OPTIONS)
+        base_options, checkpoint = split_options(kwargs, "from_pretrained", CHECKPOINT_OPTIONS | CONFIG_FIELDS)
         for shared in ("token", "cache_dir"):
             if shared in base_options:
                 checkpoint[shared] = base_options[shared]

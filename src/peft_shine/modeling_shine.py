@@ -111,6 +111,9 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
     def init_memory_from_embeddings(self, seed: int = 0) -> None:
         """Start the memory slots at randomly chosen token embeddings of the base LM (in-distribution inputs)."""
         weight = self.base_lm.get_input_embeddings().weight
+        if weight.dim() != 2:  # partitioned away (DeepSpeed ZeRO-3 with zero3_init_flag)
+            raise RuntimeError("The base's embedding matrix is partitioned: create the hypernetwork before DeepSpeed "
+                               "ZeRO-3 partitions the base (zero3_init_flag: false; see docs/gpu.md).")
         generator = torch.Generator().manual_seed(seed)
         rows = torch.randint(0, weight.shape[0], (self.config.num_memory_slots,), generator=generator)
         self.memory_slots.copy_(weight[rows.to(weight.device)].float())
