@@ -238,7 +238,7 @@ def test_markdown_table_marks_missing_adapter_time():
 def test_cli_eval_on_a_jsonl_file(tmp_path, monkeypatch, capsys):
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in RECORDS))
-    monkeypatch.setattr("peft_shine.cli.eval.load_for_eval", lambda name, base: (make_shine(), "tiny"))
+    monkeypatch.setattr("peft_shine.cli.eval.load_for_eval", lambda name, base, **options: (make_shine(), "tiny"))
     out = tmp_path / "out"
     code = cli.main(["eval", "--data", str(data), "--limit", "3", "--conditions", "adapter,question_only",
                      "--output", str(out), "--max-new-tokens", "3", "--no-progress", "--group-tokens", "40"])

@@ -216,7 +216,7 @@ def test_recall_is_added_to_a_folder_of_qa_results(shine, tmp_path):
 def test_cli_eval_recall_conditions(tmp_path, monkeypatch, capsys):
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in RECORDS))
-    monkeypatch.setattr("peft_shine.cli.eval.load_for_eval", lambda name, base: (make_shine(), "tiny"))
+    monkeypatch.setattr("peft_shine.cli.eval.load_for_eval", lambda name, base, **options: (make_shine(), "tiny"))
     out = tmp_path / "out"
     code = cli.main(["eval", "--data", str(data), "--limit", "3", "--seed", "0", "--conditions", ",".join(RECALL),
                      "--output", str(out), "--recall-max-new-tokens", "12", "--no-progress"])
