@@ -2,8 +2,11 @@
 
 from .auto import AutoShineModel
 from .checkpoints import CheckpointError
+from .chunking import ChunkingError
+from .composition import CompositionError, compose_adapters
 from .configuration_shine import ShineConfig
 from .contexts import ContextError
+from .document_adapters import ChunkingConfig
 from .layout import UnsupportedModelError
 from .lora_binding import LoraWeights
 from .modeling_shine import BaseModelMismatchError, ShineModel
@@ -15,6 +18,9 @@ __all__ = [
     "AutoShineModel",
     "BaseModelMismatchError",
     "CheckpointError",
+    "ChunkingConfig",
+    "ChunkingError",
+    "CompositionError",
     "ContextError",
     "LoraWeights",
     "ShineConfig",
@@ -23,6 +29,7 @@ __all__ = [
     "ShineTrainingArguments",
     "UnsupportedModelError",
     "__version__",
+    "compose_adapters",
 ]
 
 

@@ -14,11 +14,14 @@ import torch
 from .adapter_names import module_path_parts, validate_adapter_names
 from .adapter_store import add_adapters
 from .contexts import as_context_list, context_sha256, tokenize_contexts
+from .document_adapters import generate_document_adapters
 from .export import lora_config, peft_state_dict, save_adapter
 
 
 if TYPE_CHECKING:
     from peft import LoraConfig, PeftModel
+
+    from .document_adapters import ChunkingConfig
 
 _GENERATION_LOCK = threading.RLock()
 MAX_CONTEXTS_PER_CALL = 4096  # each adapter stays in memory on the base; the cost per call is linear in the count
@@ -43,6 +46,7 @@ class AdapterGenerationMixin:
         *,
         truncation: bool = False,
         batch_size: int = 8,
+        chunking: ChunkingConfig | dict | bool | int | None = None,
     ) -> PeftModel:
         """Generate one LoRA adapter per context in a single forward pass each and load them into a `PeftModel`.
 
@@ -51,7 +55,12 @@ class AdapterGenerationMixin:
             adapter_names: one name per context. Defaults to ``"default"`` for a single context (replacing the
                 previous ``"default"``) and ``"context_0"``, ``"context_1"``, ... for a list.
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
-            batch_size: contexts encoded per forward pass.
+            batch_size: contexts encoded per forward pass (chunks, with ``chunking``).
+            chunking: read contexts longer than the window: a `ChunkingConfig` (``chunk_tokens``,
+                ``overlap_tokens``, ``combine`` = ``"cat"`` / ``"mean"`` / ``"svd"``, ``rank``), a dict of its
+                fields, ``True`` for the defaults or an int chunk size. Each context is cut into chunks, the chunks
+                are encoded in batches and combined into one standard LoRA per context
+                (`peft_shine.document_adapters`). Not with ``truncation``.
 
         The time is linear in the number of contexts (``benchmarks/bench_many_contexts.py``); one call takes at most
         `MAX_CONTEXTS_PER_CALL` (4,096) contexts, since every adapter stays in memory on the base until
@@ -71,6 +80,10 @@ class AdapterGenerationMixin:
         names = _default_names(texts, adapter_names)
         _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])
+        if chunking is not None and chunking is not False:
+            if truncation:
+                raise ValueError("Pass either chunking (read the whole context) or truncation (keep its start).")
+            return generate_document_adapters(self, texts, names, chunking, batch_size)
         with _GENERATION_LOCK:
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size)
