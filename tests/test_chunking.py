@@ -163,3 +163,23 @@ def test_several_documents_get_one_adapter_each_with_its_own_rank(shine):
     assert model.peft_config["short"].r == shine.config.lora_rank
     assert model.peft_config["long"].r == len(chunk_document(make_char_tokenizer(), long, 200)) * shine.config.lora_rank
     assert model.active_adapter == "long"
+
+
+def test_an_adapter_name_can_be_regenerated_at_another_rank(shine):
+    shine.generate_adapter(SENTENCES[0], "only")
+    model = shine.generate_adapter(DOCUMENT, "only", chunking=160)
+    assert model.peft_config["only"].r > shine.config.lora_rank
+    state = get_peft_model_state_dict(model, adapter_name="only")
+    assert all(t.shape[0] == model.peft_config["only"].r for k, t in state.items() if "lora_A" in k)
+    model = shine.generate_adapter(SENTENCES[0], "only")  # and back to the plain rank
+    assert model.peft_config["only"].r == shine.config.lora_rank and model.active_adapter == "only"
+
+
+def test_the_last_adapter_on_the_base_can_be_regenerated_at_another_rank():
+    shine = make_shine("llama")
+    shine.generate_adapter(SENTENCES[0])
+    model = shine.generate_adapter(DOCUMENT, chunking=160)
+    assert list(model.peft_config) == ["default"] and model.peft_config["default"].r > shine.config.lora_rank
+    ids = torch.tensor([_ids(shine.tokenizer, "Which lamp?")])
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()

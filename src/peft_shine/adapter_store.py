@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 import weakref
 from collections.abc import Iterator
 
@@ -73,6 +74,10 @@ def add_adapters(base_lm: nn.Module, peft_model: PeftModel | None, config: LoraC
     """
     peft_model = peft_model or shared_peft_model(base_lm)
     for name, state in states.items():
+        if peft_model is not None and name in peft_model.peft_config and peft_model.peft_config[name].r != config.r:
+            with warnings.catch_warnings():  # another rank (a chunked adapter): replaced, not copied into
+                warnings.simplefilter("ignore")
+                peft_model.delete_adapter(name)
         if peft_model is None:
             peft_model = get_peft_model(base_lm, config, adapter_name=name, low_cpu_mem_usage=True)
             object.__setattr__(base_lm, _SHARED_ATTRIBUTE, weakref.ref(peft_model))
