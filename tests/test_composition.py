@@ -177,3 +177,18 @@ def test_compose_respects_peft_scaling_of_foreign_adapters():
     assert model.peft_config["sum"].r == model.peft_config["sum"].lora_alpha == 6
     for prefix in one:
         torch.testing.assert_close(got[prefix], one[prefix] + two[prefix], atol=1e-6, rtol=1e-4)
+
+
+def test_accumulator_refuses_more_fewer_or_mismatched_adapters():
+    from peft_shine.composition import LoraAccumulator
+
+    accumulator = LoraAccumulator([2, 2], "cat")
+    accumulator.add(lora_state(2, 0))
+    with pytest.raises(CompositionError, match="1 of the 2 announced"):
+        accumulator.result()
+    with pytest.raises(CompositionError, match="rank 3 at"):
+        accumulator.add(lora_state(3, 1))
+    accumulator.add(lora_state(2, 1))
+    with pytest.raises(CompositionError, match="more adapters than the 2 announced"):
+        accumulator.add(lora_state(2, 2))
+    assert accumulator.result().rank == 4

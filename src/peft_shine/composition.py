@@ -120,29 +120,73 @@ def combine_lora_states(
     Returns:
         A `CombinedLora` whose state has the dtype of the first adapter and scaling 1 (``lora_alpha = rank``).
     """
-    values = normalized_weights(rule, len(states), weights)
-    scales = [1.0] * len(states) if scalings is None else [float(s) for s in scalings]
-    if len(scales) != len(states):
-        raise CompositionError(f"Got {len(scales)} scalings for {len(states)} adapters.")
+    normalized_weights(rule, len(states), weights)  # "nothing to combine" and bad weights first
     prefixes = module_prefixes(states[0])
     for index, state in enumerate(states[1:], start=1):
         if set(state) != set(states[0]):
             raise CompositionError(f"Adapter {index} adapts other modules than adapter 0; only adapters with the "
                                    f"same target modules can be combined.")
-    total_rank = sum(int(state[prefixes[0] + _A].shape[0]) for state in states)
-    check_rule(rule, rank, total_rank)
-    combined: dict[str, torch.Tensor] = {}
-    errors: dict[str, float] = {}
-    factors = [w * s for w, s in zip(values, scales)]
-    for prefix in prefixes:
-        a = torch.cat([state[prefix + _A] * factor for state, factor in zip(states, factors)], dim=0)
-        b = torch.cat([state[prefix + _B] for state in states], dim=1)
-        if rule == "svd":
-            a, b, errors[prefix] = truncate_lora(a, b, rank)
-        dtype = states[0][prefix + _A].dtype
-        combined[prefix + _A] = a.to(dtype).contiguous()
-        combined[prefix + _B] = b.to(dtype).contiguous()
-    return CombinedLora(combined, total_rank if rule != "svd" else rank, rule, errors)
+    ranks = [int(state[prefixes[0] + _A].shape[0]) for state in states]
+    accumulator = LoraAccumulator(ranks, rule, weights=weights, scalings=scalings, rank=rank)
+    for state in states:
+        accumulator.add(state)
+    return accumulator.result()
+
+
+class LoraAccumulator:
+    """Rank concatenation filled one adapter at a time into factors allocated once, so the inputs need not be kept
+    (a long document's chunk LoRAs are dropped as they arrive); `result` applies the rule. The ranks, weights and
+    scalings of all inputs are given up front (see `combine_lora_states`)."""
+
+    def __init__(self, ranks: Sequence[int], rule: str = "cat", *, weights: Sequence[float] | None = None,
+                 scalings: Sequence[float] | None = None, rank: int | None = None) -> None:
+        values = normalized_weights(rule, len(ranks), weights)
+        scales = [1.0] * len(ranks) if scalings is None else [float(s) for s in scalings]
+        if len(scales) != len(ranks):
+            raise CompositionError(f"Got {len(scales)} scalings for {len(ranks)} adapters.")
+        check_rule(rule, rank, sum(ranks))
+        self.rule, self.rank, self.count = rule, rank, 0
+        self.factors = [w * s for w, s in zip(values, scales)]
+        self.offsets = [0]
+        for value in ranks:
+            self.offsets.append(self.offsets[-1] + int(value))
+        self.state: dict[str, torch.Tensor] = {}
+        self.prefixes: list[str] = []
+
+    def add(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Write the next adapter's factors (A scaled by its weight × scaling) into its rank rows / columns."""
+        index = self.count
+        if index + 1 >= len(self.offsets):
+            raise CompositionError(f"Got more adapters than the {len(self.offsets) - 1} announced.")
+        if not self.state:
+            self.prefixes, total = module_prefixes(state), self.offsets[-1]
+            for prefix in self.prefixes:
+                a, b = state[prefix + _A], state[prefix + _B]
+                self.state[prefix + _A] = a.new_empty(total, a.shape[1])
+                self.state[prefix + _B] = b.new_empty(b.shape[0], total)
+        elif set(state) != set(self.state):
+            raise CompositionError(f"Adapter {index} adapts other modules than adapter 0; only adapters with the "
+                                   f"same target modules can be combined.")
+        low, high = self.offsets[index], self.offsets[index + 1]
+        for prefix in self.prefixes:
+            if state[prefix + _A].shape[0] != high - low:
+                raise CompositionError(f"Adapter {index} has rank {state[prefix + _A].shape[0]} at {prefix}, "
+                                       f"announced {high - low}.")
+            self.state[prefix + _A][low:high] = state[prefix + _A] * self.factors[index]
+            self.state[prefix + _B][:, low:high] = state[prefix + _B]
+        self.count += 1
+
+    def result(self) -> CombinedLora:
+        """The combined adapter (``"svd"``: truncated module by module, in place of the concatenation)."""
+        if self.count != len(self.offsets) - 1:
+            raise CompositionError(f"Got {self.count} of the {len(self.offsets) - 1} announced adapters.")
+        state, errors = self.state, {}
+        if self.rule == "svd":
+            for prefix in self.prefixes:
+                dtype = state[prefix + _A].dtype
+                a, b, errors[prefix] = truncate_lora(state[prefix + _A], state[prefix + _B], self.rank)
+                state[prefix + _A], state[prefix + _B] = a.to(dtype).contiguous(), b.to(dtype).contiguous()
+        return CombinedLora(state, self.rank if self.rule == "svd" else self.offsets[-1], self.rule, errors)
 
 
 def truncate_lora(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:

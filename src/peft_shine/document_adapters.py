@@ -6,9 +6,10 @@
    sentence, then word boundaries; optional overlap);
 2. the chunks of all documents are encoded ``batch_size`` at a time by the ordinary batched generation
    (`ShineModel.generate_lora`), so peak memory is bounded by ``batch_size × chunk_tokens``, not by the document;
-3. as soon as a document's last chunk is encoded, its chunk LoRAs are combined into **one** standard peft LoRA
-   (`peft_shine.composition`: ``"cat"`` = the exact sum of the chunk updates, rank ``chunks × r``; ``"mean"`` = their
-   exact mean, same rank; ``"svd"`` = the sum truncated to ``rank``) and the chunk LoRAs are dropped;
+3. each chunk's LoRA is written straight into its document's concatenated factors (`composition.LoraAccumulator`,
+   allocated once; the chunk LoRA is dropped) and when the last chunk is in, the rule makes **one** standard peft
+   LoRA of them (``"cat"`` = the exact sum of the chunk updates, rank ``chunks × r``; ``"mean"`` = their exact mean,
+   same rank; ``"svd"`` = the sum truncated to ``rank``);
 4. only when every document is combined are the adapters loaded on the base's `PeftModel` (nothing is added if
    anything fails), one named adapter per document, each with its own rank (``lora_alpha = r``: scaling 1).
 
@@ -26,7 +27,7 @@ import torch
 
 from .adapter_store import add_adapters
 from .chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
-from .composition import CombinedLora, check_rule, combine_lora_states
+from .composition import CombinedLora, LoraAccumulator, check_rule
 from .contexts import context_sha256, left_pad, pad_token_id
 from .export import peft_state_dict
 
@@ -102,23 +103,24 @@ def plan_documents(shine, texts: Sequence[str], config: ChunkingConfig) -> list[
 @torch.no_grad()  # not inference_mode: the tensors become peft parameters
 def encode_documents(shine, plans: Sequence[Sequence[TextChunk]], config: ChunkingConfig,
                      batch_size: int) -> Iterator[CombinedLora]:
-    """Encode every chunk of every document, ``batch_size`` chunks per forward pass, and yield each document's
-    combined LoRA as soon as its last chunk is encoded (its chunk LoRAs are dropped then)."""
+    """Encode every chunk of every document, ``batch_size`` chunks per forward pass, write each chunk's LoRA into its
+    document's `LoraAccumulator` at once, and yield each document's combined LoRA as soon as its last chunk is in."""
     flat = [(doc, chunk) for doc, plan in enumerate(plans) for chunk in plan]
-    pending: list[dict] = []
-    doc_of_pending = 0
+    rank = shine.config.lora_rank
+    accumulators: dict[int, LoraAccumulator] = {}
     for start in range(0, len(flat), batch_size):
         batch = flat[start:start + batch_size]
         ids, mask = left_pad([list(chunk.token_ids) for _, chunk in batch], pad_token_id(shine.tokenizer))
         device = shine.memory_slots.device
         lora = shine.generate_lora(ids.to(device), mask.to(device))
         for row, (doc, _) in enumerate(batch):
-            pending.append(peft_state_dict(shine.base_lm, shine.config.module_specs, lora, row))
-            if len(pending) == len(plans[doc]):
-                yield combine_lora_states(pending, config.combine, rank=config.rank)
-                pending, doc_of_pending = [], doc + 1
+            if doc not in accumulators:
+                accumulators[doc] = LoraAccumulator([rank] * len(plans[doc]), config.combine, rank=config.rank)
+            accumulators[doc].add(peft_state_dict(shine.base_lm, shine.config.module_specs, lora, row))
+            if accumulators[doc].count == len(plans[doc]):
+                yield accumulators.pop(doc).result()
         del lora
-    if pending or doc_of_pending != len(plans):
+    if accumulators:
         raise RuntimeError("Internal error: chunks and documents went out of step.")
 
 
