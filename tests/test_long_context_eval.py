@@ -109,3 +109,11 @@ def test_length_report_groups_predictions_by_data_length_and_condition(tmp_path)
                          str(tmp_path / "table.md")])
     assert "| squad | ≤512 | 2 | 50.0 (50.0) |" in table
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "table.md").read_text() == table
+
+
+def test_length_report_reads_the_predictions_of_an_unfinished_run(tmp_path):
+    row = {"id": "a@512:start", "condition": "adapter", "f1": 1.0, "em": 0.0, "context_sha256": "x"}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "predictions.jsonl").write_text(json.dumps(row) + "\n" + '{"id": "cut sh')
+    table = report_main([str(tmp_path / "run"), "--conditions", "adapter"])
+    assert "| run (partial) | ≤512 | 1 | 100.0 (0.0) |" in table

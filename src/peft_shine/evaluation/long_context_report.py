@@ -2,7 +2,7 @@
 
     python -m peft_shine.evaluation.long_context_report RUN_DIR [RUN_DIR ...] [--plot FILE.png] [--markdown FILE.md]
 
-Reads ``results.json`` of `shine eval` runs over long-context records (`evaluation.long_context`: ids ending in
+Reads ``results.json`` (else the ``predictions.jsonl`` so far) of `shine eval` runs over long-context records (`evaluation.long_context`: ids ending in
 ``@<tokens>:<position or depth>``) and groups their predictions by (data set, length, condition). Records without
 a length (HotpotQA) are grouped under their measured context length bucket instead (``~1K``, ``~2K``, ...).
 """
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--plot", default=None, help="write the PNG here")
     parser.add_argument("--markdown", default=None, help="write the table here")
     args = parser.parse_args(argv)
-    results = [json.loads((Path(run) / "results.json").read_text(encoding="utf-8")) for run in args.runs]
+    results = [load_run(Path(run)) for run in args.runs]
     lengths = _context_lengths(results)
     conditions = args.conditions.split(",")
     summary = summarize_by_length(results, lengths)
@@ -107,6 +107,20 @@ def main(argv: list[str] | None = None) -> str:
     if args.plot:
         atomic_write_bytes(args.plot, plot(summary, conditions))
     return table
+
+
+def load_run(folder: Path) -> dict[str, Any]:
+    """A run's ``results.json``; for a run still going (or stopped), its ``predictions.jsonl`` so far, with the
+    folder name as the data set (complete lines only; the scores are those stored with each row)."""
+    if (folder / "results.json").is_file():
+        return json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    rows = []
+    for line in (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short
+    return {"metadata": {"data": f"{folder.name} (partial)"}, "predictions": rows}
 
 
 def _context_lengths(results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
