@@ -9,10 +9,16 @@ import pytest
 
 from conftest import make_shine
 from peft_shine import ContextError
-from peft_shine.commands.eval import long_context_records
 from peft_shine.document_adapters import ChunkingConfig
 from peft_shine.evaluation import load_qa_records, run_evaluation
-from peft_shine.evaluation.long_context import NEEDLES, SEPARATOR, length_of, needle_records, padded_squad_records
+from peft_shine.evaluation.long_context import (
+    NEEDLES,
+    SEPARATOR,
+    length_of,
+    needle_records,
+    padded_squad_records,
+    records_for_cli,
+)
 from peft_shine.evaluation.long_context_report import main as report_main
 from peft_shine.evaluation.long_context_report import summarize_by_length
 
@@ -87,10 +93,10 @@ def test_cli_builds_padded_and_needle_records(tokenizer):
     shine = make_shine("llama")
     base = {"split": None, "limit": 3, "seed": 0, "needle_multiples": "1,2", "chunk_tokens": 100,
             "chunk_overlap": 10, "chunk_combine": "svd", "chunk_rank": 4}
-    records, chunking = long_context_records(argparse.Namespace(data="squad", pad_tokens="900,1800", **base), shine)
+    records, chunking = records_for_cli(argparse.Namespace(data="squad", pad_tokens="900,1800", **base), shine)
     assert [length_of(r.id) for r in records] == [900] * 3 + [1800] * 3
     assert chunking == ChunkingConfig(100, 10, "svd", 4)
-    records, _ = long_context_records(argparse.Namespace(data="needle", pad_tokens="", **base), shine)
+    records, _ = records_for_cli(argparse.Namespace(data="needle", pad_tokens="", **base), shine)
     assert sorted({length_of(r.id) for r in records}) == [100, 200]
 
 

@@ -77,13 +77,14 @@ def load_for_eval(hypernetwork: str | None, base: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import SFTConfig, group_contexts, resolve_conditions, run_evaluation
+    from ..evaluation.long_context import records_for_cli
     from ..evaluation.report import RESULTS_CHART, RESULTS_JSON, RESULTS_MARKDOWN, markdown_table
 
     conditions = resolve_conditions(args.conditions)
     started = time.perf_counter()
     shine, label = load_for_eval(args.hypernetwork, args.base)
     print(f"Loaded {label} for {shine.config.base_model_name_or_path} in {time.perf_counter() - started:.1f} s")
-    records, chunking = long_context_records(args, shine)
+    records, chunking = records_for_cli(args, shine)
     if args.group_tokens > 0:
         records = group_contexts(records, args.group_tokens, shine.tokenizer, seed=args.seed)
     metadata = {"hypernetwork": label, "data": str(args.data), "split": args.split, "limit": args.limit,
@@ -101,23 +102,3 @@ def run(args: argparse.Namespace) -> int:
     print("Report: " + ", ".join(str(output / name) for name in (RESULTS_MARKDOWN, RESULTS_JSON, RESULTS_CHART)))
     return 0
 
-
-def long_context_records(args: argparse.Namespace, shine):
-    """The records of ``--data`` (``needle``: the planted-fact test) padded to ``--pad-tokens``, and the chunking of
-    ``--chunk-*`` (``None`` when off)."""
-    from ..document_adapters import ChunkingConfig
-    from ..evaluation import load_qa_records
-    from ..evaluation.long_context import needle_records, padded_squad_records
-
-    chunking = None
-    if args.chunk_tokens > 0:
-        chunking = ChunkingConfig(args.chunk_tokens, args.chunk_overlap, args.chunk_combine, args.chunk_rank)
-    if args.data == "needle":
-        multiples = [int(m) for m in args.needle_multiples.split(",")]
-        return needle_records(shine.tokenizer, args.chunk_tokens or shine.config.max_context_length, multiples,
-                              seed=args.seed), chunking
-    records = load_qa_records(args.data, split=args.split, limit=args.limit, seed=args.seed)
-    lengths = [int(n) for n in str(args.pad_tokens).split(",") if n.strip()]
-    if lengths:
-        records = [r for n in lengths for r in padded_squad_records(records, n, shine.tokenizer, seed=args.seed)]
-    return records, chunking

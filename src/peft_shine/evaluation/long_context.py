@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from .qa_data import QARecord, Tokenizer, _count_tokens, load_qa_records
 
@@ -111,3 +112,22 @@ def length_of(record_id: str) -> int | None:
         return None
     tail = record_id.rsplit("@", 1)[1]
     return int(tail.split(":", 1)[0]) if tail.split(":", 1)[0].isdigit() else None
+
+
+def records_for_cli(args: Any, shine) -> tuple[list[QARecord], Any]:
+    """``shine eval``'s records and chunking from its options: the records of ``--data`` (``needle``: the
+    planted-fact test) padded to ``--pad-tokens``, and the `ChunkingConfig` of ``--chunk-*`` (``None`` when off)."""
+    from ..document_adapters import ChunkingConfig
+
+    chunking = None
+    if args.chunk_tokens > 0:
+        chunking = ChunkingConfig(args.chunk_tokens, args.chunk_overlap, args.chunk_combine, args.chunk_rank)
+    if args.data == "needle":
+        multiples = [int(m) for m in args.needle_multiples.split(",")]
+        return needle_records(shine.tokenizer, args.chunk_tokens or shine.config.max_context_length, multiples,
+                              seed=args.seed), chunking
+    records = load_qa_records(args.data, split=args.split, limit=args.limit, seed=args.seed)
+    lengths = [int(n) for n in str(args.pad_tokens).split(",") if n.strip()]
+    if lengths:
+        records = [r for n in lengths for r in padded_squad_records(records, n, shine.tokenizer, seed=args.seed)]
+    return records, chunking
