@@ -41,13 +41,15 @@ class ChunkingConfig:
             base has fewer positions than that plus the memory slots). At least the
             number of memory slots (each chunk is summarised into them), at most ``max_context_length``.
         overlap_tokens: tokens of the previous chunk's end repeated at the start of the next (0 to half a chunk).
-        combine: ``"cat"`` (sum of the chunk updates, rank grows with the chunks), ``"mean"`` or ``"svd"``.
+        combine: ``"mean"`` (default: the mean of the chunk updates), ``"cat"`` (their sum) or ``"svd"`` (the
+            sum truncated to ``rank``); ``"mean"`` and ``"cat"`` keep every chunk's rank. With the shipped
+            hypernetwork the sum garbles answers from two chunks on (docs/evaluation.md), the mean does not.
         rank: the rank budget of ``"svd"`` (at most ``chunks × lora_rank`` of each document).
     """
 
     chunk_tokens: int | None = None
     overlap_tokens: int = 0
-    combine: str = "cat"
+    combine: str = "mean"
     rank: int | None = None
 
 

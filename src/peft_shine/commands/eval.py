@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk-tokens", type=int, default=0,
                         help="make SHINE adapters of long contexts chunk-wise, N tokens per chunk (0 = off)")
     parser.add_argument("--chunk-overlap", type=int, default=0, help="tokens repeated between consecutive chunks")
-    parser.add_argument("--chunk-combine", default="cat", choices=("cat", "mean", "svd"),
-                        help="how chunk adapters combine into one (cat = exact sum)")
+    parser.add_argument("--chunk-combine", default="mean", choices=("cat", "mean", "svd"),
+                        help="how chunk adapters combine into one (mean of the updates; cat = their exact sum)")
     parser.add_argument("--chunk-rank", type=int, default=None, help="rank budget of --chunk-combine svd")
     parser.add_argument("--output", default="eval-results", help="output folder (reused to resume)")
     parser.add_argument("--sft-steps", type=int, default=20, help="training steps of the SFT baseline per context")
