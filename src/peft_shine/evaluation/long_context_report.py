@@ -72,10 +72,10 @@ def plot(summary: Summary, conditions: Sequence[str]) -> bytes:
     for index, data in enumerate(datasets):
         axes = figure.add_subplot(1, len(datasets), index + 1)
         lengths = sorted(length for d, length in summary if d == data)
-        for condition in conditions:
+        for number, condition in enumerate(conditions):
             points = [(n, summary[(data, n)][condition]["f1"]) for n in lengths if condition in summary[(data, n)]]
-            if points:
-                axes.plot(*zip(*points), marker="o", label=condition)
+            if points:  # one colour per condition in every panel
+                axes.plot(*zip(*points), marker="o", label=condition, color=f"C{number}")
         axes.set_xscale("log", base=2)
         axes.set_xticks(lengths, [f"{n // 1024}K" if n >= 1024 else str(n) for n in lengths])
         axes.set_title(data)
