@@ -71,7 +71,8 @@ def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: in
     info = shine.adapter_info.get("document", {}) if kind == "chunked" else {}
     return {"kind": kind, "tokens": int(ids.shape[1]), "combine": combine if kind == "chunked" else None,
             "batch_size": batch_size if kind == "chunked" else None, "chunks": len(info.get("chunk_tokens", [])),
-            "rank": info.get("rank"), "svd_max_error": info.get("svd_max_error"), "seconds": round(seconds, 2), "before_mib": round(memory.before_mib, 1),
+            "rank": info.get("rank"), "svd_max_error": info.get("svd_max_error"), "seconds": round(seconds, 2),
+            "before_mib": round(memory.before_mib, 1),
             "increase_mib": round(memory.increase_mib, 1)}
 
 
