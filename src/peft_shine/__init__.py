@@ -1,12 +1,16 @@
 """peft-shine: SHINE hypernetworks that turn a text context into a LoRA adapter in one forward pass."""
 
 from peft_shine.auto import AutoShineModel
+from peft_shine.composition import compose_adapters
 from peft_shine.configuration_shine import ShineConfig
+from peft_shine.document_adapters import ChunkingConfig
 from peft_shine.errors import (
     AdapterSaveError,
     AdapterStateError,
     BaseModelMismatchError,
     CheckpointError,
+    ChunkingError,
+    CompositionError,
     ContextError,
     DemoError,
     HubError,
@@ -27,6 +31,9 @@ __all__ = [
     "AutoShineModel",
     "BaseModelMismatchError",
     "CheckpointError",
+    "ChunkingConfig",
+    "ChunkingError",
+    "CompositionError",
     "ContextError",
     "DemoError",
     "HubError",
@@ -40,6 +47,7 @@ __all__ = [
     "TargetExistsError",
     "UnsupportedModelError",
     "__version__",
+    "compose_adapters",
 ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from torch import nn
 from peft_shine.errors import AdapterStateError
 
 
+GENERATION_LOCK = threading.RLock()  # serialises adapter generation and deletion on shared bases, across threads
 _SHARED_ATTRIBUTE = "_peft_shine_peft_model"  # a weak reference on the base object to its PeftModel
 
 
@@ -76,6 +78,10 @@ def add_adapters(base_lm: nn.Module, peft_model: PeftModel | None, config: LoraC
     """
     peft_model = peft_model or shared_peft_model(base_lm)
     for name, state in states.items():
+        if peft_model is not None and name in peft_model.peft_config and peft_model.peft_config[name].r != config.r:
+            with warnings.catch_warnings():  # another rank (a chunked adapter): replaced, not copied into
+                warnings.simplefilter("ignore")
+                peft_model.delete_adapter(name)
         if peft_model is None:
             peft_model = wrap_base(base_lm, config, name, low_cpu_mem_usage=True)  # weights loaded next
             object.__setattr__(base_lm, _SHARED_ATTRIBUTE, weakref.ref(peft_model))

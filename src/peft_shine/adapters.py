@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,15 +14,22 @@ from peft import LoraConfig, PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from peft_shine.adapter_names import module_path_parts, validate_adapter_names
-from peft_shine.adapter_store import add_adapters, delete_adapters, forget_shared, tuner_layers, weights_fingerprint
+from peft_shine.adapter_store import (
+    GENERATION_LOCK,
+    add_adapters,
+    delete_adapters,
+    forget_shared,
+    tuner_layers,
+    weights_fingerprint,
+)
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.contexts import as_context_list, context_sha256, tokenize_left_padded
+from peft_shine.document_adapters import ChunkingConfig, generate_document_adapters
 from peft_shine.errors import AdapterStateError
 from peft_shine.export import lora_config, peft_state_dict, write_adapter_folder
 from peft_shine.layout import target_layer_modules
 
 
-_GENERATION_LOCK = threading.RLock()
 MAX_CONTEXTS_PER_CALL = 4096  # each adapter stays in memory on the base; the cost per call is linear in the count
 
 
@@ -56,6 +62,7 @@ class AdapterGenerationMixin:
         *,
         truncation: bool = False,
         batch_size: int = 8,
+        chunking: ChunkingConfig | dict | bool | int | None = None,
     ) -> PeftModel:
         """Generate one LoRA adapter per context in a single forward pass each and load them into a `PeftModel`.
 
@@ -64,7 +71,12 @@ class AdapterGenerationMixin:
             adapter_names: one name per context. Defaults to ``"default"`` for a single context (replacing the
                 previous ``"default"``) and ``"context_0"``, ``"context_1"``, ... for a list.
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
-            batch_size: contexts encoded per forward pass.
+            batch_size: contexts encoded per forward pass (chunks, with ``chunking``).
+            chunking: read contexts longer than the window: a `ChunkingConfig` (``chunk_tokens``,
+                ``overlap_tokens``, ``combine`` = ``"cat"`` / ``"mean"`` / ``"svd"``, ``rank``), a dict of its
+                fields, ``True`` for the defaults or an int chunk size. Each context is cut into chunks, the chunks
+                are encoded in batches and combined into one standard LoRA per context
+                (`peft_shine.document_adapters`). Not with ``truncation``.
 
         The time is linear in the number of contexts (``benchmarks/bench_many_contexts.py``); one call takes at most
         `MAX_CONTEXTS_PER_CALL` (4,096) contexts, since every adapter stays in memory on the base until
@@ -84,8 +96,12 @@ class AdapterGenerationMixin:
         names = _default_names(texts, adapter_names)
         _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])
-        with _GENERATION_LOCK:
+        if chunking not in (None, False) and truncation:
+            raise ValueError("Pass either chunking (read the whole context) or truncation (keep its start).")
+        with GENERATION_LOCK:
             self.check_base_model_state()
+            if chunking not in (None, False):
+                return generate_document_adapters(self, texts, names, chunking, batch_size)
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size)
             self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
@@ -98,7 +114,7 @@ class AdapterGenerationMixin:
         """Delete generated adapters (weights and `adapter_info`). Deleting the last one unwraps the base LM, which
         is then plain again (``peft_model`` becomes ``None``; the next `generate_adapter` wraps it anew)."""
         names = [names] if isinstance(names, str) else list(names)
-        with _GENERATION_LOCK:
+        with GENERATION_LOCK:
             for name in names:
                 self.adapter_info.pop(name, None)
             self.peft_model = delete_adapters(self.base_lm, self.peft_model, names)

@@ -24,6 +24,14 @@ class BaseModelMismatchError(ShineError, ValueError):
     """The base LM does not have the shapes this hypernetwork was built for."""
 
 
+class ChunkingError(ShineError, ValueError):
+    """A document cannot be chunked as asked (bad chunk size or overlap, no tokens, a tokenizer without offsets)."""
+
+
+class CompositionError(ShineError, ValueError):
+    """Adapters cannot be combined as asked (unknown rule, bad weights, rank budget, mismatched modules)."""
+
+
 class AdapterStateError(ShineError, RuntimeError):
     """The shared base model no longer matches what SHINE encodes with (e.g. a generated adapter was merged into
     it with ``merge_and_unload()``, or its peft wrappers were removed with ``unload()``)."""
@@ -57,7 +65,9 @@ __all__ = [
     "AdapterSaveError",
     "AdapterStateError",
     "BaseModelMismatchError",
+    "ChunkingError",
     "CheckpointError",
+    "CompositionError",
     "ContextError",
     "DemoError",
     "HubError",

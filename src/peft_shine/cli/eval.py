@@ -9,7 +9,7 @@ from typing import Any
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
-from peft_shine.evaluation import SFTConfig, group_contexts, load_qa_records, resolve_conditions, run_evaluation
+from peft_shine.evaluation import SFTConfig, group_contexts, resolve_conditions, run_evaluation
 from peft_shine.evaluation.conditions import (
     CONDITIONS,
     DEFAULT_CONDITIONS,
@@ -17,6 +17,7 @@ from peft_shine.evaluation.conditions import (
     RECALL_CONDITIONS,
     RECALL_MARGIN,
 )
+from peft_shine.evaluation.long_context import records_for_cli
 from peft_shine.evaluation.report import RESULTS_CHART, RESULTS_JSON, RESULTS_MARKDOWN, markdown_table
 from peft_shine.shipped import load_hypernetwork
 
@@ -44,6 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--group-tokens", type=int, default=0,
                         help="group paragraphs with distractors into contexts of about N tokens "
                              "(512, 1024, 2048: SQuAD-512/1K/2K); 0 = each paragraph alone")
+    parser.add_argument("--pad-tokens", default="",
+                        help="long-context SQuAD: pad each question's paragraph with other articles' paragraphs to "
+                             "about N tokens (comma-separated lengths run together, e.g. 512,1024,2048,4096)")
+    parser.add_argument("--needle-multiples", default="1,2,4,8",
+                        help="with --data needle: haystack lengths in multiples of the chunk size")
+    parser.add_argument("--chunk-tokens", type=int, default=0,
+                        help="make SHINE adapters of long contexts chunk-wise, N tokens per chunk (0 = off)")
+    parser.add_argument("--chunk-overlap", type=int, default=0, help="tokens repeated between consecutive chunks")
+    parser.add_argument("--chunk-combine", default="mean", choices=("cat", "mean", "svd"),
+                        help="how chunk adapters combine into one (mean of the updates; cat = their exact sum)")
+    parser.add_argument("--chunk-rank", type=int, default=None, help="rank budget of --chunk-combine svd")
     parser.add_argument("--output", default="eval-results", help="output folder (reused to resume)")
     parser.add_argument("--sft-steps", type=int, default=20, help="training steps of the SFT baseline per context")
     parser.add_argument("--sft-lr", type=float, default=2e-3, help="peak learning rate of the SFT baseline")
@@ -72,20 +84,21 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     shine, label = load_for_eval(args.hypernetwork, args.base, **placement_from_args(args).base_options())
     print(f"Loaded {label} for {shine.config.base_model_name_or_path} in {time.perf_counter() - started:.1f} s")
-    records = load_qa_records(args.data, split=args.split, limit=args.limit, seed=args.seed)
+    records, chunking = records_for_cli(args, shine)
     if args.group_tokens > 0:
         records = group_contexts(records, args.group_tokens, shine.tokenizer, seed=args.seed)
     metadata = {"hypernetwork": label, "data": str(args.data), "split": args.split, "limit": args.limit,
-                "group_tokens": args.group_tokens}
+                "group_tokens": args.group_tokens, "pad_tokens": args.pad_tokens or None}
     results = run_evaluation(
         shine, records, conditions, args.output, batch_size=args.batch_size,
         adapter_batch_size=args.adapter_batch_size, max_new_tokens=args.max_new_tokens,
         recall_max_new_tokens=args.recall_max_new_tokens,
         sft=SFTConfig(steps=args.sft_steps, learning_rate=args.sft_lr), seed=args.seed,
-        truncation=args.truncate_contexts, progress=not args.no_progress, metadata=metadata)
+        truncation=args.truncate_contexts, progress=not args.no_progress, metadata=metadata, chunking=chunking)
     meta = results["metadata"]
     print(f"\n{meta['num_questions']} questions, {meta['num_contexts']} contexts ({label})\n")
     print(markdown_table(results["aggregates"]))
     output = Path(args.output)
     print("Report: " + ", ".join(str(output / name) for name in (RESULTS_MARKDOWN, RESULTS_JSON, RESULTS_CHART)))
     return 0
+

@@ -65,15 +65,18 @@ def hypernetwork_view(engine: DemoEngine, session: Session) -> tuple[dict, str]:
     """The banner update and the one-line description of the session's hypernetwork."""
     info = engine.describe(session)
     kind = " (SHINE checkpoint)" if info["trained"] else ""
-    line = (f"Hypernetwork: **{info['hypernetwork']}**{kind} · base model `{info['base_model']}` · contexts up to "
-            f"{info['max_context_tokens']} tokens")
+    line = (f"Hypernetwork: **{info['hypernetwork']}**{kind} · base model `{info['base_model']}` · reads "
+            f"{info['max_context_tokens']} tokens at once (longer texts in chunks)")
     return gr.update(visible=not info["trained"]), line
 
 
 def adapter_status(info: dict) -> str:
     """The Markdown shown after generation: time, size, context length and hash."""
     adapter = info["adapter"]
-    return (f"✓ **Adapter ready**: generated in **{adapter['generation_seconds']:.2f} s** (one forward pass) from "
+    chunks = adapter.get("chunk_tokens") or []
+    passes = "one forward pass" if not chunks else \
+        f"{len(chunks)} chunks of {', '.join(map(str, chunks))} tokens, combined into one LoRA"
+    return (f"✓ **Adapter ready**: generated in **{adapter['generation_seconds']:.2f} s** ({passes}) from "
             f"{adapter['context_tokens']} context tokens · **{adapter['size_bytes'] / 1e6:.1f} MB** · context "
             f"sha256 `{adapter['context_sha256'][:12]}…`")
 

@@ -65,6 +65,7 @@ class Adapter:
     size_bytes: int
     folder: Path
     zip_path: Path
+    chunk_tokens: tuple[int, ...] = ()  # tokens of each chunk when the context was longer than one window
 
 
 @dataclass(frozen=True)
@@ -152,14 +153,17 @@ class DemoEngine:
         with self._lock:
             loaded = self.hypernetwork(session.hypernetwork)
             shine, name = loaded.model, f"s{uuid.uuid4().hex[:16]}"
-            started = time.perf_counter()
-            shine.generate_adapter(context, adapter_names=name)
-            seconds = time.perf_counter() - started
             tokens = len(shine.tokenizer(context, add_special_tokens=False).input_ids)
+            chunking = True if tokens > shine.config.max_context_length else None  # long text: chunk-wise
+            started = time.perf_counter()
+            shine.generate_adapter(context, adapter_names=name, chunking=chunking)
+            seconds = time.perf_counter() - started
+            chunks = tuple(shine.adapter_info[name].get("chunk_tokens", ())) if chunking else ()
             digest = context_sha256(context)
             folder, zip_path = self._package(loaded, name, digest, seconds)
             size = (folder / "adapter_model.safetensors").stat().st_size
-            adapter = Adapter(name, session.hypernetwork, context, digest, tokens, seconds, size, folder, zip_path)
+            adapter = Adapter(name, session.hypernetwork, context, digest, tokens, seconds, size, folder, zip_path,
+                              chunks)
             self.adapters[name] = adapter
             self._release(session.adapter)
             while len(self.adapters) > self.max_adapters:
@@ -233,7 +237,8 @@ class DemoEngine:
             adapter = self.adapters.get(session.adapter) if session.adapter else None
             summary = None if adapter is None else {
                 "context_sha256": adapter.context_sha256, "context_tokens": adapter.context_tokens,
-                "generation_seconds": round(adapter.seconds, 3), "size_bytes": adapter.size_bytes}
+                "generation_seconds": round(adapter.seconds, 3), "size_bytes": adapter.size_bytes,
+                "chunk_tokens": list(adapter.chunk_tokens)}
             return {"hypernetwork": loaded.label, "trained": loaded.trained,
                     "base_model": loaded.model.config.base_model_name_or_path,
                     "max_context_tokens": loaded.model.config.max_context_length, "adapter": summary}

@@ -15,6 +15,7 @@ Files in ``output_dir``:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from peft_shine.document_adapters import resolve_chunking
 from peft_shine.evaluation.conditions import (
     DEFAULT_CONDITIONS,
     DEFAULT_RECALL_MAX_NEW_TOKENS,
@@ -81,6 +83,7 @@ def run_settings(shine, options: RunOptions, recall: bool = False) -> dict[str, 
         "sft": {"steps": options.sft.steps, "learning_rate": options.sft.learning_rate,
                 "weight_decay": options.sft.weight_decay},
         **recall_settings,
+        **({"chunking": dataclasses.asdict(options.chunking)} if options.chunking is not None else {}),
     }
 
 
@@ -148,6 +151,7 @@ def run_evaluation(
     truncation: bool = False,
     progress: bool = True,
     metadata: Mapping[str, Any] | None = None,
+    chunking: Any = None,
 ) -> dict[str, Any]:
     """Answer ``records`` under each condition (see `conditions.CONDITIONS`) and write the report.
 
@@ -169,6 +173,8 @@ def run_evaluation(
         truncation: generate adapters from the first ``max_context_length`` tokens of longer contexts (else raise).
         progress: show a tqdm progress bar.
         metadata: extra JSON-ready facts to record in the report (data set, limit, hypernetwork path, ...).
+        chunking: make SHINE adapters of long contexts chunk-wise (a `ChunkingConfig`, see
+            `peft_shine.document_adapters`; recorded in the settings). Not with ``truncation``.
 
     Returns:
         ``{"settings", "metadata", "conditions", "aggregates": {condition: {...}}, "predictions": [row, ...]}``,
@@ -178,10 +184,12 @@ def run_evaluation(
         raise ValueError("no records to evaluate")
     names = resolve_conditions(conditions)
     specs = [KNOWN_CONDITIONS[name] for name in names]
+    if chunking is not None:
+        chunking = resolve_chunking(shine, chunking)  # refuse bad chunking now, not after the first conditions
     options = RunOptions(batch_size, adapter_batch_size, max_new_tokens, truncation, sft or SFTConfig(), seed,
-                         recall_max_new_tokens)
+                         recall_max_new_tokens, chunking=chunking)
     tasks = plan_tasks(records, names, shine.tokenizer, seed, recall_max_new_tokens)
-    if not truncation and any(spec.adapter == SHINE for spec in specs):
+    if not truncation and chunking is None and any(spec.adapter == SHINE for spec in specs):
         shine.tokenize_contexts(distinct_contexts(records))  # raise now, not after the first conditions
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,7 @@ class RunOptions:
     sft: SFTConfig = field(default_factory=SFTConfig)
     seed: int = 0  # initialisation of the SFT adapters
     recall_max_new_tokens: int = DEFAULT_RECALL_MAX_NEW_TOKENS  # cap on a recall task's budget
+    chunking: Any = None  # a `document_adapters.ChunkingConfig`: SHINE adapters of long contexts made chunk-wise
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.adapter_batch_size, self.max_new_tokens, self.recall_max_new_tokens) < 1:
@@ -102,7 +103,7 @@ def _make_adapters(shine, chunk: Chunk, options: RunOptions, scope: list[str],
     if chunk.kind == SHINE:
         status(f"generating {len(names)} SHINE adapter(s)")
         shine.generate_adapter(chunk.contexts, adapter_names=names, truncation=options.truncation,
-                               batch_size=options.adapter_batch_size)
+                               batch_size=options.adapter_batch_size, chunking=options.chunking)
         seconds = [shine.adapter_info[name]["generation_seconds"] for name in names]
     else:
         status(f"training {len(names)} SFT adapter(s), {options.sft.steps} steps each")

@@ -1,0 +1,139 @@
+"""Peak memory and time of chunked adapter generation against the base model's plain prefill, 512 → 16K tokens.
+
+    python -m benchmarks.bench_long_context [--lengths 512,1024,...] [--prefill-max 8192] [--output FILE.json]
+
+Every measurement runs in a fresh Python process (``python -m benchmarks.bench_long_context --probe ...``): load the
+shipped hypernetwork and its base, warm up on a short text, then sample the resident memory (RSS, every 2 ms:
+`timing.PeakMemory`) around one operation and report the peak increase over the memory just before it:
+
+* ``chunked``: ``shine.generate_adapter(text, chunking=ChunkingConfig(512, combine=...), batch_size=B)`` — the
+  whole path: chunking, batched encoding, combination and loading into peft;
+* ``prefill``: ``base_lm(ids, use_cache=True, logits_to_keep=1)`` — reading the same text into the base with the
+  KV cache that answering from it needs (SmolLM2-135M has 8,192 positions: longer prefills are not measured).
+
+The text is real prose: the bundled WikiText paragraphs, repeated as often as needed and cut to the length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+from .timing import PeakMemory
+
+
+def prose(tokenizer, tokens: int) -> str:
+    """The bundled WikiText paragraphs, repeated as often as needed, cut to exactly ``tokens`` tokens."""
+    from peft_shine.qa_data import bundled_path
+
+    with open(bundled_path("wikitext_sample.jsonl"), encoding="utf-8") as handle:
+        paragraphs = [json.loads(line)["text"] + "\n\n" for line in handle]
+    ids: list[int] = []
+    while len(ids) < tokens:
+        for paragraph in paragraphs:
+            ids += tokenizer(paragraph, add_special_tokens=False).input_ids
+            if len(ids) >= tokens:
+                break
+    text = tokenizer.decode(ids[:tokens])
+    while len(tokenizer(text, add_special_tokens=False).input_ids) > tokens:  # decode/encode may not round-trip
+        text = text[: text.rstrip().rfind(" ")]
+    return text
+
+
+def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: int) -> dict:
+    """One measurement in this process (see the module docstring)."""
+    from peft_shine.document_adapters import ChunkingConfig
+    from peft_shine.shipped import load_hypernetwork
+
+    torch.set_num_threads(1)
+    shine = load_hypernetwork(None).model
+    text = prose(shine.tokenizer, tokens)
+    ids = shine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    chunking = ChunkingConfig(512, combine=combine, rank=rank)
+    if kind == "chunked":  # first calls allocate thread pools, workspaces and the PeftModel: not the operation's
+        shine.generate_adapter(prose(shine.tokenizer, 64), "warm-up", chunking=ChunkingConfig(512))
+    else:
+        with torch.inference_mode():
+            shine.base_lm(ids[:, :16], use_cache=True, logits_to_keep=1)
+    started = time.perf_counter()
+    with PeakMemory() as memory:
+        if kind == "chunked":
+            shine.generate_adapter(text, "document", chunking=chunking, batch_size=batch_size)
+        else:
+            with torch.inference_mode():
+                shine.base_lm(ids, use_cache=True, logits_to_keep=1)
+    seconds = time.perf_counter() - started
+    info = shine.adapter_info.get("document", {}) if kind == "chunked" else {}
+    return {"kind": kind, "tokens": int(ids.shape[1]), "combine": combine if kind == "chunked" else None,
+            "batch_size": batch_size if kind == "chunked" else None, "chunks": len(info.get("chunk_tokens", [])),
+            "rank": info.get("rank"), "svd_max_error": info.get("svd_max_error"), "seconds": round(seconds, 2),
+            "before_mib": round(memory.before_mib, 1),
+            "increase_mib": round(memory.increase_mib, 1)}
+
+
+def measure(kind: str, tokens: int, combine: str = "cat", rank: int | None = None, batch_size: int = 4) -> dict:
+    """`probe` in a fresh Python process (peak RSS only grows within a process)."""
+    command = [sys.executable, "-m", "benchmarks.bench_long_context", "--probe", kind, str(tokens), combine,
+               str(rank or 0), str(batch_size)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def markdown(rows: list[dict]) -> str:
+    """One line per length: prefill and chunked generation (each rule measured) side by side."""
+    lengths = sorted({row["tokens"] for row in rows})
+    variants = list(dict.fromkeys((r["combine"], r["rank"] if r["combine"] == "svd" else None, r["batch_size"])
+                                  for r in rows if r["kind"] == "chunked"))
+    names = [f"{c}{f' r={k}' if k else ''} b={b}" for c, k, b in variants]
+    lines = ["| tokens | chunks | prefill MiB (s) | " + " | ".join(f"{n} MiB (s)" for n in names) + " |",
+             "|---:|---:|---:|" + "---:|" * len(names)]
+    for length in lengths:
+        prefill = next((r for r in rows if r["kind"] == "prefill" and r["tokens"] == length), None)
+        cells, chunks = [], ""
+        for combine, rank, batch in variants:
+            row = next((r for r in rows if r["kind"] == "chunked" and r["tokens"] == length and r["combine"] == combine
+                        and r["batch_size"] == batch and (combine != "svd" or r["rank"] == rank)), None)
+            cells.append("—" if row is None else f"{row['increase_mib']:.0f} ({row['seconds']:.1f})")
+            chunks = str(row["chunks"]) if row else chunks
+        first = "—" if prefill is None else f"{prefill['increase_mib']:.0f} ({prefill['seconds']:.1f})"
+        lines.append(f"| {length} | {chunks} | {first} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
+    parser.add_argument("--prefill-max", type=int, default=8192, help="longest plain prefill measured")
+    parser.add_argument("--svd-rank", type=int, default=16, help="rank budget of the svd measurement (0 = skip)")
+    parser.add_argument("--batch-size", type=int, default=4, help="chunks encoded per forward pass")
+    parser.add_argument("--output", default=None, help="also write the rows as JSON")
+    parser.add_argument("--probe", nargs=5, metavar=("KIND", "TOKENS", "COMBINE", "RANK", "BATCH"), default=None,
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        kind, tokens, combine, rank, batch = args.probe
+        print(json.dumps(probe(kind, int(tokens), combine, int(rank) or None, int(batch))))
+        return []
+    rows = []
+    for length in [int(n) for n in args.lengths.split(",")]:
+        rows.append(measure("chunked", length, "cat", batch_size=args.batch_size))
+        if args.svd_rank and length >= 4096:  # 8+ chunks: concatenated rank 24+
+            rows.append(measure("chunked", length, "svd", args.svd_rank, args.batch_size))
+        if length <= args.prefill_max:
+            rows.append(measure("prefill", length))
+        print(json.dumps(rows[-1]), flush=True)
+    print(markdown(rows))
+    if args.output:
+        from peft_shine.io_utils import atomic_write_text
+
+        atomic_write_text(args.output, json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

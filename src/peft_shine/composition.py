@@ -1,0 +1,284 @@
+"""Combining several LoRA adapters into one standard peft LoRA: rank concatenation, weighted mean, SVD truncation.
+
+Every rule works on the weight update ``ΔW_i = s_i · B_i A_i`` of each adapter (``s_i = lora_alpha / r`` is peft's
+scaling, respected here) and writes a LoRA whose own scaling is 1 (``lora_alpha = r``), like every generated adapter:
+
+* ``"cat"`` — rank concatenation: ``ΔW = Σ w_i ΔW_i`` **exactly** (default ``w_i = 1``: the sum of the updates).
+  ``A = [w_1 s_1 A_1; w_2 s_2 A_2; …]`` stacked on the rank axis, ``B = [B_1, B_2, …]``; the rank is ``Σ r_i``
+  and grows with the number of adapters.
+* ``"mean"`` — weighted mean: ``ΔW = Σ w_i ΔW_i / Σ w_i`` exactly (default: uniform), stored like ``"cat"``
+  (rank ``Σ r_i``). peft's ``"linear"`` rule averages the factors instead, which adds cross terms ``B_i A_j``:
+  it is not the mean of the updates, so it is not used.
+* ``"svd"`` — the ``"cat"`` update (with ``weights``) truncated to a rank budget ``rank ≤ Σ r_i`` by its singular
+  value decomposition: the best rank-``rank`` approximation (Eckart–Young), exact when the update's rank is at
+  most the budget. The SVD never forms the ``out × in`` matrix: with ``B = Q_b R_b`` and ``Aᵀ = Q_a R_a`` (thin QR),
+  ``ΔW = Q_b (R_b R_aᵀ) Q_aᵀ`` and only the small ``Σr × Σr`` core is decomposed (in float64). The relative
+  Frobenius error ``‖ΔW − ΔW_k‖ / ‖ΔW‖`` of every module is returned (`CombinedLora.errors`).
+
+`combine_lora_states` works on peft state dicts (``….lora_A.weight`` ``(r, in)``, ``….lora_B.weight`` ``(out, r)``);
+`peft_shine.document_adapters` uses it for the chunks of one long document (no per-chunk peft adapter is ever
+created). `compose_adapters` combines adapters already loaded on a `PeftModel` through peft's own
+``add_weighted_adapter`` (``"cat"``; ``"mean"`` = ``"cat"`` with normalised weights; ``"svd"`` with ``svd_rank``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from peft import PeftType, get_peft_model_state_dict
+
+from peft_shine.errors import CompositionError
+
+
+RULES = ("cat", "mean", "svd")
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+
+
+
+@dataclass
+class CombinedLora:
+    """A combined adapter: its peft state dict, its rank, the rule, and for ``"svd"`` the relative Frobenius
+    truncation error of each module (``prefix → error``; empty for the exact rules)."""
+
+    state: dict[str, torch.Tensor]
+    rank: int
+    rule: str
+    errors: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def max_error(self) -> float:
+        """The largest relative truncation error over the modules (0.0 for the exact rules)."""
+        return max(self.errors.values(), default=0.0)
+
+
+def check_rule(rule: str, rank: int | None, concatenated_rank: int | None = None) -> None:
+    """Validate a rule and its rank budget (``rank`` only with ``"svd"``, where it is required and at most the
+    concatenated rank when that is known). Raises `CompositionError`."""
+    if rule not in RULES:
+        raise CompositionError(f"Unknown combination rule {rule!r}; choose from {', '.join(RULES)}.")
+    if rule != "svd":
+        if rank is not None:
+            raise CompositionError(f"A rank budget applies to the 'svd' rule only; {rule!r} keeps the concatenated "
+                                   f"rank. Use rule='svd' with rank={rank}.")
+        return
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise CompositionError(f"The 'svd' rule needs a positive integer rank budget, got {rank!r}.")
+    if concatenated_rank is not None and rank > concatenated_rank:
+        raise CompositionError(
+            f"The rank budget {rank} is larger than the concatenated rank {concatenated_rank} (the sum of the "
+            f"adapters' ranks): truncating cannot add rank. Use rank <= {concatenated_rank}, or rule='cat'."
+        )
+
+
+def normalized_weights(rule: str, count: int, weights: Sequence[float] | None) -> list[float]:
+    """The weight of each adapter: given ones (finite, one per adapter), else 1; ``"mean"`` divides by their sum."""
+    if count < 1:
+        raise CompositionError("Nothing to combine: no adapters were given.")
+    values = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(values) != count:
+        raise CompositionError(f"Got {len(values)} weights for {count} adapters; give one weight per adapter.")
+    if not all(math.isfinite(w) for w in values):
+        raise CompositionError(f"Weights must be finite numbers, got {values}.")
+    if rule == "mean":
+        total = sum(values)
+        if total <= 0:
+            raise CompositionError(f"The 'mean' rule divides by the sum of the weights, which is {total}; give "
+                                   f"weights with a positive sum.")
+        values = [w / total for w in values]
+    return values
+
+
+def module_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The module prefixes of a peft LoRA state dict (keys without ``.lora_A.weight``), in key order."""
+    prefixes = [key[: -len(_A)] for key in state if key.endswith(_A)]
+    if not prefixes or len(prefixes) * 2 != len(state) or any(p + _B not in state for p in prefixes):
+        raise CompositionError("Expected a LoRA state dict holding exactly one lora_A.weight and one lora_B.weight "
+                               "per module (no biases, embeddings or DoRA magnitudes).")
+    return prefixes
+
+
+def combine_lora_states(
+    states: Sequence[Mapping[str, torch.Tensor]],
+    rule: str = "cat",
+    *,
+    weights: Sequence[float] | None = None,
+    scalings: Sequence[float] | None = None,
+    rank: int | None = None,
+) -> CombinedLora:
+    """Combine LoRA state dicts with the same modules into one (see the module docstring for the rules).
+
+    Args:
+        states: peft state dicts (``get_peft_model_state_dict`` / `export.peft_state_dict` format).
+        rule: ``"cat"``, ``"mean"`` or ``"svd"``.
+        weights: one weight per adapter (default 1; ``"mean"`` normalises them to sum 1).
+        scalings: each adapter's peft scaling ``lora_alpha / r`` (default 1, what generated adapters use).
+        rank: the rank budget of ``"svd"`` (required there, refused elsewhere), at most ``Σ r_i``.
+
+    Returns:
+        A `CombinedLora` whose state has the dtype of the first adapter and scaling 1 (``lora_alpha = rank``).
+    """
+    normalized_weights(rule, len(states), weights)  # "nothing to combine" and bad weights first
+    prefixes = module_prefixes(states[0])
+    for index, state in enumerate(states[1:], start=1):
+        if set(state) != set(states[0]):
+            raise CompositionError(f"Adapter {index} adapts other modules than adapter 0; only adapters with the "
+                                   f"same target modules can be combined.")
+    ranks = [int(state[prefixes[0] + _A].shape[0]) for state in states]
+    accumulator = LoraAccumulator(ranks, rule, weights=weights, scalings=scalings, rank=rank)
+    for state in states:
+        accumulator.add(state)
+    return accumulator.result()
+
+
+class LoraAccumulator:
+    """Rank concatenation filled one adapter at a time into factors allocated once, so the inputs need not be kept
+    (a long document's chunk LoRAs are dropped as they arrive); `result` applies the rule. The ranks, weights and
+    scalings of all inputs are given up front (see `combine_lora_states`)."""
+
+    def __init__(self, ranks: Sequence[int], rule: str = "cat", *, weights: Sequence[float] | None = None,
+                 scalings: Sequence[float] | None = None, rank: int | None = None) -> None:
+        values = normalized_weights(rule, len(ranks), weights)
+        scales = [1.0] * len(ranks) if scalings is None else [float(s) for s in scalings]
+        if len(scales) != len(ranks):
+            raise CompositionError(f"Got {len(scales)} scalings for {len(ranks)} adapters.")
+        check_rule(rule, rank, sum(ranks))
+        self.rule, self.rank, self.count = rule, rank, 0
+        self.factors = [w * s for w, s in zip(values, scales)]
+        self.offsets = [0]
+        for value in ranks:
+            self.offsets.append(self.offsets[-1] + int(value))
+        self.state: dict[str, torch.Tensor] = {}
+        self.prefixes: list[str] = []
+
+    def add(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Write the next adapter's factors (A scaled by its weight × scaling) into its rank rows / columns."""
+        index = self.count
+        if index + 1 >= len(self.offsets):
+            raise CompositionError(f"Got more adapters than the {len(self.offsets) - 1} announced.")
+        if not self.state:
+            self.prefixes, total = module_prefixes(state), self.offsets[-1]
+            for prefix in self.prefixes:
+                a, b = state[prefix + _A], state[prefix + _B]
+                self.state[prefix + _A] = a.new_empty(total, a.shape[1])
+                self.state[prefix + _B] = b.new_empty(b.shape[0], total)
+        elif set(state) != set(self.state):
+            raise CompositionError(f"Adapter {index} adapts other modules than adapter 0; only adapters with the "
+                                   f"same target modules can be combined.")
+        low, high = self.offsets[index], self.offsets[index + 1]
+        for prefix in self.prefixes:
+            if state[prefix + _A].shape[0] != high - low:
+                raise CompositionError(f"Adapter {index} has rank {state[prefix + _A].shape[0]} at {prefix}, "
+                                       f"announced {high - low}.")
+            self.state[prefix + _A][low:high] = state[prefix + _A] * self.factors[index]
+            self.state[prefix + _B][:, low:high] = state[prefix + _B]
+        self.count += 1
+
+    def result(self) -> CombinedLora:
+        """The combined adapter (``"svd"``: truncated module by module, in place of the concatenation)."""
+        if self.count != len(self.offsets) - 1:
+            raise CompositionError(f"Got {self.count} of the {len(self.offsets) - 1} announced adapters.")
+        state, errors = self.state, {}
+        if self.rule == "svd":
+            for prefix in self.prefixes:
+                dtype = state[prefix + _A].dtype
+                a, b, errors[prefix] = truncate_lora(state[prefix + _A], state[prefix + _B], self.rank)
+                state[prefix + _A], state[prefix + _B] = a.to(dtype).contiguous(), b.to(dtype).contiguous()
+        return CombinedLora(state, self.rank if self.rule == "svd" else self.offsets[-1], self.rule, errors)
+
+
+def truncate_lora(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The best rank-``rank`` LoRA ``(A', B')`` of the update ``B @ A`` (``A: (R, in)``, ``B: (out, R)``) and the
+    relative Frobenius error of the truncation, from the SVD of the ``R × R`` core of two thin QRs (float64).
+    Singular values are split evenly (``√σ``) between ``A'`` and ``B'``; missing directions are zero rows."""
+    q_b, r_b = torch.linalg.qr(b.double())
+    q_a, r_a = torch.linalg.qr(a.double().T)
+    u, sigma, vh = torch.linalg.svd(r_b @ r_a.T)
+    keep = min(rank, sigma.numel())
+    root = sigma[:keep].sqrt()
+    new_b = torch.zeros(b.shape[0], rank, dtype=torch.float64, device=b.device)
+    new_a = torch.zeros(rank, a.shape[1], dtype=torch.float64, device=a.device)
+    new_b[:, :keep] = (q_b @ u[:, :keep]) * root
+    new_a[:keep] = root[:, None] * (vh[:keep] @ q_a.T)
+    total = float(sigma.square().sum())
+    error = math.sqrt(float(sigma[keep:].square().sum()) / total) if total > 0 else 0.0
+    return new_a, new_b, error
+
+
+def delta_weight(state: Mapping[str, torch.Tensor], prefix: str, scaling: float = 1.0) -> torch.Tensor:
+    """The update ``scaling · B @ A`` of one module of a LoRA state dict, ``(out, in)`` in float64."""
+    return scaling * state[prefix + _B].double() @ state[prefix + _A].double()
+
+
+def compose_adapters(
+    peft_model,
+    adapter_names: Sequence[str],
+    new_name: str,
+    rule: str = "cat",
+    *,
+    weights: Sequence[float] | None = None,
+    rank: int | None = None,
+    activate: bool = True,
+) -> CombinedLora:
+    """Combine LoRA adapters loaded on ``peft_model`` (e.g. generated from several documents) into a new adapter
+    ``new_name`` on the same model, with the rules of this module, through peft's ``add_weighted_adapter``.
+
+    ``"cat"`` and ``"mean"`` use peft's ``"cat"`` combination (exact; ``"mean"`` passes the weights divided by their
+    sum), ``"svd"`` uses peft's ``"svd"`` with ``svd_rank=rank`` (the best rank-``rank`` approximation, computed by
+    peft from the full ``out × in`` update). The result saves with ``save_pretrained`` / `ShineModel.save_adapter`
+    like any generated adapter. With ``activate`` the new adapter becomes the active one.
+
+    Returns:
+        A `CombinedLora` holding the new adapter's state dict, its rank and, for ``"svd"``, the relative
+        truncation error of each module. Raises `CompositionError` before changing anything when the names, the
+        adapters' configs, the weights or the rank budget do not allow the combination; if peft fails midway, the
+        half-made adapter is removed.
+    """
+    names = _check_composable(peft_model, adapter_names, new_name)
+    configs = [peft_model.peft_config[name] for name in names]
+    check_rule(rule, rank, sum(config.r for config in configs))
+    values = normalized_weights(rule, len(names), weights)
+    states = [get_peft_model_state_dict(peft_model, adapter_name=name) for name in names]
+    errors = {}
+    if rule == "svd":  # the truncation error from the cheap QR-core SVD (peft keeps only the truncated factors)
+        errors = combine_lora_states(states, "svd", weights=values, rank=rank,
+                                     scalings=[c.lora_alpha / c.r for c in configs]).errors
+    try:
+        peft_model.add_weighted_adapter(list(names), values, new_name,
+                                        combination_type="svd" if rule == "svd" else "cat",
+                                        svd_rank=rank, svd_full_matrices=False)
+    except BaseException:
+        if new_name in peft_model.peft_config:
+            peft_model.delete_adapter(new_name)
+        raise
+    if activate:
+        peft_model.set_adapter(new_name)
+    state = get_peft_model_state_dict(peft_model, adapter_name=new_name)
+    return CombinedLora(state, peft_model.peft_config[new_name].r, rule, errors)
+
+
+def _check_composable(peft_model, adapter_names: Sequence[str], new_name: str) -> list[str]:
+    """The adapter names, checked: at least two distinct existing plain LoRA adapters with the same targets, and
+    a new name that is not taken (peft's ``add_weighted_adapter`` would silently keep an existing one)."""
+    names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise CompositionError(f"Composition needs at least two distinct adapter names, got {names}.")
+    missing = [name for name in names if name not in peft_model.peft_config]
+    if missing:
+        raise CompositionError(f"No adapter named {missing}; loaded: {list(peft_model.peft_config)}.")
+    if not isinstance(new_name, str) or not new_name or new_name in peft_model.peft_config:
+        raise CompositionError(f"The new adapter needs a name not already loaded, got {new_name!r}; delete the old "
+                               f"one first (peft_model.delete_adapter(name)).")
+    configs = [peft_model.peft_config[name] for name in names]
+    for name, config in zip(names, configs):
+        if config.peft_type != PeftType.LORA or config.use_dora or config.rank_pattern or config.alpha_pattern \
+                or getattr(config, "lora_bias", False):
+            raise CompositionError(f"Adapter {name!r} is not a plain LoRA (DoRA, bias, or per-module rank/alpha "
+                                   f"patterns); only plain LoRA adapters can be combined.")
+    targets = {frozenset(config.target_modules) if not isinstance(config.target_modules, str)
+               else config.target_modules for config in configs}
+    if len(targets) != 1:
+        raise CompositionError("The adapters target different modules; only adapters of the same targets combine.")
+    return names
