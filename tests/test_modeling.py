@@ -199,3 +199,20 @@ def test_generation_works_after_every_adapter_was_deleted():
         ids = torch.randint(5, 100, (1, 6))
         with shine.apply_lora(lora) as base:
             torch.testing.assert_close(model(ids).logits, base(ids).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_length_sorted_batches_give_the_adapters_of_the_callers_order():
+    shine = make_shine("llama", lora_scale=0.05)
+    perturb_m2p(shine)
+    from peft import get_peft_model_state_dict
+
+    contexts = ["a much longer context than all the others here", "short", "a medium context", "tiny", "mid one"]
+    names = [f"n{i}" for i in range(len(contexts))]
+    model = shine.generate_adapter(contexts, adapter_names=names, batch_size=2)  # batches by length, not by order
+    assert model.active_adapter == names[-1]
+    batched = {n: get_peft_model_state_dict(model, adapter_name=n, save_embedding_layers=False) for n in names}
+    for context, name in zip(contexts, names):
+        alone = shine.generate_adapter(context, adapter_names="alone")
+        single = get_peft_model_state_dict(alone, adapter_name="alone", save_embedding_layers=False)
+        for key, value in single.items():
+            torch.testing.assert_close(batched[name][key.replace("alone", name)], value, atol=1e-5, rtol=1e-4)

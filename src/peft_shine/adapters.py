@@ -169,18 +169,23 @@ class AdapterGenerationMixin:
 
     @torch.no_grad()  # not inference_mode: the tensors become peft parameters
     def _generate_states(self, texts: list[str], names: list[str], truncation: bool, batch_size: int) -> dict:
+        """peft state dicts by name, in the order of ``names``. Contexts are encoded in batches of similar length
+        (sorted by token count), so a batch pads little whatever order the caller used."""
         was_training = self.training
         self.eval()
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
+        order = sorted(range(len(texts)), key=lengths.__getitem__)
         states = {}
         try:
-            for start in range(0, len(texts), batch_size):
-                ids, mask = self.tokenize_contexts(texts[start:start + batch_size], truncation=truncation)
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                ids, mask = self.tokenize_contexts([texts[i] for i in batch], truncation=truncation)
                 lora = self.generate_lora(ids, mask)
-                for row, name in enumerate(names[start:start + batch_size]):
-                    states[name] = peft_state_dict(self.base_lm, self.config.module_specs, lora, row)
+                for row, index in enumerate(batch):
+                    states[names[index]] = peft_state_dict(self.base_lm, self.config.module_specs, lora, row)
         finally:
             self.train(was_training)
-        return states
+        return {name: states[name] for name in names}  # the last name given stays the active adapter
 
     def save_adapter(self, path: str | Path, adapter_name: str = "default", *, overwrite: bool = False) -> Path:
         """Write a generated adapter as a flat, standard peft LoRA folder (``adapter_config.json`` +
