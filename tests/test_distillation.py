@@ -244,6 +244,11 @@ def test_teacher_hidden_targets_are_the_teacher_states_on_the_answer_positions(t
 def test_kd_hidden_objective_adds_the_hidden_term_and_trains_only_the_hypernetwork(tmp_path):
     from peft_shine.training.data import ShineDataCollator
 
+    weights = {o: (training_args(tmp_path, objective=o, hidden_weight=0.5).loss_weights,
+                   training_args(tmp_path, objective=o, hidden_weight=0.5).hidden_matching_weight)
+               for o in ("kd", "kd+ce", "kd+hidden", "kd+ce+hidden")}
+    assert weights == {"kd": ((0.0, 1.0), 0.0), "kd+ce": ((1.0, 1.0), 0.0), "kd+hidden": ((0.0, 1.0), 0.5),
+                       "kd+ce+hidden": ((1.0, 1.0), 0.5)}
     shine = tiny_shine()
     dataset, _ = kd_hidden_dataset(shine, random_words(4))
     batch = ShineDataCollator(shine.tokenizer.pad_token_id)([dataset[i] for i in range(4)])

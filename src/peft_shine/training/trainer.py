@@ -6,7 +6,8 @@ checkpoints, resume, logging — is the stock loop):
 * the data: `build_dataset` turns raw texts (stage ``"pretrain"``) or QA records (stage ``"instruct"``) into a
   tokenised dataset with the arguments' lengths and ratios, batched by `ShineDataCollator`;
 * the loss: `ShineModel.forward` divides its summed loss by ``num_items_in_batch``, so gradient accumulation and
-  multi-process runs weight every labelled token equally;
+  multi-process runs weight every labelled token equally; an objective ending in ``+hidden`` adds, in
+  `compute_loss`, the hidden-state matching term (`losses.hidden_l1`) on the answer pass's captured layer outputs;
 * non-finite steps: a micro-batch whose loss is NaN/Inf back-propagates NaN instead (the loss is multiplied by
   NaN on the device: no host sync per micro-batch), and an optimizer pre-step hook skips any step whose gradient
   norm is not finite, so **no parameter, moment or weight-decay update is applied**. The decision is one flag,
