@@ -165,7 +165,7 @@ def test_a_long_text_is_read_in_chunks_and_the_status_shows_them(app):
     long_text = "\n\n".join(f"Paragraph {i}: the archive in room {i} holds {i * 7} maps of the coast." for i in range(90))
     status, zip_path, _ = new_session(app).predict(long_text, api_name="/generate")
     adapter = adapter_of(app[1], long_text)
-    window = app[1].hypernetwork().shine.config.max_context_length
+    window = app[1].hypernetwork().model.config.max_context_length
     assert adapter.context_tokens > window and len(adapter.chunk_tokens) >= 2 and max(adapter.chunk_tokens) <= window
     assert f"{len(adapter.chunk_tokens)} chunks of {', '.join(map(str, adapter.chunk_tokens))} tokens" in status
     assert Path(zip_path).name == "shine-adapter.zip"
