@@ -175,3 +175,16 @@ def test_card_command_writes_the_card_of_a_local_folder(tmp_path: Path) -> None:
     assert ("F1 (adapter)", 31.23) in metrics and not any("question_only" in name for name, _ in metrics)
     assert "| question_only | SQuAD v1.1 | 9.50 |" in card.text  # baselines stay in the text table
     assert main(["card", str(tmp_path / "missing")]) == 2
+
+
+def test_a_base_loaded_from_the_hub_is_recorded_at_its_commit() -> None:
+    from peft_shine import ShineConfig
+    from tiny_models import make_tiny_lm
+
+    base = make_tiny_lm("llama")
+    assert ShineConfig.from_base_model(base).base_model_revision is None  # built in code: no commit to record
+    base.config._commit_hash = "0123456789abcdef0123456789abcdef01234567"  # what transformers sets on a Hub load
+    assert ShineConfig.from_base_model(base).base_model_revision == base.config._commit_hash
+    assert ShineConfig.from_base_model(base, revision="v1.0").base_model_revision == "v1.0"
+    card = render_hypernetwork_card(**{**FULL_HYPERNETWORK, "base_model_revision": None, "base_weights": "a GGUF"})
+    assert "none: trained on the weights named below" in card.text and "| Weights trained with | a GGUF |" in card.text

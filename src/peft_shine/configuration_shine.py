@@ -131,7 +131,8 @@ class ShineConfig(PretrainedConfig):
     ) -> ShineConfig:
         """Derive a config from a base causal LM: a loaded model, its config, or a Hub id / local path.
 
-        Only the base's config is needed: the layout is read from a weightless (meta-device) instance.
+        Only the base's config is needed: the layout is read from a weightless (meta-device) instance. Without a
+        ``revision``, a base loaded from the Hub is recorded at the commit it was loaded from.
 
         Example:
             ```python
@@ -143,7 +144,7 @@ class ShineConfig(PretrainedConfig):
         specs = discover_modules(model, target_modules)
         return cls(
             base_model_name_or_path=overrides.pop("base_model_name_or_path", name),
-            base_model_revision=revision,
+            base_model_revision=revision or _loaded_commit(base),
             base_model_type=text_config.model_type,
             hidden_size=text_config.hidden_size,
             num_base_layers=text_config.num_hidden_layers,
@@ -152,6 +153,14 @@ class ShineConfig(PretrainedConfig):
             module_shapes=[[spec.in_features, spec.out_features] for spec in specs],
             **overrides,
         )
+
+
+def _loaded_commit(base: str | PretrainedConfig | PreTrainedModel) -> str | None:
+    """The Hub commit a loaded base (or its config) came from, so an unpinned load is recorded pinned; ``None``
+    for local folders and the embedded default (whose weights a model card describes instead)."""
+    config = base.config if isinstance(base, PreTrainedModel) else base
+    commit = getattr(config, "_commit_hash", None) if not isinstance(config, str) else None
+    return commit if isinstance(commit, str) and len(commit) == 40 else None
 
 
 def default_num_heads(hidden_size: int, head_dim: int = 64) -> int:
