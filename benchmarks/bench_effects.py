@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from peft_shine.export import add_adapters, lora_config, peft_state_dict
+from peft_shine.adapter_store import add_adapters
+from peft_shine.export import lora_config, peft_state_dict
 
 from .bench_training import _conversation
 from .timing import median_seconds

@@ -17,11 +17,11 @@ from .timing import PeakMemory
 
 
 def probe(kind: str, tokens: int, hypernetwork: str | None) -> dict:
-    from peft_shine.cli.quickstart import load_hypernetwork
+    from peft_shine.shipped import load_hypernetwork
 
     from .workloads import context_of_length
 
-    shine, _ = load_hypernetwork(hypernetwork, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    shine = load_hypernetwork(hypernetwork).model
     shine.config.max_context_length = max(shine.config.max_context_length, tokens)
     text = context_of_length(shine.tokenizer, tokens)
     ids, mask = shine.tokenize_contexts(text)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from peft_shine.cli.quickstart import load_hypernetwork
+from peft_shine.shipped import load_hypernetwork
 
 from . import (
     bench_answering,
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
     lengths = [128, 256] if args.quick else [128, 256, 512, 1024, 2048]
     repeats = 2 if args.quick else 5
     torch.manual_seed(0)
-    shine, label = load_hypernetwork(args.hypernetwork, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    loaded = load_hypernetwork(args.hypernetwork)
+    shine, label = loaded.model, loaded.label
     shine.config.max_context_length = max(shine.config.max_context_length, max(lengths))
     results = {"machine": machine_info(), "hypernetwork": label, "config": shine.config.to_diff_dict()}
     steps = [

@@ -88,3 +88,12 @@ def test_old_base_keywords_warn_and_still_work() -> None:
         ShineModel.from_base_model(base=make_tiny_lm("llama"), tokenizer=make_char_tokenizer())
     with pytest.raises(TypeError, match="both"):
         ShineModel.from_base_model(make_tiny_lm("llama"), base=make_tiny_lm("llama"))
+
+
+def test_a_merge_unmerge_round_trip_is_not_mistaken_for_a_merge() -> None:
+    shine = _shine()
+    model = shine.generate_adapter(CONTEXTS[0])
+    model.merge_adapter()
+    model.unmerge_adapter()  # the weights are back up to float rounding
+    shine.generate_adapter(CONTEXTS[1], adapter_names="next")
+    assert "next" in shine.peft_model.peft_config

@@ -168,16 +168,6 @@ def forget_shared(base_lm: nn.Module) -> None:
         object.__delattr__(base_lm, _SHARED_ATTRIBUTE)
 
 
-@torch.no_grad()
-def weights_fingerprint(modules: list[nn.Module]) -> tuple[float, ...]:
-    """Sums and sums of squares of the given modules' weights: a merged LoRA update changes them."""
-    sums = []
-    for module in modules:
-        weight = module.weight.detach().double()
-        sums += [weight.sum().item(), weight.square().sum().item()]
-    return tuple(sums)
-
-
 def delete_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: list[str]) -> PeftModel | None:
     """Delete the named adapters; when none is left, unwrap the base (plain again) and return ``None``."""
     if peft_model is None:

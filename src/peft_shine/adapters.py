@@ -20,14 +20,12 @@ from peft_shine.adapter_store import (
     delete_adapters,
     forget_shared,
     tuner_layers,
-    weights_fingerprint,
 )
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.contexts import as_context_list, context_sha256, tokenize_left_padded
 from peft_shine.document_adapters import ChunkingConfig, generate_document_adapters
 from peft_shine.errors import AdapterStateError
 from peft_shine.export import lora_config, peft_state_dict, write_adapter_folder
-from peft_shine.layout import target_layer_modules
 
 
 MAX_CONTEXTS_PER_CALL = 4096  # each adapter stays in memory on the base; the cost per call is linear in the count
@@ -44,7 +42,7 @@ class AdapterGenerationMixin:
     adapter_info: dict[str, dict[str, Any]]  # adapter name -> context_sha256, generation_seconds
     memory_slots: torch.nn.Parameter
     _adapter_config: tuple[LoraConfig, frozenset[str]] | None
-    _base_weights: tuple[float, ...] | None  # `weights_fingerprint` of the base when it was attached
+    _lora_sentinel: torch.nn.Module | None  # one LoRA layer of the shared PeftModel: its merge flag outlives unload
 
     def tokenize_contexts(self, contexts: str | Sequence[str], truncation: bool = False):
         """Validate and tokenize contexts for `encode` (left-padded). Returns ``(input_ids, attention_mask)``."""
@@ -101,10 +99,13 @@ class AdapterGenerationMixin:
         with GENERATION_LOCK:
             self.check_base_model_state()
             if chunking not in (None, False):
-                return generate_document_adapters(self, texts, names, chunking, batch_size)
+                model = generate_document_adapters(self, texts, names, chunking, batch_size)
+                self._lora_sentinel = next(iter(tuner_layers(self.base_lm)), None)
+                return model
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size)
             self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
+            self._lora_sentinel = next(iter(tuner_layers(self.base_lm)), None)
             seconds = (time.perf_counter() - started) / len(texts)
             for name, text in zip(names, texts):
                 self.adapter_info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
@@ -136,23 +137,24 @@ class AdapterGenerationMixin:
         """Make sure the shared base LM is still the one SHINE encodes with.
 
         ``merge_and_unload()`` on the returned `PeftModel` writes an adapter into the base's weights: SHINE would
-        then encode with a different model, so this raises `AdapterStateError` (reload the base model, or keep
-        merging to a copy). ``unload()`` only removes peft's wrappers: the weights are intact, so the stale
-        `PeftModel` is forgotten and the next adapter wraps the base anew. A merged-but-not-unloaded adapter
-        (``merge_adapter()``) raises too (``unmerge_adapter()`` first)."""
-        if self._base_weights is not None and weights_fingerprint(self._fingerprint_modules()) != self._base_weights:
+        then encode with a different model, so this raises `AdapterStateError` (reload the base model, or merge
+        into a copy). ``unload()`` only removes peft's wrappers: the weights are intact, so the stale `PeftModel` is
+        forgotten and the next adapter wraps the base anew. A merged-but-not-unloaded adapter (``merge_adapter()``)
+        raises too (``unmerge_adapter()`` first; a merge/unmerge round trip is fine). Decided from peft's own
+        merge flags (kept on one LoRA layer after its wrapper is gone), so float rounding never trips it."""
+        layers = tuner_layers(self.base_lm)
+        if any(getattr(layer, "merged", False) for layer in layers):
+            raise AdapterStateError("An adapter is merged into the base model's weights (merge_adapter()): call "
+                                    "unmerge_adapter() on the PeftModel before generating adapters.")
+        if self.peft_model is None or layers:
+            return
+        if self._lora_sentinel is not None and getattr(self._lora_sentinel, "merged", False):
             raise AdapterStateError(
-                "The base model's weights changed since it was attached (an adapter was merged into it with "
-                "merge_and_unload() or merge_adapter()): adapters generated now would not fit it. Reload the base "
-                "model (e.g. ShineModel.from_pretrained again); to merge an adapter, merge into a separate copy.")
-        if self.peft_model is not None and not tuner_layers(self.base_lm):
-            self.peft_model = None  # unload()ed: the base is plain again and its weights are intact
-            forget_shared(self.base_lm)
-
-    def _fingerprint_modules(self) -> list[torch.nn.Module]:
-        """The target linears of the first and last decoder layers (any merged LoRA changes them)."""
-        layers = target_layer_modules(self.base_lm, self.config.module_specs)
-        return [*layers[0], *layers[-1]]
+                "An adapter was merged into the base model's weights with merge_and_unload(): adapters generated "
+                "now would not fit it. Reload the base model (e.g. ShineModel.from_pretrained again); to deploy a "
+                "merged model, merge into a separate copy of the base.")
+        self.peft_model, self._lora_sentinel = None, None  # unload()ed: the base is plain again, weights intact
+        forget_shared(self.base_lm)
 
     def adapter_lora_config(self) -> LoraConfig:
         """A fresh copy of the generated adapters' `LoraConfig`. It depends only on the base layout, so it is derived

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from peft_shine.adapter_store import all_adapters_disabled, weights_fingerprint
+from peft_shine.adapter_store import all_adapters_disabled
 from peft_shine.adapters import AdapterGenerationMixin
 from peft_shine.base_models import renamed_argument
 from peft_shine.configuration_shine import ShineConfig
@@ -86,7 +86,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         self.adapter_info: dict[str, dict[str, Any]] = {}  # adapter name -> context_sha256, generation_seconds
         self.hub_origin: HubOrigin | None = None  # where from_pretrained / push_to_hub last met the Hub
         self._adapter_config: tuple[LoraConfig, frozenset[str]] | None = None  # derived once per attached base
-        self._base_weights: tuple[float, ...] | None = None  # fingerprint of the base at attach time
+        self._lora_sentinel: nn.Module | None = None  # one generated LoRA layer (its merge flag outlives unload)
         self.post_init()
 
     @classmethod
@@ -154,7 +154,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         self.peft_model = None
         self._adapter_config = None  # derived from the new base on first use
         self._binder = LoraBinder(target_layer_modules(base_lm, self.config.module_specs))
-        self._base_weights = weights_fingerprint(self._fingerprint_modules())
+        self._lora_sentinel = None
         self._no_split_modules = set(getattr(base_lm, "_no_split_modules", None) or ())
         place_hypernetwork(self.hypernetwork_parameters(), first_device(base_lm), hypernetwork_dtype)
         return self
