@@ -97,3 +97,13 @@ def test_a_merge_unmerge_round_trip_is_not_mistaken_for_a_merge() -> None:
     model.unmerge_adapter()  # the weights are back up to float rounding
     shine.generate_adapter(CONTEXTS[1], adapter_names="next")
     assert "next" in shine.peft_model.peft_config
+
+
+def test_merge_and_unload_is_caught_after_the_base_was_unwrapped_once() -> None:
+    shine = _shine()
+    shine.generate_adapter(CONTEXTS[0], adapter_names="first")
+    shine.delete_adapters("first")  # the last adapter: the base is plain again
+    merged = shine.generate_adapter(CONTEXTS[1]).merge_and_unload()  # a new PeftModel, merged into the base
+    assert merged is shine.base_lm
+    with pytest.raises(AdapterStateError, match="merge_and_unload"):
+        shine.generate_adapter(CONTEXTS[0])

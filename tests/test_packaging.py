@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from peft_shine.hub.space import build_wheel
+
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS_ONLY = ("datasets", "matplotlib", "mpl_toolkits", "pylab", "gradio")  # not in the core install
@@ -44,9 +46,7 @@ print(sorted(p.name for p in shine.save_adapter(pathlib.Path(sys.argv[2]) / "ada
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(work / "dist"),
-                    str(ROOT)], check=True, capture_output=True, timeout=600)
-    (wheel,) = (work / "dist").glob("peft_shine-*.whl")
+    wheel = build_wheel(ROOT, work / "dist")  # what `shine push space` uploads
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("peft_shine/hub/templates/hypernetwork_card.md", "peft_shine/assets/data/squad_sample.jsonl",
                    "peft_shine/shipped/shine-smollm2-135m-instruct/model.safetensors"):

@@ -22,7 +22,14 @@ from peft_shine.adapter_store import (
     tuner_layers,
 )
 from peft_shine.configuration_shine import ShineConfig
-from peft_shine.contexts import as_context_list, context_sha256, tokenize_left_padded
+from peft_shine.contexts import (
+    as_context_list,
+    context_sha256,
+    context_token_ids,
+    left_pad,
+    pad_token_id,
+    tokenize_left_padded,
+)
 from peft_shine.document_adapters import ChunkingConfig, generate_document_adapters
 from peft_shine.errors import AdapterStateError
 from peft_shine.export import lora_config, peft_state_dict, write_adapter_folder
@@ -100,12 +107,12 @@ class AdapterGenerationMixin:
             self.check_base_model_state()
             if chunking not in (None, False):
                 model = generate_document_adapters(self, texts, names, chunking, batch_size)
-                self._lora_sentinel = next(iter(tuner_layers(self.base_lm)), None)
+                self._remember_lora_layer()
                 return model
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size)
             self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
-            self._lora_sentinel = next(iter(tuner_layers(self.base_lm)), None)
+            self._remember_lora_layer()
             seconds = (time.perf_counter() - started) / len(texts)
             for name, text in zip(names, texts):
                 self.adapter_info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
@@ -119,6 +126,8 @@ class AdapterGenerationMixin:
             for name in names:
                 self.adapter_info.pop(name, None)
             self.peft_model = delete_adapters(self.base_lm, self.peft_model, names)
+            if self.peft_model is None:
+                self._lora_sentinel = None  # the base is plain again; the next adapter wraps it anew
 
     @contextlib.contextmanager
     def adapter_scope(self) -> Iterator[list[str]]:
@@ -156,6 +165,11 @@ class AdapterGenerationMixin:
         self.peft_model, self._lora_sentinel = None, None  # unload()ed: the base is plain again, weights intact
         forget_shared(self.base_lm)
 
+    def _remember_lora_layer(self) -> None:
+        """Keep one LoRA layer of the shared PeftModel (looked up once per wrapping, not per call)."""
+        if self._lora_sentinel is None:
+            self._lora_sentinel = next(iter(tuner_layers(self.base_lm)), None)
+
     def adapter_lora_config(self) -> LoraConfig:
         """A fresh copy of the generated adapters' `LoraConfig`. It depends only on the base layout, so it is derived
         once per attached base (before peft wraps the base, whose module count then grows with every adapter)."""
@@ -171,18 +185,21 @@ class AdapterGenerationMixin:
 
     @torch.no_grad()  # not inference_mode: the tensors become peft parameters
     def _generate_states(self, texts: list[str], names: list[str], truncation: bool, batch_size: int) -> dict:
-        """peft state dicts by name, in the order of ``names``. Contexts are encoded in batches of similar length
-        (sorted by token count), so a batch pads little whatever order the caller used."""
+        """peft state dicts by name, in the order of ``names``. Every context is tokenized (and checked) once, then
+        encoded in batches of similar length, so a batch pads little whatever order the caller used."""
+        if self.tokenizer is None:
+            raise RuntimeError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
+        token_ids = context_token_ids(self.tokenizer, texts, self.config.max_context_length, truncation)
+        order = sorted(range(len(texts)), key=lambda index: len(token_ids[index]))
+        pad_id, device = pad_token_id(self.tokenizer), self.memory_slots.device
         was_training = self.training
         self.eval()
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False).input_ids]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
         states = {}
         try:
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
-                ids, mask = self.tokenize_contexts([texts[i] for i in batch], truncation=truncation)
-                lora = self.generate_lora(ids, mask)
+                ids, mask = left_pad([token_ids[index] for index in batch], pad_id)
+                lora = self.generate_lora(ids.to(device), mask.to(device))
                 for row, index in enumerate(batch):
                     states[names[index]] = peft_state_dict(self.base_lm, self.config.module_specs, lora, row)
         finally:

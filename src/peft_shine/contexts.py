@@ -39,17 +39,10 @@ def context_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def tokenize_left_padded(
-    tokenizer: PreTrainedTokenizerBase,
-    contexts: list[str],
-    max_length: int,
-    truncation: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokenize contexts without special tokens or chat template, **left**-padded so the memory slots that follow
-    sit right after each context's last token. Returns ``(input_ids, attention_mask)``.
-
-    A context longer than ``max_length`` tokens raises `ContextError` unless ``truncation=True`` (keeps the start).
-    """
+def context_token_ids(tokenizer: PreTrainedTokenizerBase, contexts: list[str], max_length: int,
+                      truncation: bool = False) -> list[list[int]]:
+    """Token ids of each context, without special tokens or chat template. A context longer than ``max_length``
+    tokens raises `ContextError` unless ``truncation=True`` (keeps the start)."""
     encoded = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in contexts]
     for index, ids in enumerate(encoded):
         if not ids:
@@ -61,7 +54,18 @@ def tokenize_left_padded(
                     f"({max_length}). Pass truncation=True to keep the first {max_length} tokens, or split it."
                 )
             encoded[index] = ids[:max_length]
-    return left_pad(encoded, pad_id=pad_token_id(tokenizer))
+    return encoded
+
+
+def tokenize_left_padded(
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: list[str],
+    max_length: int,
+    truncation: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`context_token_ids`, **left**-padded so the memory slots that follow sit right after each context's last
+    token. Returns ``(input_ids, attention_mask)``."""
+    return left_pad(context_token_ids(tokenizer, contexts, max_length, truncation), pad_id=pad_token_id(tokenizer))
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -367,7 +367,7 @@ def load_qa_source(source: str) -> list[QARecord]:
     ``answers`` (a list of strings, or SQuAD's ``{"text": [...]}``)."""
     if Path(source).is_file():
         return load_qa_records(source)
-    name, _, split = source.partition(":") if ":" in source else (source, "", "")
+    name, _, split = source.partition(":")
     if name in _bundled_qa_names() or name.endswith(".jsonl"):
         return load_qa_records(name, split=split or None)
     return hub_qa_records(name, split or "train")
