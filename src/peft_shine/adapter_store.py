@@ -32,17 +32,39 @@ GENERATION_LOCK = threading.RLock()  # serialises adapter generation and deletio
 _SHARED_ATTRIBUTE = "_peft_shine_peft_model"  # a weak reference on the base object to its PeftModel
 
 
-def tuner_layers(model: nn.Module) -> list[BaseTunerLayer]:
-    """Every peft tuner layer in ``model``, found without walking into them (so the cost does not grow with the
-    number of adapters they hold)."""
+def modules_outside_tuners(model: nn.Module) -> list[nn.Module]:
+    """``model`` and its submodules, the peft tuner layers included but nothing inside them (so the cost does not
+    grow with the number of adapters they hold)."""
     found, stack = [], [model]
     while stack:
         module = stack.pop()
-        if isinstance(module, BaseTunerLayer):
-            found.append(module)
-            continue
-        stack.extend(child for child in module._modules.values() if child is not None)
+        found.append(module)
+        if not isinstance(module, BaseTunerLayer):
+            stack.extend(child for child in module._modules.values() if child is not None)
     return found
+
+
+def tuner_layers(model: nn.Module) -> list[BaseTunerLayer]:
+    """Every peft tuner layer in ``model``, found without walking into them."""
+    return [module for module in modules_outside_tuners(model) if isinstance(module, BaseTunerLayer)]
+
+
+def set_eval_mode(model: nn.Module) -> None:
+    """``model.eval()``, skipped when no module outside the tuner layers, nor a tuner layer itself, is training: what
+    lies inside a tuner layer (the adapters' factors) is put in eval mode when it is added, and a ``train()`` call
+    reaching it would have reached its tuner layer too. ``model.eval()`` walks every adapter's modules."""
+    if any(module.training for module in modules_outside_tuners(model)):
+        model.eval()
+
+
+def activate_adapter(peft_model: PeftModel, name: str) -> None:
+    """``peft_model.set_adapter(name)``, skipped when ``name`` is already the active adapter of every tuner layer
+    (peft's call walks every module and every adapter's parameters to re-set the ``requires_grad`` flags it set
+    the last time; adapters added since by `add_adapters` are frozen already, as peft would leave them)."""
+    layers = tuner_layers(peft_model)
+    if peft_model.active_adapter == name and all(layer.active_adapters == [name] for layer in layers):
+        return
+    peft_model.set_adapter(name)
 
 
 @contextlib.contextmanager
@@ -77,6 +99,7 @@ def add_adapters(base_lm: nn.Module, peft_model: PeftModel | None, config: LoraC
     existing adapter of the same name gets the new weights in place. The last adapter becomes the active one.
     """
     peft_model = peft_model or shared_peft_model(base_lm)
+    created_by_peft = False  # peft creates its modules in training mode: then the whole model goes to eval
     for name, state in states.items():
         if peft_model is not None and name in peft_model.peft_config and peft_model.peft_config[name].r != config.r:
             with warnings.catch_warnings():  # another rank (a chunked adapter): replaced, not copied into
@@ -86,14 +109,19 @@ def add_adapters(base_lm: nn.Module, peft_model: PeftModel | None, config: LoraC
             peft_model = wrap_base(base_lm, config, name, low_cpu_mem_usage=True)  # weights loaded next
             object.__setattr__(base_lm, _SHARED_ATTRIBUTE, weakref.ref(peft_model))
             _load_through_peft(peft_model, name, state)
+            created_by_peft = True
         elif name in peft_model.peft_config or not _add_directly(peft_model, name, config, state):
             if name not in peft_model.peft_config:
                 peft_model.add_adapter(name, config, low_cpu_mem_usage=True)
+                created_by_peft = True
             _load_through_peft(peft_model, name, state)
         if config.base_model_name_or_path:  # peft copies the base's `name_or_path`, unset on models built in code
             peft_model.peft_config[name].base_model_name_or_path = config.base_model_name_or_path
-    peft_model.set_adapter(list(states)[-1])
-    peft_model.eval()
+    activate_adapter(peft_model, list(states)[-1])
+    if created_by_peft:
+        peft_model.eval()
+    else:
+        set_eval_mode(peft_model)  # adapters added directly or copied into are in eval mode already
     return peft_model
 
 
@@ -148,7 +176,7 @@ def _add_directly(peft_model: PeftModel, name: str, config: LoraConfig, state: d
             layer.r[name], layer.lora_alpha[name] = config.r, config.lora_alpha
             layer.scaling[name] = config.lora_alpha / config.r
             layer.lora_bias[name], layer.use_rslora[name], layer.use_dora[name] = False, False, False
-            layer.lora_dropout[name] = nn.Identity()
+            layer.lora_dropout[name] = nn.Identity().eval()
             layer.lora_A[name] = _frozen_linear(a)
             layer.lora_B[name] = _frozen_linear(b)
     peft_model.peft_config[name] = copy.copy(config)
@@ -159,7 +187,7 @@ def _frozen_linear(weight: torch.Tensor) -> nn.Linear:
     """An ``nn.Linear`` without bias holding ``weight`` (``out × in``), with no initialisation work and no grad."""
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     linear.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
-    return linear
+    return linear.eval()
 
 
 def forget_shared(base_lm: nn.Module) -> None:

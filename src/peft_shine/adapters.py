@@ -19,6 +19,7 @@ from peft_shine.adapter_store import (
     add_adapters,
     delete_adapters,
     forget_shared,
+    modules_outside_tuners,
     tuner_layers,
 )
 from peft_shine.configuration_shine import ShineConfig
@@ -192,18 +193,14 @@ class AdapterGenerationMixin:
         token_ids = context_token_ids(self.tokenizer, texts, self.config.max_context_length, truncation)
         order = sorted(range(len(texts)), key=lambda index: len(token_ids[index]))
         pad_id, device = pad_token_id(self.tokenizer), self.memory_slots.device
-        was_training = self.training
-        self.eval()
         states = {}
-        try:
+        with evaluation_mode(self):
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
                 ids, mask = left_pad([token_ids[index] for index in batch], pad_id)
                 lora = self.generate_lora(ids.to(device), mask.to(device))
                 for row, index in enumerate(batch):
                     states[names[index]] = peft_state_dict(self.base_lm, self.config.module_specs, lora, row)
-        finally:
-            self.train(was_training)
         return {name: states[name] for name in names}  # the last name given stays the active adapter
 
     def save_adapter(self, path: str | Path, adapter_name: str = "default", *, overwrite: bool = False) -> Path:
@@ -220,6 +217,21 @@ class AdapterGenerationMixin:
             raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
         count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
         return write_adapter_folder(self.peft_model, adapter_name, path, overwrite=overwrite, expected_tensors=count)
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the block, then every module that was training trains again. Only the modules outside peft's
+    tuner layers are visited (what is inside them is switched off while encoding), so the cost does not grow with
+    the number of adapters on the base, unlike ``model.eval()`` / ``model.train()``."""
+    training = [module for module in modules_outside_tuners(model) if module.training]
+    for module in training:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in training:
+            module.training = True
 
 
 def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) -> list[str]:
