@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from peft import set_peft_model_state_dict
+from peft.utils.hotswap import hotswap_adapter_from_state_dict
 
 from peft_shine.adapter_store import add_adapters
-from peft_shine.export import lora_config, peft_state_dict
+from peft_shine.export import peft_state_dict
 
 from .bench_training import _conversation
 from .timing import median_seconds
@@ -38,18 +40,39 @@ def logits_only_at_labels(shine, conversation_tokens: int, repeats: int) -> dict
 
 
 def adapter_export(shine, repeats: int) -> dict:
-    """Loading generated weights into peft: a new named adapter (module creation) against overwriting an existing
-    adapter in place (what `generate_adapter` does for a name that exists)."""
+    """Loading one generated adapter into peft, four ways, side by side (the base holds one adapter already):
+
+    - ``peft_add_adapter_s``: peft's ``add_adapter`` for a new name + ``set_peft_model_state_dict`` (peft's path);
+    - ``direct_new_s``: a new name filled straight into peft's LoRA layers (what `generate_adapter` does);
+    - ``in_place_s``: the same name again, copied into its existing ``lora_A``/``lora_B`` (`generate_adapter`'s
+      path for an existing name);
+    - ``hotswap_s``: ``peft.utils.hotswap.hotswap_adapter_from_state_dict`` into the existing adapter.
+    """
     with torch.no_grad():
         lora = shine.generate_lora(*shine.tokenize_contexts(context_of_length(shine.tokenizer, 128)))
     state = peft_state_dict(shine.base_lm, shine.config.module_specs, lora, 0)
-    config = lora_config(shine.base_lm, shine.config.module_specs, shine.config.lora_rank,
-                         shine.config.base_model_name_or_path)
+    config = shine.adapter_lora_config()
     shine.peft_model = add_adapters(shine.base_lm, shine.peft_model, config, {"export_bench": state})
-    names = iter(f"export_new_{i}" for i in range(repeats + 1))
-    new = median_seconds(lambda: add_adapters(shine.base_lm, shine.peft_model, config, {next(names): state}), repeats)
-    replace = median_seconds(lambda: add_adapters(shine.base_lm, shine.peft_model, config, {"export_bench": state}),
-                             repeats)
-    for i in range(repeats + 1):
-        shine.peft_model.delete_adapter(f"export_new_{i}")
-    return {"new_adapter_s": new, "replace_in_place_s": replace, "speedup": new / replace}
+    model = shine.peft_model
+    swapped = {key.replace(".weight", ".export_bench.weight"): value for key, value in state.items()}
+    created: list[str] = []
+
+    def through_peft() -> None:
+        created.append(f"export_peft_{len(created)}")
+        model.add_adapter(created[-1], config, low_cpu_mem_usage=True)
+        set_peft_model_state_dict(model, state, adapter_name=created[-1], low_cpu_mem_usage=True)
+        model.set_adapter("export_bench")
+
+    def direct() -> None:
+        created.append(f"export_new_{len(created)}")
+        add_adapters(shine.base_lm, model, config, {created[-1]: state})
+
+    result = {"peft_add_adapter_s": median_seconds(through_peft, repeats),
+              "direct_new_s": median_seconds(direct, repeats),
+              "in_place_s": median_seconds(lambda: add_adapters(shine.base_lm, model, config, {"export_bench": state}),
+                                           repeats),
+              "hotswap_s": median_seconds(lambda: hotswap_adapter_from_state_dict(model, swapped, "export_bench",
+                                                                                   config), repeats)}
+    shine.delete_adapters([*created, "export_bench"])
+    result["fastest"] = min(result, key=result.get).removesuffix("_s")
+    return result
