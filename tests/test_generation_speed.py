@@ -9,6 +9,7 @@ import torch
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
 from conftest import make_shine
+from peft_shine.contexts import plan_batches
 from peft_shine.export import peft_state_dict
 from tiny_models import make_tiny_lm
 
@@ -96,3 +97,18 @@ def test_batched_sorted_generation_equals_one_context_at_a_time(batch_size):
         ours = get_peft_model_state_dict(model, adapter_name=name)
         for key, value in state.items():
             torch.testing.assert_close(ours[key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_batches_are_sorted_capped_and_cover_every_context_once():
+    lengths = [300, 12, 500, 64, 70, 66, 4000, 65, 512, 90]
+    batches = plan_batches(lengths, batch_size=3, slots=53, max_tokens=1024, max_padding=0.1)
+    assert sorted(index for batch in batches for index in batch) == list(range(len(lengths)))
+    flat = [lengths[index] for batch in batches for index in batch]
+    assert flat == sorted(lengths)
+    for batch in batches:
+        width = max(lengths[index] for index in batch) + 53
+        real = sum(lengths[index] + 53 for index in batch)
+        assert len(batch) <= 3
+        assert len(batch) == 1 or (len(batch) * width <= 1024 and len(batch) * width - real <= 0.1 * len(batch) * width)
+    assert [4000] in [[lengths[index] for index in batch] for batch in batches]  # too long for the budget: alone
+    assert any(len(batch) == 3 for batch in batches)  # similar lengths do share a pass

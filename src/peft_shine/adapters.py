@@ -29,6 +29,7 @@ from peft_shine.contexts import (
     context_token_ids,
     left_pad,
     pad_token_id,
+    plan_batches,
     tokenize_left_padded,
 )
 from peft_shine.document_adapters import ChunkingConfig, generate_document_adapters
@@ -77,7 +78,8 @@ class AdapterGenerationMixin:
             adapter_names: one name per context. Defaults to ``"default"`` for a single context (replacing the
                 previous ``"default"``) and ``"context_0"``, ``"context_1"``, ... for a list.
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
-            batch_size: contexts encoded per forward pass (chunks, with ``chunking``).
+            batch_size: at most this many contexts per encoder pass (chunks, with ``chunking``); passes are also
+                capped at 4,096 padded positions and 10 % padding (`peft_shine.contexts.plan_batches`).
             chunking: read contexts longer than the window: a `ChunkingConfig` (``chunk_tokens``,
                 ``overlap_tokens``, ``combine`` = ``"cat"`` / ``"mean"`` / ``"svd"``, ``rank``), a dict of its
                 fields, ``True`` for the defaults or an int chunk size. Each context is cut into chunks, the chunks
@@ -187,16 +189,16 @@ class AdapterGenerationMixin:
     @torch.no_grad()  # not inference_mode: the tensors become peft parameters
     def _generate_states(self, texts: list[str], names: list[str], truncation: bool, batch_size: int) -> dict:
         """peft state dicts by name, in the order of ``names``. Every context is tokenized (and checked) once, then
-        encoded in batches of similar length, so a batch pads little whatever order the caller used."""
+        encoded in length-sorted batches (`plan_batches`: at most ``batch_size`` contexts, `contexts.MAX_BATCH_TOKENS` padded
+        positions and `contexts.MAX_PADDING` of padding each), whatever order the caller used."""
         if self.tokenizer is None:
             raise RuntimeError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
         token_ids = context_token_ids(self.tokenizer, texts, self.config.max_context_length, truncation)
-        order = sorted(range(len(texts)), key=lambda index: len(token_ids[index]))
+        batches = plan_batches([len(ids) for ids in token_ids], batch_size, self.config.num_memory_slots)
         pad_id, device = pad_token_id(self.tokenizer), self.memory_slots.device
         states = {}
         with evaluation_mode(self):
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
+            for batch in batches:
                 ids, mask = left_pad([token_ids[index] for index in batch], pad_id)
                 lora = self.generate_lora(ids.to(device), mask.to(device))
                 for row, index in enumerate(batch):

@@ -87,3 +87,33 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if tokenizer.eos_token_id is not None:
         return tokenizer.eos_token_id
     return 0
+
+
+MAX_BATCH_TOKENS = 4096  # padded positions (context + memory slots) per encoder pass
+MAX_PADDING = 0.1  # share of a pass's positions that may be padding
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, slots: int, max_tokens: int = MAX_BATCH_TOKENS,
+                 max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Indices of ``lengths`` in encoder batches: sorted by length, then cut greedily so that a batch holds at most
+    ``batch_size`` contexts, at most ``max_tokens`` padded positions (rows × (longest + slots)) and at most
+    ``max_padding`` of its positions as padding. A single context always forms a batch, whatever its length.
+
+    Padding is work thrown away and a large padded batch is slower per context on a CPU than several small ones
+    (``benchmarks/bench_generation.py: mixed_throughput``), so a bigger ``batch_size`` never makes generation slower.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
+    batches: list[list[int]] = []
+    real = 0
+    for index in order:
+        batch = batches[-1] if batches else None
+        if batch is not None:
+            rows, width = len(batch) + 1, lengths[index] + slots  # the newcomer is the longest so far
+            padded, kept = rows * width, real + lengths[index] + slots
+            if rows <= batch_size and padded <= max_tokens and padded - kept <= max_padding * padded:
+                batch.append(index)
+                real = kept
+                continue
+        batches.append([index])
+        real = lengths[index] + slots
+    return batches
