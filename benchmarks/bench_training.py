@@ -1,9 +1,7 @@
-"""Training cost: one SHINE step against one plain peft LoRA step on the same tokens, and per-context fine-tuning
-(until it matches the generated adapter's reconstruction loss) against adapter generation."""
+"""Training cost: one SHINE step against one plain peft LoRA step on the same tokens (per-context fine-tuning
+against adapter generation is `bench_finetune`)."""
 
 from __future__ import annotations
-
-import time
 
 import torch
 from peft import get_peft_model
@@ -63,32 +61,3 @@ def _peft_step_seconds(shine, input_ids: torch.Tensor, labels: torch.Tensor, rep
         optimizer.zero_grad(set_to_none=True)
 
     return median_seconds(step, repeats)
-
-
-def finetune_until_adapter_loss(shine, context_tokens: int, max_steps: int, learning_rate: float = 2e-3) -> dict:
-    """Per-context LoRA fine-tuning (peft, same rank) until its reconstruction loss reaches the generated adapter's,
-    against the time of generating the adapter."""
-    tokenizer = shine.tokenizer
-    context = context_of_length(tokenizer, context_tokens)
-    conversation, labels = reconstruction_batch(tokenizer, context)
-    ids, mask = shine.tokenize_contexts(context)
-    with torch.no_grad():
-        target = shine(context_input_ids=ids, context_attention_mask=mask, input_ids=conversation,
-                       labels=labels).loss.item()
-    generation_s = median_seconds(lambda: shine.generate_adapter(context, adapter_names="bench"), 3)
-    model = _fresh_peft_model(shine)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-    started, steps, loss = time.perf_counter(), 0, float("inf")
-    while steps < max_steps and loss > target:
-        output = model(input_ids=conversation, labels=labels, use_cache=False)
-        loss = output.loss.item()
-        if loss <= target:
-            break
-        output.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        steps += 1
-    seconds = time.perf_counter() - started
-    return {"context_tokens": int(ids.shape[1]), "adapter_loss": target, "finetune_loss": loss,
-            "finetune_steps": steps, "reached": loss <= target, "finetune_s": seconds,
-            "generation_s": generation_s, "time_ratio": seconds / generation_s}
