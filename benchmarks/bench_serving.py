@@ -63,7 +63,7 @@ def rows_latency(shine, row_counts: list[int], new_tokens: int, repeats: int) ->
     for count in row_counts:
         batch = prompts[:count]
 
-        def timed(**options) -> float:
+        def timed(batch=batch, **options) -> float:
             return median_seconds(lambda: _answer(model, tokenizer, batch, new_tokens, **options), repeats)
 
         row = {"rows": count, "new_tokens": new_tokens, "mixed_s": timed(adapter_names=names[:count]),
@@ -97,9 +97,9 @@ def break_even(shine, lengths: list[int], new_tokens: int, repeats: int) -> list
     rows = []
     for requested in lengths:
         context = context_of_length(tokenizer, min(requested, longest_context(shine) - 128))  # room for the chat
-        generation_s = median_seconds(lambda: shine.generate_adapter(context, adapter_names="serve_k"), repeats)
+        generation_s = median_seconds(lambda context=context: shine.generate_adapter(context, adapter_names="serve_k"), repeats)
         prompt = build_prompt(tokenizer, questions[0], context)
-        in_context_s = median_seconds(lambda: _answer(model, tokenizer, [prompt], new_tokens, base=True), repeats)
+        in_context_s = median_seconds(lambda prompt=prompt: _answer(model, tokenizer, [prompt], new_tokens, base=True), repeats)
         gap = in_context_s - adapter_s
         rows.append({"context_tokens": requested, "generation_s": generation_s, "adapter_merged_s": adapter_s,
                      "in_context_s": in_context_s, "break_even_questions": generation_s / gap if gap > 0 else None})
