@@ -25,22 +25,35 @@ def markdown(results: dict) -> str:
     """The README's performance section body."""
     info = results["machine"]
     parts = [f"Machine: {info['cpu_count']} CPUs, {info['torch_threads']} torch threads, fp32, torch {info['torch']},"
-             f" transformers {info['transformers']}, peft {info['peft']}. Medians after warm-up.", ""]
-    parts += ["**Adapter generation vs the base model's prefill of the same context**", "",
-              table(results["generation"], ["context_tokens", "prefill_s", "generate_lora_s", "generate_adapter_s",
-                                            "lora_over_prefill", "adapter_over_prefill"]), ""]
-    parts += ["**Generation throughput**", "",
-              table(results["throughput"], ["batch_size", "context_tokens", "contexts_per_second"]), ""]
+             f" transformers {info['transformers']}, peft {info['peft']}; {results.get('date', 'undated')};"
+             f" {results['hypernetwork']}. Medians after warm-up.", ""]
+    parts += ["**Adapter generation, stage by stage, against the base's prefill** (seconds)", "",
+              table(results["breakdown"], ["context_tokens", "prefill_s", "prefill_slots_s", "tokenize_s",
+                                           "encoder_s", "m2p_s", "slice_s", "export_s", "generate_adapter_s",
+                                           "adapter_over_prefill", "adapter_over_prefill_slots"]), "",
+              "FLOP model (GFLOP per context; the floor is (prefill + slots + M2P) over each baseline):", "",
+              table(results["breakdown"], ["context_tokens", "prefill_gflop", "prefill_slots_gflop", "m2p_gflop",
+                                           "floor_over_prefill", "floor_over_prefill_slots"]), ""]
+    parts += ["**Generation throughput, mixed context lengths** (contexts/s)", "",
+              table(results["throughput"], ["batch_size", "contexts", "context_tokens", "sorted_contexts_per_s",
+                                            "unsorted_contexts_per_s", "sorted_tokens_per_s"]), ""]
     latency = results["answering"]
     parts += ["**Seconds per question** (batch 1, same number of generated tokens for every method)", "",
               table([latency], ["context_tokens", "new_tokens", "question_only_s", "adapter_unmerged_s",
                                 "adapter_merged_s", "in_context_s", "generation_s", "break_even_questions"]), "",
               table(results["k_questions"], ["k", "adapter_merged_s", "adapter_unmerged_s", "in_context_s"]), ""]
+    parts += ["**Serving many adapters** (seconds per batch of questions)", "",
+              table(results["serving"], ["rows", "new_tokens", "base_s", "one_adapter_s", "one_adapter_merged_s",
+                                         "mixed_s", "mixed_over_one"]), "",
+              "**Break-even questions per context** (adapter generated + answers vs the context in the prompt)", "",
+              table(results["break_even"], ["context_tokens", "generation_s", "adapter_merged_s", "in_context_s",
+                                            "break_even_questions"]), ""]
     parts += ["**Training step and per-context fine-tuning**", "",
               table([results["training_step"]], ["context_tokens", "conversation_tokens", "shine_step_s",
                                                  "peft_lora_step_s", "ratio", "trainable_parameters"]), "",
-              table([results["finetune"]], ["context_tokens", "adapter_loss", "finetune_steps", "reached",
-                                            "finetune_s", "generation_s", "time_ratio"]), ""]
+              table(results["finetune"], ["context_tokens", "questions", "base_loss", "adapter_loss",
+                                          "best_finetune_loss", "finetune_steps", "reached", "finetune_s",
+                                          "generation_s", "time_ratio"]), ""]
     if "effects" in results:
         effects = results["effects"]
         parts += ["**Effect of single optimisations** (same run)", "",
@@ -51,37 +64,44 @@ def markdown(results: dict) -> str:
     if "many_contexts" in results:
         parts += ["**Many contexts in one `generate_adapter` call** (time linear in the count)", "",
                   table(results["many_contexts"], ["contexts", "seconds", "per_context_s"]), ""]
-    parts += ["**Peak memory** (resident-memory increase during the operation, sampled every 2 ms, fresh process each, after a warm-up call)", "",
-              table(results["memory"], ["kind", "context_tokens", "increase_mib"]), ""]
+    parts += ["**Peak memory** (resident-memory increase during the operation, sampled every 2 ms, fresh process each,"
+              " after a warm-up call)", "", table(results["memory"], ["kind", "context_tokens", "increase_mib"]), ""]
     return "\n".join(parts)
 
 
 def plots(results: dict, folder: Path) -> list[Path]:
-    """Generation/prefill ratio and memory against context length; per-question latency bars."""
+    """Generation cost against both prefills, break-even questions per context, per-question latency bars and
+    memory, against context length."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    gen = results["generation"]
-    lengths = [r["context_tokens"] for r in gen]
-    axes[0].plot(lengths, [r["lora_over_prefill"] for r in gen], "o-", label="generate_lora / prefill")
-    axes[0].plot(lengths, [r["adapter_over_prefill"] for r in gen], "s-", label="generate_adapter / prefill")
-    axes[0].axhline(1.0, color="grey", ls=":", label="physical limit")
-    axes[0].set(xscale="log", xlabel="context tokens", ylabel="time ratio", title="Adapter generation cost")
-    axes[0].legend()
+    figure, axes = plt.subplots(1, 4, figsize=(20, 4))
+    rows = results["breakdown"]
+    lengths = [r["context_tokens"] for r in rows]
+    axes[0].plot(lengths, [r["adapter_over_prefill"] for r in rows], "o-", label="/ prefill (context)")
+    axes[0].plot(lengths, [r["adapter_over_prefill_slots"] for r in rows], "s-", label="/ prefill (context + slots)")
+    axes[0].plot(lengths, [r["floor_over_prefill"] for r in rows], ":", label="FLOP floor / prefill (context)")
+    axes[0].axhline(1.1, color="grey", ls="--", label="aim 1.1")
+    axes[0].set(xscale="log", xlabel="context tokens", ylabel="generate_adapter / prefill", title="Generation cost")
+    axes[0].legend(fontsize=8)
+    even = [r for r in results["break_even"] if r["break_even_questions"] is not None]
+    axes[1].plot([r["context_tokens"] for r in even], [r["break_even_questions"] for r in even], "o-")
+    axes[1].set(xscale="log", xlabel="context tokens", ylabel="questions per context",
+                title="Break-even: adapter vs context in prompt")
     latency = results["answering"]
     names = ["question_only_s", "adapter_merged_s", "adapter_unmerged_s", "in_context_s"]
-    axes[1].bar([n.removesuffix("_s").replace("_", "\n") for n in names], [latency[n] for n in names])
-    axes[1].set(ylabel="seconds per question", title=f"Answering ({latency['new_tokens']} new tokens)")
+    axes[2].bar([n.removesuffix("_s").replace("_", "\n") for n in names], [latency[n] for n in names])
+    axes[2].set(ylabel="seconds per question", title=f"Answering ({latency['new_tokens']} new tokens)")
     for kind in ("generate", "prefill"):
-        rows = [r for r in results["memory"] if r["kind"] == kind]
-        axes[2].plot([r["context_tokens"] for r in rows], [r["increase_mib"] for r in rows], "o-", label=kind)
-    axes[2].set(xscale="log", xlabel="context tokens", ylabel="peak increase (MiB)", title="Memory")
-    axes[2].legend()
-    for axis in (axes[0], axes[2]):
-        axis.set_xticks(lengths, [str(n) for n in lengths])
+        memory = [r for r in results["memory"] if r["kind"] == kind]
+        axes[3].plot([r["context_tokens"] for r in memory], [r["increase_mib"] for r in memory], "o-", label=kind)
+    axes[3].set(xscale="log", xlabel="context tokens", ylabel="peak increase (MiB)", title="Memory")
+    axes[3].legend()
+    for axis, ticks in ((axes[0], lengths), (axes[1], [r["context_tokens"] for r in even]),
+                        (axes[3], sorted({r["context_tokens"] for r in results["memory"]}))):
+        axis.set_xticks(ticks, [str(n) for n in ticks])
         axis.minorticks_off()
     figure.tight_layout()
     path = folder / "benchmarks.png"

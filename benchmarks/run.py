@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 from pathlib import Path
 
@@ -15,14 +16,43 @@ from peft_shine.shipped import load_hypernetwork
 
 from . import (
     bench_answering,
+    bench_breakdown,
     bench_effects,
+    bench_finetune,
     bench_generation,
     bench_many_contexts,
+    bench_serving,
     bench_training,
     memory_probe,
     report,
 )
 from .timing import machine_info
+
+
+def sections(shine, args) -> list[tuple[str, object]]:
+    """``(name, run)`` of every benchmark, sized by ``--quick``."""
+    quick, hypernetwork = args.quick, args.hypernetwork
+    repeats = 2 if quick else 5
+    lengths = [64, 128, 256] if quick else [64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    memory_lengths = [128, 256] if quick else [128, 256, 512, 1024, 2048]
+    return [
+        ("breakdown", lambda: bench_breakdown.breakdown(shine, lengths, 1 if quick else 3)),
+        ("throughput", lambda: bench_generation.mixed_throughput(shine, [1, 4] if quick else [1, 4, 16, 64],
+                                                                 4 if quick else 64, 64, 256 if quick else 512)),
+        ("answering", lambda: bench_answering.answer_latency(shine, 2 if quick else 4, 16, repeats)),
+        ("serving", lambda: bench_serving.rows_latency(shine, [1, 4] if quick else [1, 8, 32], 8, 1 if quick else 3)),
+        ("break_even", lambda: bench_serving.break_even(shine, [256] if quick else [256, 512, 1024, 2048, 4096], 8,
+                                                        1 if quick else 3)),
+        ("training_step", lambda: bench_training.training_step_ratio(shine, 256, 96, repeats)),
+        ("finetune", lambda: bench_finetune.finetune_vs_adapter(shine, 1 if quick else 3, 3 if quick else 100)),
+        ("effects", lambda: {"logits_only_at_labels": bench_effects.logits_only_at_labels(shine, 96, repeats),
+                             "adapter_export": bench_effects.adapter_export(shine, repeats)}),
+        ("many_contexts", lambda: bench_many_contexts.many_contexts(
+            lambda: shine, [10, 100, 1000] if args.many_contexts_1000 else [10, 100])),
+        ("memory", lambda: [memory_probe.measure(kind, n, hypernetwork)
+                            for kind in ("generate", "prefill") for n in memory_lengths]
+                   + [memory_probe.measure("train", 256, hypernetwork)]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -34,30 +64,16 @@ def main(argv: list[str] | None = None) -> dict:
                         help="time generate_adapter on 1,000 contexts too (10 and 100 by default)")
     parser.add_argument("--only", default=None, help="comma-separated sections to (re)run into an existing results.json")
     args = parser.parse_args(argv)
-    lengths = [128, 256] if args.quick else [128, 256, 512, 1024, 2048]
-    repeats = 2 if args.quick else 5
     torch.manual_seed(0)
     loaded = load_hypernetwork(args.hypernetwork)
     shine, label = loaded.model, loaded.label
-    shine.config.max_context_length = max(shine.config.max_context_length, max(lengths))
-    results = {"machine": machine_info(), "hypernetwork": label, "config": shine.config.to_diff_dict()}
-    steps = [
-        ("generation", lambda: bench_generation.generation_vs_prefill(shine, lengths, repeats)),
-        ("throughput", lambda: bench_generation.generation_throughput(shine, [1, 4] if args.quick else [1, 4, 16],
-                                                                      256, repeats)),
-        ("answering", lambda: bench_answering.answer_latency(shine, 2 if args.quick else 4, 16, repeats)),
-        ("training_step", lambda: bench_training.training_step_ratio(shine, 256, 96, repeats)),
-        ("finetune", lambda: bench_training.finetune_until_adapter_loss(shine, 256, 20 if args.quick else 300)),
-        ("effects", lambda: {"logits_only_at_labels": bench_effects.logits_only_at_labels(shine, 96, repeats),
-                             "adapter_export": bench_effects.adapter_export(shine, repeats)}),
-        ("many_contexts", lambda: bench_many_contexts.many_contexts(
-            lambda: shine, [10, 100, 1000] if args.many_contexts_1000 else [10, 100])),
-        ("memory", lambda: [memory_probe.measure(kind, n, args.hypernetwork)
-                            for kind in ("generate", "prefill") for n in lengths]
-                   + [memory_probe.measure("train", 256, args.hypernetwork)]),
-    ]
+    trained_length = shine.config.max_context_length  # raised for the long rows (a limit, not a weight shape)
+    results = {"machine": machine_info(), "date": datetime.date.today().isoformat(), "hypernetwork": label,
+               "config": shine.config.to_diff_dict(), "trained_max_context_length": trained_length}
+    steps = sections(shine, args)
     if args.only:
-        results = {**json.loads((Path(args.output) / "results.json").read_text()), "machine": machine_info()}
+        previous = json.loads((Path(args.output) / "results.json").read_text())
+        results = {**previous, "machine": machine_info(), "date": results["date"]}
         steps = [(name, run) for name, run in steps if name in args.only.split(",")]
     for name, run in steps:
         print(f"[bench] {name} ...", flush=True)
