@@ -163,7 +163,7 @@ def test_chunked_options_are_checked_with_a_fix(tmp_path):
 
 def test_tiny_chunked_training_lowers_held_out_loss(tmp_path):
     records = key_records(240)
-    args = args_for(tmp_path, max_steps=120, warmup_steps=10)
+    args = args_for(tmp_path, max_steps=400, warmup_steps=10)
     train = build_dataset(args, make_char_tokenizer(), records[40:])
     held_out = build_dataset(args, make_char_tokenizer(), records[:40], seed=1)
     trainer = ShineTrainer(tiny_shine(), args, train_dataset=train, eval_dataset=held_out)
@@ -173,6 +173,6 @@ def test_tiny_chunked_training_lowers_held_out_loss(tmp_path):
     after = trainer.evaluate()
     print(f"\nchunked tiny fit: before {before}\n                  after {after}")
     assert after["eval_loss"] < 0.7 * before["eval_loss"]
-    assert after["eval_loss"] < after["eval_loss_no_adapter"]
-    for metrics in (before, after):  # the wrong-context control is measured (chunks moved to the next example)
-        assert metrics["eval_loss_wrong_context"] != metrics["eval_loss"]
+    assert after["eval_loss"] < 0.5 * after["eval_loss_no_adapter"]
+    # the right chunks beat the chunks of another example (measured 1.67 vs 1.82 nats)
+    assert after["eval_loss"] < after["eval_loss_wrong_context"] - 0.05
