@@ -17,7 +17,9 @@ scaling, respected here) and writes a LoRA whose own scaling is 1 (``lora_alpha 
 
 `combine_lora_states` works on peft state dicts (``….lora_A.weight`` ``(r, in)``, ``….lora_B.weight`` ``(out, r)``);
 `peft_shine.document_adapters` uses it for the chunks of one long document (no per-chunk peft adapter is ever
-created). `compose_adapters` combines adapters already loaded on a `PeftModel` through peft's own
+created). `combine_lora_weights` is the same ``"cat"`` / ``"mean"`` combination on the hypernetwork's
+`LoraWeights` tensors, differentiable: training on chunked contexts (``chunk_tokens``) combines the chunk LoRAs with
+it, so the answer pass sees exactly the adapter `generate_adapter(..., chunking=...)` makes. `compose_adapters` combines adapters already loaded on a `PeftModel` through peft's own
 ``add_weighted_adapter`` (``"cat"``; ``"mean"`` = ``"cat"`` with normalised weights; ``"svd"`` with ``svd_rank``).
 """
 
@@ -31,6 +33,7 @@ import torch
 from peft import PeftType, get_peft_model_state_dict
 
 from peft_shine.errors import CompositionError
+from peft_shine.lora_binding import LoraWeights
 
 
 RULES = ("cat", "mean", "svd")
@@ -187,6 +190,48 @@ class LoraAccumulator:
                 a, b, errors[prefix] = truncate_lora(state[prefix + _A], state[prefix + _B], self.rank)
                 state[prefix + _A], state[prefix + _B] = a.to(dtype).contiguous(), b.to(dtype).contiguous()
         return CombinedLora(state, self.rank if self.rule == "svd" else self.offsets[-1], self.rule, errors)
+
+
+def combine_lora_weights(lora: LoraWeights, owners: Sequence[int] | torch.Tensor, rule: str = "mean") -> LoraWeights:
+    """Combine the LoRAs of ``lora`` (one per chunk) into one LoRA per document, differentiably.
+
+    ``owners[i]`` is the document (``0 … documents-1``, each with at least one chunk) of chunk ``i``. Each document's
+    chunk factors are concatenated on the rank axis in chunk order, the A side scaled by the rule's weight
+    (``"mean"``: ``1/k`` for ``k`` chunks, ``"cat"``: 1), exactly as `LoraAccumulator` does on peft state dicts, so
+    the update is the exact mean (sum) of the chunk updates. Documents with fewer chunks are padded with zero rank
+    columns (adding nothing) to the batch's largest rank. The scale ``s`` is kept.
+
+    Raises:
+        CompositionError: ``"svd"`` (a truncation is not trained through), or owners that do not match the LoRAs.
+    """
+    if rule == "svd":
+        raise CompositionError("The 'svd' rule truncates with an SVD and is not used in training; combine chunk "
+                               "LoRAs with 'mean' or 'cat'.")
+    check_rule(rule, None)
+    owners = [int(owner) for owner in (owners.tolist() if isinstance(owners, torch.Tensor) else owners)]
+    if len(owners) != lora.num_loras:
+        raise CompositionError(f"Got {len(owners)} chunk owners for {lora.num_loras} chunk LoRAs; give one per LoRA.")
+    groups: list[list[int]] = [[] for _ in range(max(owners, default=-1) + 1)]
+    for chunk, owner in enumerate(owners):
+        if owner < 0:
+            raise CompositionError(f"Chunk {chunk} belongs to document {owner}; documents count from 0.")
+        groups[owner].append(chunk)
+    if not groups or not all(groups):
+        raise CompositionError(f"Every document needs at least one chunk; chunk owners {owners} skip one.")
+    width = max(len(group) for group in groups)
+    pairs = []
+    for a, b in lora.pairs:  # a: (chunks, L, in, r), b: (chunks, L, r, out)
+        rank, combined_a, combined_b = a.shape[-1], [], []
+        for group in groups:
+            factors = a.new_tensor(normalized_weights(rule, len(group), None))[:, None, None, None]
+            # (k, L, in, r) → (L, in, k·r) and (k, L, r, out) → (L, k·r, out): chunk i owns rank slots i·r … i·r+r-1
+            part_a = (a[group] * factors).permute(1, 2, 0, 3).reshape(a.shape[1], a.shape[2], -1)
+            part_b = b[group].permute(1, 0, 2, 3).reshape(b.shape[1], -1, b.shape[3])
+            missing = (width - len(group)) * rank
+            combined_a.append(torch.nn.functional.pad(part_a, (0, missing)))
+            combined_b.append(torch.nn.functional.pad(part_b, (0, 0, 0, missing)))
+        pairs.append((torch.stack(combined_a), torch.stack(combined_b)))
+    return LoraWeights(pairs, scale=lora.scale)
 
 
 def truncate_lora(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:

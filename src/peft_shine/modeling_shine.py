@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput
 from peft_shine.adapter_store import all_adapters_disabled
 from peft_shine.adapters import AdapterGenerationMixin
 from peft_shine.base_models import renamed_argument
+from peft_shine.composition import combine_lora_weights
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.errors import BaseModelMismatchError
 from peft_shine.hub.push import push_hypernetwork
@@ -237,6 +238,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         teacher_topk_ids: torch.Tensor | None = None,
         teacher_topk_logprobs: torch.Tensor | None = None,
         loss_weights: tuple[float, float] = (1.0, 0.0),
+        context_chunk_owner: torch.Tensor | None = None,
+        chunk_combine: str = "mean",
         **kwargs: Any,
     ) -> ShineOutput:
         """Training loss: generate a LoRA from each context, then score the answer pass on the conversation
@@ -249,8 +252,15 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         `peft_shine.training.distillation`) the loss is ``ce · CE + kd · KL`` **averaged per context** (token mean within a
         row, summed over rows) and divided by ``num_items_in_batch`` (then: the number of contexts) or the row
         count. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
+
+        With ``context_chunk_owner`` the context rows are **chunks** (`peft_shine.chunking`) and
+        ``context_chunk_owner[i]`` the document of chunk ``i``: the chunk LoRAs, generated in one batched pass, are
+        combined per document by ``chunk_combine`` (`composition.combine_lora_weights`, what
+        ``generate_adapter(..., chunking=...)`` does at inference) before the answer pass.
         """
         lora = self.generate_lora(context_input_ids, context_attention_mask)
+        if context_chunk_owner is not None:
+            lora = combine_lora_weights(lora, context_chunk_owner, chunk_combine)
         logits, targets, keep = self.answer_logits(lora, input_ids, labels, attention_mask)
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
         count = targets.new_tensor(targets.numel())

@@ -1,10 +1,9 @@
 """Training examples for the two SHINE stages, tokenised once, and the rules that shape them.
 
 An example is a **context** (what the hypernetwork reads) and a **conversation** (what the base LM, carrying the
-generated LoRA, must answer *without* the context). Builders return plain dicts
-``{"context": str, "messages": [{"role", "content"}, ...]}``; `tokenize_examples` turns them into a
-`datasets.Dataset` of token ids in one ``datasets.map`` pass, so nothing is re-tokenised per epoch (the random
-choices below are drawn once, from ``seed``, when the examples are built).
+generated LoRA, must answer *without* the context). Builders return plain dicts ``{"context": str, "messages":
+[{"role", "content"}, ...]}``; `tokenize_examples` turns them into a `datasets.Dataset` of token ids in one
+``datasets.map`` pass, so nothing is re-tokenised per epoch (random choices are drawn once, from ``seed``).
 
 Stage 1 — pretraining (docs/training.md), from any text column (`build_pretraining_examples`):
 
@@ -17,20 +16,18 @@ Stage 1 — pretraining (docs/training.md), from any text column (`build_pretrai
   independent random order, one user/assistant exchange per text.
 
 Instruction spelling: the user turns are **plain text** (`RECONSTRUCTION_INSTRUCTION`, `COMPLETION_INSTRUCTION`),
-not new special tokens such as SHINE's ``<RECON>``/``<COMP>``. The base LM — embeddings included — is frozen, so a
-newly added token would keep a random (or arbitrary, for resized matrices) embedding row that nothing trains;
-ordinary words are already meaningful to the base model and need no embedding change.
+not new special tokens such as SHINE's ``<RECON>``/``<COMP>``: the base LM — embeddings included — is frozen, so a
+new token would keep an embedding row that nothing trains; ordinary words already mean something to the base.
 
-Stage 2 — instruction tuning from QA records in the shared format (`build_qa_examples`): *multi-QA* (all questions
-about one context in one conversation, in a random order) and/or *single-QA with distractors* (one question; its
-paragraph placed at a random position among other records' paragraphs, added only while they fit).
+Stage 2 — instruction tuning from QA records (`build_qa_examples`): *multi-QA* (all questions about one context in
+one conversation, in a random order) and/or *single-QA with distractors* (one question; its paragraph at a random
+position among other records' paragraphs, added while they fit; chunk-wise: `training.long_context_data`).
 
 Chat formatting uses the base model's **own** chat template, unchanged (so training and inference prompts are
 identical); QA conversations open with the short-answer system turn of `prompting.build_prompt`, stage-1
-conversations with the template's default (if any). Each exchange is tokenised piecewise —
-prompt, answer, end of turn — so the prompt ids equal those of the inference prompt (`prompting.build_prompt`).
-Labels are -100 everywhere except the assistant answer and the first token after it (its end-of-turn token,
-e.g. ``<|im_end|>``).
+conversations with the template's default (if any). Each exchange is tokenised piecewise — prompt, answer, end of
+turn — so the prompt ids equal those of the inference prompt (`prompting.build_prompt`). Labels are -100
+everywhere except the assistant answer and the first token after it (its end-of-turn token, e.g. ``<|im_end|>``).
 
 Truncation rules: a context is cut to its first ``max_context_length`` tokens; a conversation keeps its leading
 exchanges while they fit ``max_conversation_length`` and drops whole trailing exchanges — an answer is never cut.
@@ -367,8 +364,7 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
 def right_pad(sequences: Sequence[Sequence[int]], pad_id: int, multiple_of: int | None = None) -> torch.Tensor:
     """Right-pad id lists into a ``(batch, width)`` tensor (width rounded up to ``multiple_of``)."""
     width = max(len(ids) for ids in sequences)
-    if multiple_of:
-        width = -(-width // multiple_of) * multiple_of
+    width = -(-width // multiple_of) * multiple_of if multiple_of else width
     padded = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     for row, ids in enumerate(sequences):
         padded[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
@@ -386,13 +382,17 @@ class ShineDataCollator:
 
     def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
         context_ids, context_mask = left_pad([list(f["context_input_ids"]) for f in features], self.pad_token_id)
+        return {"context_input_ids": context_ids, "context_attention_mask": context_mask,
+                **self.conversation_batch(features)}
+
+    def conversation_batch(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        """The answer-pass part of a batch: right-padded conversations, their mask, labels and teacher targets."""
         conversations = [f["input_ids"] for f in features]
         input_ids = right_pad(conversations, self.pad_token_id, self.pad_to_multiple_of)
         lengths = torch.tensor([len(ids) for ids in conversations])
         attention_mask = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
         labels = right_pad([f["labels"] for f in features], IGNORE_INDEX, self.pad_to_multiple_of)
-        batch = {"context_input_ids": context_ids, "context_attention_mask": context_mask, "input_ids": input_ids,
-                 "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         for name in ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_hidden"):  # one row per labelled token,
             if name in features[0]:  # rows in batch order (as forward reads); float columns as float32
                 batch[name] = torch.cat([torch.as_tensor(f[name], dtype=None if name.endswith("ids") else

@@ -16,6 +16,8 @@ checkpoints, resume, logging — is the stock loop):
   on the device through its ``found_inf`` input (no host sync at all); any other optimizer reads the flag once per
   optimizer step and drops the gradients. Both are counted (``nonfinite_losses``, ``skipped_steps`` in the
   training logs, read only when logging). The learning-rate schedule still advances;
+* chunked contexts (``chunk_tokens``): stage-2 single-QA contexts of several paragraphs cut by the inference
+  chunker, the chunk LoRAs of each example combined by ``chunk_combine`` (`training.long_context_data`);
 * evaluation: held-out loss with the generated adapter (``eval_loss``), with no adapter
   (``eval_loss_no_adapter``) and with the adapter generated from a *different* context of the batch
   (``eval_loss_wrong_context``; the context batch rolled by one). The gap between the last and the first is the
@@ -36,6 +38,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from peft_shine.contexts import pad_token_id
+from peft_shine.document_adapters import ChunkingConfig, resolve_chunking
 from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 from peft_shine.training.data import (
@@ -54,6 +57,12 @@ from peft_shine.training.distillation import (
     capture_hidden,
     hidden_layer_indices,
     with_teacher_answers,
+)
+from peft_shine.training.long_context_data import (
+    ChunkedShineDataCollator,
+    build_chunked_qa_examples,
+    check_chunked_arguments,
+    tokenize_chunked_examples,
 )
 from peft_shine.training.resume import load_hypernetwork_weights
 from peft_shine.training.trainer_hub import ShineHubMixin
@@ -83,7 +92,15 @@ class ShineTrainingArguments(TrainingArguments):
                                                                       "completion context keeps."})
     max_completion_keep: float = field(default=0.9, metadata={"help": "Stage 1: largest share of words kept."})
     qa_mode: str = field(default="mixed", metadata={"help": f"Stage 2 examples: one of {QA_MODES}."})
-    num_distractors: int = field(default=2, metadata={"help": "Stage 2 single-QA: other contexts added."})
+    num_distractors: int = field(default=2, metadata={"help": "Stage 2 single-QA: other contexts added (the "
+                                                               "least number with chunk_tokens)."})
+    chunk_tokens: int | None = field(default=None, metadata={
+        "help": "Stage 2 single-QA read chunk-wise: contexts of num_distractors..max_num_distractors other paragraphs "
+                "are cut into chunks of at most this many tokens (the inference chunker), encoded in one batch and "
+                "their LoRAs combined by chunk_combine, as generate_adapter(chunking=...) does."})
+    max_num_distractors: int | None = field(default=None, metadata={
+        "help": "With chunk_tokens: the most distractor paragraphs per context (default: num_distractors)."})
+    chunk_combine: str = field(default="mean", metadata={"help": "With chunk_tokens: 'mean' or 'cat' (as inference)."})
     text_column: str = field(default="text", metadata={"help": "Stage 1: the dataset column holding the texts."})
     init_from: str | None = field(default=None, metadata={"help": "Stage-1 checkpoint folder to start from."})
     objective: str = field(default="ce", metadata={"help": f"Answer-pass loss, one of {OBJECTIVES}: cross-entropy on "
@@ -122,6 +139,8 @@ class ShineTrainingArguments(TrainingArguments):
             raise ValueError("Need kd_top_k >= 1, hidden_layers >= 1 and non-negative loss weights.")
         if min(self.max_context_length, self.max_conversation_length) < 1:
             raise ValueError("max_context_length and max_conversation_length must be positive.")
+        if self.chunk_tokens is not None:
+            check_chunked_arguments(self)
         super().__post_init__()
 
     @property
@@ -153,6 +172,9 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
     is monitored under any objective); a ``held_out`` set keeps its gold answers.
     """
     seed = args.seed if seed is None else seed
+    if args.chunk_tokens is not None:  # long contexts read chunk-wise; no teacher targets (objective 'ce')
+        examples = build_chunked_qa_examples(data, args.num_distractors, args.max_num_distractors, seed=seed)
+        return tokenize_chunked_examples(examples, tokenizer, args.chunk_tokens, args.max_conversation_length)
     teacher_cache = Path(args.teacher_cache_dir or Path(args.output_dir) / "teacher-cache")
     if args.stage == "pretrain":
         examples = build_pretraining_examples(
@@ -189,9 +211,11 @@ def nonfinite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls: bool = True) -> torch.Tensor:
+def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls: bool = True,
+                    chunk_combine: str = "mean") -> torch.Tensor:
     """Summed answer-pass scores, shape ``(3, 3)``: rows are the generated adapter, no adapter and the adapter of a
-    different context (the context batch rolled by one; zero for a single row); columns are the summed
+    different context (the context batch rolled by one — for chunked contexts each example's chunks moved to the
+    next example; zero for a single row); columns are the summed
     cross-entropy, the labelled-token count and, when the batch carries teacher targets, the summed distillation KL
     to the in-context teacher (else 0)."""
     result = torch.zeros(3, 3, dtype=torch.float64)
@@ -202,12 +226,17 @@ def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls:
         kd = output.kd_sum if output.kd_sum is not None else torch.zeros(())
         return torch.stack([output.ce_sum.double().cpu(), output.num_label_tokens.double().cpu(), kd.double().cpu()])
 
-    output = shine(**batch, num_items_in_batch=1, loss_weights=weights)
+    owners = batch.get("context_chunk_owner")
+    combine = {} if owners is None else {"chunk_combine": chunk_combine}
+    output = shine(**batch, num_items_in_batch=1, loss_weights=weights, **combine)
     result[0] = scores(output)
     if not controls:
         return result
     result[1] = no_adapter_scores(shine, batch)
-    if batch["context_input_ids"].shape[0] > 1:
+    if owners is not None and batch["labels"].shape[0] > 1:
+        rolled = {**batch, "context_chunk_owner": (owners + 1) % batch["labels"].shape[0]}
+        result[2] = scores(shine(**rolled, num_items_in_batch=1, loss_weights=weights, **combine))
+    elif owners is None and batch["context_input_ids"].shape[0] > 1:
         rolled = {**batch, "context_input_ids": batch["context_input_ids"].roll(1, 0),
                   "context_attention_mask": batch["context_attention_mask"].roll(1, 0)}
         result[2] = scores(shine(**rolled, num_items_in_batch=1, loss_weights=weights))
@@ -242,7 +271,10 @@ class ShineTrainer(ShineHubMixin, Trainer):
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("Pass processing_class (the tokenizer) or attach the base model with a tokenizer.")
-            data_collator = ShineDataCollator(pad_token_id(processing_class))
+            collator = ShineDataCollator if args.chunk_tokens is None else ChunkedShineDataCollator
+            data_collator = collator(pad_token_id(processing_class))
+        if args.chunk_tokens is not None:  # the chunk size must be one generate_adapter(chunking=...) accepts
+            resolve_chunking(model, ChunkingConfig(chunk_tokens=args.chunk_tokens, combine=args.chunk_combine))
         if args.init_from:
             load_hypernetwork_weights(model, args.init_from)
         super().__init__(model=model, args=args, data_collator=data_collator, processing_class=processing_class,
@@ -297,6 +329,8 @@ class ShineTrainer(ShineHubMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         teacher_hidden = inputs.pop(HIDDEN_COLUMN, None)
         inputs = {**inputs, "loss_weights": self.args.loss_weights}
+        if "context_chunk_owner" in inputs:
+            inputs["chunk_combine"] = self.args.chunk_combine
         weight = self.args.hidden_matching_weight if teacher_hidden is not None else 0.0
         shine = self.accelerator.unwrap_model(model)
         layers = hidden_layer_indices(shine.config.num_base_layers, self.args.hidden_layers) if weight else []
@@ -342,7 +376,8 @@ class ShineTrainer(ShineHubMixin, Trainer):
         columns = getattr(dataset, "column_names", None) or list(dataset[0])  # a `datasets.Dataset` or a list
         has_teacher = "teacher_topk_ids" in columns
         for batch in self.get_eval_dataloader(dataset):
-            totals += held_out_losses(shine, self._prepare_inputs(batch), self.args.eval_controls).to(totals.device)
+            totals += held_out_losses(shine, self._prepare_inputs(batch), self.args.eval_controls,
+                                      self.args.chunk_combine).to(totals.device)
         totals = self.accelerator.reduce(totals, reduction="sum")
         shine.train(was_training)
         suffixes = ["", "_no_adapter", "_wrong_context"][: 3 if self.args.eval_controls else 1]
