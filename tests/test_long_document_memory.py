@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 
 from conftest import make_shine
-from peft_shine import ChunkingConfig
+from peft_shine import ChunkingConfig, ContextError
 from peft_shine.adapter_store import tuner_layers
 from peft_shine.chunking import chunk_document
 from peft_shine.composition import LoraAccumulator, combine_lora_states, delta_weight
@@ -179,3 +179,12 @@ def test_a_failure_while_encoding_adds_nothing(shine):
     finally:
         handle.remove()
     assert set(shine.peft_model.peft_config) == loaded and shine.peft_model.active_adapters == ["keep"]
+
+
+@pytest.mark.parametrize("texts", [[DOCUMENT, "  \n\n "], [DOCUMENT, ""]])
+def test_an_empty_document_is_refused_before_any_work(shine, texts):
+    shine.generate_adapter(SENTENCES[0], "keep")
+    loaded = set(shine.peft_model.peft_config)
+    with pytest.raises(ContextError, match="empty"):
+        shine.generate_adapter(texts, ["full", "empty"], chunking=160)
+    assert set(shine.peft_model.peft_config) == loaded
