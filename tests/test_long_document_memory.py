@@ -50,7 +50,7 @@ def streamed(states: list[dict], rank: int, every: int) -> tuple[LoraAccumulator
     held = []
     for index, state in enumerate(states, start=1):
         accumulator.add(state)
-        held.append(accumulator._stacked_rank())
+        held.append(accumulator.held_rank)
         if index % every == 0:
             accumulator.compress()
     return accumulator, held

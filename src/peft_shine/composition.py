@@ -211,10 +211,14 @@ class LoraAccumulator:
         exceeds it (else kept as they are: nothing is lost). A no-op for the other rules."""
         if self.rule != "svd" or not self.pending:
             return
-        if self._stacked_rank() > STREAM_HEADROOM * self.rank:
+        if self.held_rank > STREAM_HEADROOM * self.rank:
             self._truncate_all(STREAM_HEADROOM * self.rank)
 
-    def _stacked_rank(self) -> int:
+    @property
+    def held_rank(self) -> int:
+        """``"svd"``: the rank of the factors held now (kept + pending; 0 before the first input)."""
+        if not self.prefixes:
+            return 0
         prefix = self.prefixes[0]
         kept = self.state[prefix + _A].shape[0] if prefix + _A in self.state else 0
         return kept + sum(a.shape[0] for a, _ in self.pending.get(prefix, []))
