@@ -11,6 +11,10 @@ shipped hypernetwork and its base, warm up on a short text, then sample the resi
 * ``prefill``: ``base_lm(ids, use_cache=True, logits_to_keep=1)`` — reading the same text into the base with the
   KV cache that answering from it needs (SmolLM2-135M has 8,192 positions: longer prefills are not measured).
 
+For chunked generation the peak is also reported minus the bytes of the adapter it returns (``adapter_mib``: the
+output, which ``cat`` / ``mean`` make grow with the document), so that the working memory's flatness shows.
+Seconds are recorded in the JSON rows but not in the table (they mean little on a shared machine).
+
 The text is real prose: the bundled WikiText paragraphs, repeated as often as needed and cut to the length.
 """
 
@@ -47,6 +51,7 @@ def prose(tokenizer, tokens: int) -> str:
 
 def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: int) -> dict:
     """One measurement in this process (see the module docstring)."""
+    from peft_shine.adapter_store import tuner_layers
     from peft_shine.document_adapters import ChunkingConfig
     from peft_shine.shipped import load_hypernetwork
 
@@ -69,11 +74,13 @@ def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: in
                 shine.base_lm(ids, use_cache=True, logits_to_keep=1)
     seconds = time.perf_counter() - started
     info = shine.adapter_info.get("document", {}) if kind == "chunked" else {}
+    adapter_bytes = sum(module["document"].weight.nbytes for layer in tuner_layers(shine.base_lm)
+                        for module in (layer.lora_A, layer.lora_B) if "document" in module)
     return {"kind": kind, "tokens": int(ids.shape[1]), "combine": combine if kind == "chunked" else None,
             "batch_size": batch_size if kind == "chunked" else None, "chunks": len(info.get("chunk_tokens", [])),
             "rank": info.get("rank"), "svd_max_error": info.get("svd_max_error"), "seconds": round(seconds, 2),
             "before_mib": round(memory.before_mib, 1),
-            "increase_mib": round(memory.increase_mib, 1)}
+            "increase_mib": round(memory.increase_mib, 1), "adapter_mib": round(adapter_bytes / 2**20, 1)}
 
 
 def measure(kind: str, tokens: int, combine: str = "cat", rank: int | None = None, batch_size: int = 4) -> dict:
@@ -85,12 +92,12 @@ def measure(kind: str, tokens: int, combine: str = "cat", rank: int | None = Non
 
 
 def markdown(rows: list[dict]) -> str:
-    """One line per length: prefill and chunked generation (each rule measured) side by side."""
+    """One line per length: prefill and each chunked rule as ``peak MiB / peak − adapter MiB``."""
     lengths = sorted({row["tokens"] for row in rows})
     variants = list(dict.fromkeys((r["combine"], r["rank"] if r["combine"] == "svd" else None, r["batch_size"])
                                   for r in rows if r["kind"] == "chunked"))
     names = [f"{c}{f' r={k}' if k else ''} b={b}" for c, k, b in variants]
-    lines = ["| tokens | chunks | prefill MiB (s) | " + " | ".join(f"{n} MiB (s)" for n in names) + " |",
+    lines = ["| tokens | chunks | prefill MiB | " + " | ".join(f"{n}: peak / minus adapter MiB" for n in names) + " |",
              "|---:|---:|---:|" + "---:|" * len(names)]
     for length in lengths:
         prefill = next((r for r in rows if r["kind"] == "prefill" and r["tokens"] == length), None)
@@ -98,9 +105,10 @@ def markdown(rows: list[dict]) -> str:
         for combine, rank, batch in variants:
             row = next((r for r in rows if r["kind"] == "chunked" and r["tokens"] == length and r["combine"] == combine
                         and r["batch_size"] == batch and (combine != "svd" or r["rank"] == rank)), None)
-            cells.append("—" if row is None else f"{row['increase_mib']:.0f} ({row['seconds']:.1f})")
+            cells.append("—" if row is None else
+                         f"{row['increase_mib']:.0f} / {row['increase_mib'] - row['adapter_mib']:.0f}")
             chunks = str(row["chunks"]) if row else chunks
-        first = "—" if prefill is None else f"{prefill['increase_mib']:.0f} ({prefill['seconds']:.1f})"
+        first = "—" if prefill is None else f"{prefill['increase_mib']:.0f}"
         lines.append(f"| {length} | {chunks} | {first} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -121,8 +129,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     rows = []
     for length in [int(n) for n in args.lengths.split(",")]:
-        rows.append(measure("chunked", length, "cat", batch_size=args.batch_size))
-        if args.svd_rank and length >= 4096:  # 8+ chunks: concatenated rank 24+
+        for combine in ("mean", "cat"):
+            rows.append(measure("chunked", length, combine, batch_size=args.batch_size))
+        if args.svd_rank and length >= 4096:  # a budget above the concatenated rank (chunks × 3) is refused
             rows.append(measure("chunked", length, "svd", args.svd_rank, args.batch_size))
         if length <= args.prefill_max:
             rows.append(measure("prefill", length))

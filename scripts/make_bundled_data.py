@@ -27,6 +27,7 @@ TRAIN_ARTICLES = ("Geology", "Intergovernmental_Panel_on_Climate_Change")
 SAMPLE_CONTEXT_ARTICLE = "Normans"
 SAMPLE_CONTEXT_QUESTIONS = 4
 HOTPOT_YES_NO, HOTPOT_OTHER = 4, 26
+MUSIQUE_COUNT = 30
 NQ_COUNT = 50
 WIKITEXT_COUNT, WIKITEXT_PER_ARTICLE = 300, 3
 
@@ -34,6 +35,7 @@ WIKITEXT_COUNT, WIKITEXT_PER_ARTICLE = 300, 3
 EXPECTED_INPUTS = {
     "squad.dev.jsonl": "e8859e2af8df376f0f698d429197657f5580f54ae1417699ad56e285dbf0316b",
     "hotpotqa.dev.jsonl": "d390847e281bb2a4ff69ed57f1ff113cfc5d0aaeea9c98d4f263fb73808b62fa",
+    "musique.dev.jsonl": "44cc484522a38ac22f03651facc946535e05b5abc14708bb47952f4ea651ff62",
     "nq_open.dev.jsonl": "1408400905ab84038fc8868f67b98331c839089a237900bcd2c0fef935e8b295",
     "wikitext2.paragraphs.jsonl": "d9333b114b7d29d39ab7aaf0160a9aa90050aeef687b70908519fe72042f1b5d",
 }
@@ -49,6 +51,13 @@ HOTPOT_CREDIT = (
     "Explainable Multi-hop Question Answering*, EMNLP 2018), development set (distractor and fullwiki settings). "
     "Upstream copies: `data/hotpot.json` of GitHub `AdelWang/MIGRES` (distractor) and `data/hotpotqa/test.json` of "
     "`JianGuanTHU/AMOR` (fullwiki). Licence: [CC BY-SA 4.0](https://creativecommons.org/licenses/by-sa/4.0/)."
+)
+MUSIQUE_CREDIT = (
+    "MuSiQue-Ans v1.0 (Trivedi, Balasubramanian, Khot and Sabharwal, *MuSiQue: Multihop Questions via Single-hop "
+    "Question Composition*, TACL 2022), 2-4 hop answerable questions with their Wikipedia paragraphs (supporting "
+    "and distractor; some distractors removed upstream of the shared file). Upstream copy: `data/musique.json` of "
+    "GitHub `AdelWang/MIGRES` (commit `a261f2b30ad5ff31e21c1c5fdc1763de738c1958`). Licence: "
+    "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/)."
 )
 NQ_CREDIT = (
     "Natural Questions (Kwiatkowski et al., *Natural Questions: a Benchmark for Question Answering Research*, "
@@ -111,6 +120,18 @@ def select_hotpot(lines: list[str]) -> list[int]:
     return sorted(rng.sample(yes_no, HOTPOT_YES_NO) + rng.sample(other, HOTPOT_OTHER))
 
 
+def select_musique(lines: list[str]) -> list[int]:
+    """A seeded sample of MuSiQue records, in file order."""
+    return sorted(random.Random(SEED).sample(range(len(lines)), MUSIQUE_COUNT))
+
+
+def hop_counts(lines: list[str], indices: list[int]) -> str:
+    """``"N two-hop, ..."`` from the MuSiQue id prefixes (``2hop__...``)."""
+    hops = [json.loads(lines[index])["id"].split("hop", 1)[0] for index in indices]
+    words = {"2": "two", "3": "three", "4": "four"}
+    return ", ".join(f"{hops.count(h)} {words.get(h, h)}-hop" for h in sorted(set(hops)))
+
+
 def select_nq(lines: list[str]) -> list[int]:
     """A seeded sample of NQ-Open records, in file order."""
     return sorted(random.Random(SEED).sample(range(len(lines)), NQ_COUNT))
@@ -160,13 +181,16 @@ def build(shared: Path, out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     squad = read_lines(shared / "squad.dev.jsonl")
     hotpot = read_lines(shared / "hotpotqa.dev.jsonl")
+    musique = read_lines(shared / "musique.dev.jsonl")
     nq = read_lines(shared / "nq_open.dev.jsonl")
     wiki = read_lines(shared / "wikitext2.paragraphs.jsonl")
     held_out, train = select_articles(squad, HELD_OUT_ARTICLES), select_articles(squad, TRAIN_ARTICLES)
     chosen_hotpot, chosen_nq, chosen_wiki = select_hotpot(hotpot), select_nq(nq), select_wikitext(wiki)
+    chosen_musique = select_musique(musique)
     write_lines(out / "squad_sample.jsonl", squad, held_out)
     write_lines(out / "squad_train_sample.jsonl", squad, train)
     write_lines(out / "hotpotqa_sample.jsonl", hotpot, chosen_hotpot)
+    write_lines(out / "musique_sample.jsonl", musique, chosen_musique)
     write_lines(out / "nq_open_sample.jsonl", nq, chosen_nq)
     write_lines(out / "wikitext_sample.jsonl", wiki, chosen_wiki)
     sample = make_sample_context(squad, held_out)
@@ -193,6 +217,11 @@ def build(shared: Path, out: Path) -> dict[str, str]:
             f"{len(chosen_hotpot)} records ({hotpot_yes_no} yes/no): a `random.Random({SEED})` sample of "
             f"{HOTPOT_YES_NO} yes/no and then {HOTPOT_OTHER} other questions of `hotpotqa.dev.jsonl`, lines "
             f"{line_ranges([i + 1 for i in chosen_hotpot])}, copied verbatim.\n\n{HOTPOT_CREDIT}"
+        ),
+        "musique_sample.jsonl": (
+            f"{len(chosen_musique)} records ({hop_counts(musique, chosen_musique)}): `random.Random({SEED}).sample` "
+            f"of the lines of `musique.dev.jsonl`, lines {line_ranges([i + 1 for i in chosen_musique])}, copied "
+            f"verbatim.\n\n{MUSIQUE_CREDIT}"
         ),
         "nq_open_sample.jsonl": (
             f"{len(chosen_nq)} records: `random.Random({SEED}).sample` of the lines of `nq_open.dev.jsonl`, lines "
@@ -223,7 +252,7 @@ folder (which documents the upstream copies and the conversion to the QA JSONL f
     python scripts/make_bundled_data.py /path/to/shared/data
 
 **Licences.** The data files are not covered by the project's Apache-2.0 licence. Each keeps its upstream
-licence (CC BY-SA 4.0 or CC BY-SA 3.0, listed per file below); share-alike terms apply to redistributions of
+licence (CC BY-SA 4.0, CC BY 4.0 or CC BY-SA 3.0, listed per file below); share-alike terms apply to redistributions of
 these files. Changes made: conversion to one JSON record per question (see the shared data README) and selection
 of the subsets described below; records are otherwise unmodified. Contamination note: these are well-known public
 benchmarks that pretrained models may have seen.

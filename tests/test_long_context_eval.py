@@ -100,6 +100,19 @@ def test_cli_builds_padded_and_needle_records(tokenizer):
     assert sorted({length_of(r.id) for r in records}) == [100, 200]
 
 
+def test_bundled_musique_is_evaluated_with_chunked_adapters(tmp_path):
+    shine = make_shine("llama", max_context_length=256)
+    base = {"split": None, "limit": 2, "seed": 0, "pad_tokens": "", "needle_multiples": "1", "chunk_tokens": 200,
+            "chunk_overlap": 0, "chunk_combine": "mean", "chunk_rank": None}
+    records, chunking = records_for_cli(argparse.Namespace(data="musique", **base), shine)
+    assert len(records) == 2 and {r.source for r in records} == {"musique-ans-v1.0"}
+    assert all(r.context.count(SEPARATOR) >= 8 and _tokens(shine.tokenizer, r.context) > 256 for r in records)
+    results = run_evaluation(shine, records, ["adapter", "wrong_context"], tmp_path / "musique", progress=False,
+                             max_new_tokens=2, adapter_batch_size=2, chunking=chunking)
+    assert sorted((row["condition"], row["id"]) for row in results["predictions"]) == sorted(
+        (condition, r.id) for condition in ("adapter", "wrong_context") for r in records)
+
+
 def test_length_report_groups_predictions_by_data_length_and_condition(tmp_path):
     rows = [{"id": "a@512:start", "condition": "adapter", "f1": 1.0, "em": 1.0, "context_sha256": "x"},
             {"id": "b@512:end", "condition": "adapter", "f1": 0.0, "em": 0.0, "context_sha256": "y"},

@@ -55,7 +55,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.mark.parametrize(
     ("name", "split", "count"),
-    [("squad", None, 349), ("squad", "train", 220), ("hotpotqa", None, 30), ("nq_open", "validation", 50)],
+    [("squad", None, 349), ("squad", "train", 220), ("hotpotqa", None, 30), ("musique", None, 30),
+     ("nq_open", "validation", 50)],
 )
 def test_bundled_qa_files_load(name: str, split: str | None, count: int) -> None:
     records = load_qa_records(name, split=split)

@@ -138,7 +138,8 @@ def _load_through_peft(peft_model: PeftModel, name: str, state: dict[str, torch.
     result = set_peft_model_state_dict(peft_model, state, adapter_name=name, low_cpu_mem_usage=True)
     unexpected = [key for key in result.unexpected_keys if "lora_" in key]
     if unexpected:
-        raise RuntimeError(f"Generated adapter keys did not match the base model: {unexpected[:4]} ...")
+        raise AdapterStateError(f"Adapter {name!r}'s keys did not match the model's LoRA layers (is an adapter of "
+                                f"that name with other target modules loaded? delete it first): {unexpected[:4]} ...")
 
 
 def _lora_layers(peft_model: PeftModel, state: dict[str, torch.Tensor]) -> dict[str, nn.Module]:
@@ -147,7 +148,7 @@ def _lora_layers(peft_model: PeftModel, state: dict[str, torch.Tensor]) -> dict[
     try:
         return {prefix: peft_model.get_submodule(prefix) for prefix in prefixes}
     except AttributeError as error:
-        raise RuntimeError(f"Generated adapter keys did not match the base model: {error}") from error
+        raise AdapterStateError(f"Generated adapter keys did not match the base model: {error}") from error
 
 
 def _adapter_entries(layer: nn.Module, name: str) -> set[str]:
@@ -188,6 +189,29 @@ def _frozen_linear(weight: torch.Tensor) -> nn.Linear:
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
     linear.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
     return linear.eval()
+
+
+def discard_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: list[str]) -> PeftModel | None:
+    """Remove every trace of the named adapters, whole or half-added (an add that failed midway): their configs and
+    every per-adapter entry of every LoRA layer in the base. Another adapter stays active; when none is left the
+    base is unwrapped and ``None`` returned."""
+    peft_model = peft_model or shared_peft_model(base_lm)
+    if peft_model is None:
+        return None
+    layers = tuner_layers(base_lm)
+    for name in names:
+        peft_model.peft_config.pop(name, None)
+        for layer in layers:
+            for attr in _adapter_entries(layer, name):
+                del getattr(layer, attr)[name]
+    remaining = list(peft_model.peft_config)
+    if not remaining:
+        peft_model.unload()
+        forget_shared(base_lm)
+        return None
+    active = peft_model.active_adapters
+    peft_model.set_adapter([name for name in active if name in remaining] or remaining[-1])
+    return peft_model
 
 
 def forget_shared(base_lm: nn.Module) -> None:

@@ -14,12 +14,17 @@ scaling, respected here) and writes a LoRA whose own scaling is 1 (``lora_alpha 
   most the budget. The SVD never forms the ``out × in`` matrix: with ``B = Q_b R_b`` and ``Aᵀ = Q_a R_a`` (thin QR),
   ``ΔW = Q_b (R_b R_aᵀ) Q_aᵀ`` and only the small ``Σr × Σr`` core is decomposed (in float64). The relative
   Frobenius error ``‖ΔW − ΔW_k‖ / ‖ΔW‖`` of every module is returned (`CombinedLora.errors`).
+  Streamed (`LoraAccumulator.compress` after every few inputs: a long document's chunks) the truncation is repeated
+  on ``kept + new`` factors, so memory stays at the budget rank; the reported error is then
+  ``√(dropped / (kept + dropped))`` over all the truncations: the exact error after a single truncation, an estimate
+  (the dropped parts taken as orthogonal) after several.
 
 `combine_lora_states` works on peft state dicts (``….lora_A.weight`` ``(r, in)``, ``….lora_B.weight`` ``(out, r)``);
 `peft_shine.document_adapters` uses it for the chunks of one long document (no per-chunk peft adapter is ever
 created). `combine_lora_weights` is the same ``"cat"`` / ``"mean"`` combination on the hypernetwork's
 `LoraWeights` tensors, differentiable: training on chunked contexts (``chunk_tokens``) combines the chunk LoRAs with
-it, so the answer pass sees exactly the adapter `generate_adapter(..., chunking=...)` makes. `compose_adapters` combines adapters already loaded on a `PeftModel` through peft's own
+it, so the answer pass sees exactly the adapter `generate_adapter(..., chunking=...)` makes. `compose_adapters`
+combines adapters already loaded on a `PeftModel` through peft's own
 ``add_weighted_adapter`` (``"cat"``; ``"mean"`` = ``"cat"`` with normalised weights; ``"svd"`` with ``svd_rank``).
 """
 
@@ -37,6 +42,7 @@ from peft_shine.lora_binding import LoraWeights
 
 
 RULES = ("cat", "mean", "svd")
+STREAM_HEADROOM = 2  # a streamed "svd" keeps this many times the budget rank between inputs, truncated at the end
 _A, _B = ".lora_A.weight", ".lora_B.weight"
 
 
@@ -137,9 +143,19 @@ def combine_lora_states(
 
 
 class LoraAccumulator:
-    """Rank concatenation filled one adapter at a time into factors allocated once, so the inputs need not be kept
-    (a long document's chunk LoRAs are dropped as they arrive); `result` applies the rule. The ranks, weights and
-    scalings of all inputs are given up front (see `combine_lora_states`)."""
+    """Rank concatenation filled one adapter at a time, so the inputs need not be kept (a long document's chunk
+    LoRAs are dropped as they arrive); `result` applies the rule. The ranks, weights and scalings of all inputs are
+    given up front (see `combine_lora_states`).
+
+    ``"cat"`` / ``"mean"`` write into factors of the concatenated rank allocated once (the adapter itself, held once).
+    ``"svd"`` keeps the inputs added since the last `compress` beside factors of at most ``STREAM_HEADROOM ×`` the
+    budget rank: `compress` re-truncates their stack to that rank (QR + SVD of the small core) and `result` to the
+    budget, so a caller that compresses after every few inputs holds ``2 × budget + those inputs' ranks``, never the
+    concatenated rank. The result is exact while the sum's rank is at most the budget; otherwise a compression may
+    drop directions that later inputs would have made stronger than the kept ones, so the streamed truncation can be
+    slightly worse than the one-shot truncation of the whole sum (measured in tests/test_long_document_memory.py;
+    the headroom makes that rare). Without `compress` the result is that one-shot truncation.
+    """
 
     def __init__(self, ranks: Sequence[int], rule: str = "cat", *, weights: Sequence[float] | None = None,
                  scalings: Sequence[float] | None = None, rank: int | None = None) -> None:
@@ -153,21 +169,23 @@ class LoraAccumulator:
         self.offsets = [0]
         for value in ranks:
             self.offsets.append(self.offsets[-1] + int(value))
-        self.state: dict[str, torch.Tensor] = {}
+        self.state: dict[str, torch.Tensor] = {}  # "cat"/"mean": the concatenated factors; "svd": the kept ones
+        self.pending: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # "svd": (A, B) added since compress
+        self.dropped: dict[str, float] = {}  # "svd": squared Frobenius norm of the directions dropped so far
+        self.kept: dict[str, float] = {}  # "svd": squared Frobenius norm of the kept factors' update
         self.prefixes: list[str] = []
+        self.dtype: torch.dtype | None = None
 
     def add(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Write the next adapter's factors (A scaled by its weight × scaling) into its rank rows / columns."""
+        """Take the next adapter's factors (A scaled by its weight × scaling)."""
         index = self.count
         if index + 1 >= len(self.offsets):
             raise CompositionError(f"Got more adapters than the {len(self.offsets) - 1} announced.")
-        if not self.state:
-            self.prefixes, total = module_prefixes(state), self.offsets[-1]
-            for prefix in self.prefixes:
-                a, b = state[prefix + _A], state[prefix + _B]
-                self.state[prefix + _A] = a.new_empty(total, a.shape[1])
-                self.state[prefix + _B] = b.new_empty(b.shape[0], total)
-        elif set(state) != set(self.state):
+        if not self.prefixes:
+            self.prefixes, self.dtype = module_prefixes(state), state[next(iter(state))].dtype
+            if self.rule != "svd":
+                self._allocate(state)
+        elif set(state) != {p + f for p in self.prefixes for f in (_A, _B)}:
             raise CompositionError(f"Adapter {index} adapts other modules than adapter 0; only adapters with the "
                                    f"same target modules can be combined.")
         low, high = self.offsets[index], self.offsets[index + 1]
@@ -175,21 +193,68 @@ class LoraAccumulator:
             if state[prefix + _A].shape[0] != high - low:
                 raise CompositionError(f"Adapter {index} has rank {state[prefix + _A].shape[0]} at {prefix}, "
                                        f"announced {high - low}.")
-            self.state[prefix + _A][low:high] = state[prefix + _A] * self.factors[index]
-            self.state[prefix + _B][:, low:high] = state[prefix + _B]
+        for prefix in self.prefixes:
+            a, b = state[prefix + _A] * self.factors[index], state[prefix + _B]
+            if self.rule == "svd":
+                self.pending.setdefault(prefix, []).append((a, b))
+            else:
+                self.state[prefix + _A][low:high] = a
+                self.state[prefix + _B][:, low:high] = b
         self.count += 1
+
+    def _allocate(self, state: Mapping[str, torch.Tensor]) -> None:
+        """The concatenated factors of ``"cat"`` / ``"mean"``, allocated once, like the first adapter's tensors."""
+        total = self.offsets[-1]
+        for prefix in self.prefixes:
+            a, b = state[prefix + _A], state[prefix + _B]
+            self.state[prefix + _A] = a.new_empty(total, a.shape[1])
+            self.state[prefix + _B] = b.new_empty(b.shape[0], total)
+
+    def compress(self) -> None:
+        """``"svd"``: fold the pending inputs into the kept factors, truncated to the budget when their stacked rank
+        exceeds it (else kept as they are: nothing is lost). A no-op for the other rules."""
+        if self.rule != "svd" or not self.pending:
+            return
+        if self.held_rank > STREAM_HEADROOM * self.rank:
+            self._truncate_all(STREAM_HEADROOM * self.rank)
+
+    @property
+    def held_rank(self) -> int:
+        """``"svd"``: the rank of the factors held now (kept + pending; 0 before the first input)."""
+        if not self.prefixes:
+            return 0
+        prefix = self.prefixes[0]
+        kept = self.state[prefix + _A].shape[0] if prefix + _A in self.state else 0
+        return kept + sum(a.shape[0] for a, _ in self.pending.get(prefix, []))
+
+    def _truncate_all(self, rank: int) -> None:
+        """Truncate ``kept + pending`` of every module to ``rank`` (kept in float64) and note what was dropped."""
+        for prefix in self.prefixes:
+            pairs = self.pending.pop(prefix, [])
+            if prefix + _A in self.state:
+                pairs.insert(0, (self.state[prefix + _A], self.state[prefix + _B]))
+            a = torch.cat([pair[0].double() for pair in pairs])
+            b = torch.cat([pair[1].double() for pair in pairs], dim=1)
+            new_a, new_b, sigma, keep = _truncated_svd(a, b, rank)
+            self.state[prefix + _A], self.state[prefix + _B] = new_a, new_b
+            self.dropped[prefix] = self.dropped.get(prefix, 0.0) + float(sigma[keep:].square().sum())
+            self.kept[prefix] = float(sigma[:keep].square().sum())
 
     def result(self) -> CombinedLora:
         """The combined adapter (``"svd"``: truncated module by module, in place of the concatenation)."""
         if self.count != len(self.offsets) - 1:
             raise CompositionError(f"Got {self.count} of the {len(self.offsets) - 1} announced adapters.")
-        state, errors = self.state, {}
-        if self.rule == "svd":
-            for prefix in self.prefixes:
-                dtype = state[prefix + _A].dtype
-                a, b, errors[prefix] = truncate_lora(state[prefix + _A], state[prefix + _B], self.rank)
-                state[prefix + _A], state[prefix + _B] = a.to(dtype).contiguous(), b.to(dtype).contiguous()
-        return CombinedLora(state, self.rank if self.rule == "svd" else self.offsets[-1], self.rule, errors)
+        if self.rule != "svd":
+            return CombinedLora(self.state, self.offsets[-1], self.rule)
+        self._truncate_all(self.rank)
+        errors, state = {}, {}
+        for prefix in self.prefixes:
+            kept, dropped = self.kept[prefix], self.dropped[prefix]
+            errors[prefix] = math.sqrt(dropped / (kept + dropped)) if kept + dropped > 0 else 0.0
+            for suffix in (_A, _B):
+                state[prefix + suffix] = self.state[prefix + suffix].to(self.dtype).contiguous()
+        self.state = state
+        return CombinedLora(state, self.rank, self.rule, errors)
 
 
 def combine_lora_weights(lora: LoraWeights, owners: Sequence[int] | torch.Tensor, rule: str = "mean") -> LoraWeights:
@@ -234,10 +299,9 @@ def combine_lora_weights(lora: LoraWeights, owners: Sequence[int] | torch.Tensor
     return LoraWeights(pairs, scale=lora.scale)
 
 
-def truncate_lora(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The best rank-``rank`` LoRA ``(A', B')`` of the update ``B @ A`` (``A: (R, in)``, ``B: (out, R)``) and the
-    relative Frobenius error of the truncation, from the SVD of the ``R × R`` core of two thin QRs (float64).
-    Singular values are split evenly (``√σ``) between ``A'`` and ``B'``; missing directions are zero rows."""
+def _truncated_svd(a: torch.Tensor, b: torch.Tensor, rank: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """`truncate_lora`'s factors (float64) with all singular values of ``B @ A`` and how many were kept."""
     q_b, r_b = torch.linalg.qr(b.double())
     q_a, r_a = torch.linalg.qr(a.double().T)
     u, sigma, vh = torch.linalg.svd(r_b @ r_a.T)
@@ -247,6 +311,14 @@ def truncate_lora(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Te
     new_a = torch.zeros(rank, a.shape[1], dtype=torch.float64, device=a.device)
     new_b[:, :keep] = (q_b @ u[:, :keep]) * root
     new_a[:keep] = root[:, None] * (vh[:keep] @ q_a.T)
+    return new_a, new_b, sigma, keep
+
+
+def truncate_lora(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The best rank-``rank`` LoRA ``(A', B')`` of the update ``B @ A`` (``A: (R, in)``, ``B: (out, R)``) and the
+    relative Frobenius error of the truncation, from the SVD of the ``R × R`` core of two thin QRs (float64).
+    Singular values are split evenly (``√σ``) between ``A'`` and ``B'``; missing directions are zero rows."""
+    new_a, new_b, sigma, keep = _truncated_svd(a, b, rank)
     total = float(sigma.square().sum())
     error = math.sqrt(float(sigma[keep:].square().sum()) / total) if total > 0 else 0.0
     return new_a, new_b, error

@@ -6,12 +6,15 @@
    sentence, then word boundaries; optional overlap);
 2. the chunks of all documents are encoded ``batch_size`` at a time by the ordinary batched generation
    (`ShineModel.generate_lora`), so peak memory is bounded by ``batch_size × chunk_tokens``, not by the document;
-3. each chunk's LoRA is written straight into its document's concatenated factors (`composition.LoraAccumulator`,
-   allocated once; the chunk LoRA is dropped) and when the last chunk is in, the rule makes **one** standard peft
-   LoRA of them (``"cat"`` = the exact sum of the chunk updates, rank ``chunks × r``; ``"mean"`` = their exact mean,
-   same rank; ``"svd"`` = the sum truncated to ``rank``);
+3. each chunk's LoRA goes straight into its document's `composition.LoraAccumulator` (the chunk LoRA is dropped):
+   ``"cat"`` (the exact sum of the chunk updates, rank ``chunks × r``) and ``"mean"`` (their exact mean, same rank)
+   write it into the concatenated factors, allocated once, which become the adapter's own tensors; ``"svd"`` (the sum
+   truncated to ``rank``) re-truncates after every encoder batch, so it holds at most ``rank`` + one batch of
+   chunk ranks, whatever the document's length (exact while the sum's rank fits the budget);
 4. only when every document is combined are the adapters loaded on the base's `PeftModel` (nothing is added if
-   anything fails), one named adapter per document, each with its own rank (``lora_alpha = r``: scaling 1).
+   anything fails), one named adapter per document, each with its own rank (``lora_alpha = r``: scaling 1). The
+   combined tensors become peft's parameters as they are (`adapter_store.add_adapters`: no copy, no initialisation
+   of a large-rank adapter), so the output adapter is held once.
 
 A one-chunk document gives exactly the adapter `generate_adapter` makes without chunking (``"svd"`` aside).
 """
@@ -25,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from peft_shine.adapter_store import GENERATION_LOCK, add_adapters
+from peft_shine.adapter_store import GENERATION_LOCK, add_adapters, discard_adapters
 from peft_shine.chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
 from peft_shine.composition import CombinedLora, LoraAccumulator, check_rule
 from peft_shine.contexts import context_sha256, left_pad, pad_token_id
@@ -122,8 +125,27 @@ def encode_documents(shine, plans: Sequence[Sequence[TextChunk]], config: Chunki
             if accumulators[doc].count == len(plans[doc]):
                 yield accumulators.pop(doc).result()
         del lora
+        for accumulator in accumulators.values():  # "svd": back to the budget rank (a no-op for the other rules)
+            accumulator.compress()
     if accumulators:
         raise RuntimeError("Internal error: chunks and documents went out of step.")
+
+
+def load_adapters(shine, names: Sequence[str], combined: Sequence[CombinedLora]) -> None:
+    """Load each combined LoRA as adapter ``name`` (its tensors become peft's parameters, no copy), the last one
+    active. All or nothing: if any load fails, every adapter of ``names`` is removed from the base, including one
+    this call was replacing (rather than leaving it half-written), and the error is raised."""
+    touched: list[str] = []
+    try:
+        for name, lora in zip(names, combined):
+            lora_config = copy.deepcopy(shine.adapter_lora_config())
+            lora_config.r = lora_config.lora_alpha = lora.rank
+            touched.append(name)
+            shine.peft_model = add_adapters(shine.base_lm, shine.peft_model, lora_config, {name: lora.state})
+        shine.peft_model.set_adapter(names[-1])
+    except BaseException:
+        shine.peft_model = discard_adapters(shine.base_lm, shine.peft_model, touched)
+        raise
 
 
 def generate_document_adapters(shine, texts: Sequence[str], names: Sequence[str],
@@ -143,11 +165,7 @@ def generate_document_adapters(shine, texts: Sequence[str], names: Sequence[str]
             combined = list(encode_documents(shine, plans, config, batch_size))
         finally:
             shine.train(was_training)
-        for name, lora in zip(names, combined):
-            lora_config = copy.deepcopy(shine.adapter_lora_config())
-            lora_config.r = lora_config.lora_alpha = lora.rank
-            shine.peft_model = add_adapters(shine.base_lm, shine.peft_model, lora_config, {name: lora.state})
-        shine.peft_model.set_adapter(names[-1])
+        load_adapters(shine, names, combined)
         seconds = (time.perf_counter() - started) / len(texts)
         info = getattr(shine, "adapter_info", {})
         for name, text, plan, lora in zip(names, texts, plans, combined):

@@ -34,7 +34,8 @@ class CompositionError(ShineError, ValueError):
 
 class AdapterStateError(ShineError, RuntimeError):
     """The shared base model no longer matches what SHINE encodes with (e.g. a generated adapter was merged into
-    it with ``merge_and_unload()``, or its peft wrappers were removed with ``unload()``)."""
+    it with ``merge_and_unload()``, or its peft wrappers were removed with ``unload()``), or an adapter of the name
+    being generated adapts other modules."""
 
 
 class CheckpointError(ShineError, OSError):

@@ -31,6 +31,7 @@ BUNDLED_QA_FILES: dict[tuple[str, str], str] = {
     ("squad", "validation"): "squad_sample.jsonl",
     ("squad", "train"): "squad_train_sample.jsonl",
     ("hotpotqa", "validation"): "hotpotqa_sample.jsonl",
+    ("musique", "validation"): "musique_sample.jsonl",
     ("nq_open", "validation"): "nq_open_sample.jsonl",
 }
 SAMPLE_CONTEXT_FILE = "sample_context.json"
@@ -200,7 +201,7 @@ def load_qa_records(
 
     Args:
         path_or_name: a JSONL file in the shared QA format (read with ``datasets.load_dataset("json", ...)``), or a
-            bundled name: ``"squad"``, ``"hotpotqa"``, ``"nq_open"`` or a bundled file name such as
+            bundled name: ``"squad"``, ``"hotpotqa"``, ``"musique"``, ``"nq_open"`` or a bundled file name such as
             ``"squad_train_sample.jsonl"``.
         split: for bundled names only: ``"validation"`` (default) or ``"train"`` (``"squad"`` only).
         limit: if given, return this many records drawn by a seeded shuffle (see :func:`sample_indices`);

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "default: the shipped one, else an untrained one")
     parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base LM for an untrained hypernetwork")
     parser.add_argument("--data", default="squad",
-                        help="a bundled QA name (squad, hotpotqa, nq_open) or a JSONL file in the shared QA format")
+                        help="a bundled QA name (squad, hotpotqa, musique, nq_open) or a JSONL file in the shared QA format")
     parser.add_argument("--split", default=None, help="split of a bundled name (validation or train)")
     parser.add_argument("--limit", type=int, default=None,
                         help="number of questions, drawn by --seed (default all); recall conditions run once per "

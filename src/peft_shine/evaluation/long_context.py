@@ -12,8 +12,7 @@ contexts are generated chunk-wise (``--chunk-tokens``, `peft_shine.document_adap
   paragraph at several depths of a haystack of SQuAD paragraphs of ``multiple × chunk_tokens`` tokens; one question
   per (length, depth, needle), id ``needle-<n>@<tokens>:d<depth>``.
 
-HotpotQA (the bundled multi-paragraph sample, 740–2,200 tokens) needs no building: ``--data hotpotqa``. No MuSiQue
-sample is bundled.
+HotpotQA and MuSiQue (the bundled multi-paragraph samples) need no building: ``--data hotpotqa``, ``--data musique``.
 """
 
 from __future__ import annotations
