@@ -23,9 +23,9 @@ scaling, respected here) and writes a LoRA whose own scaling is 1 (``lora_alpha 
 `peft_shine.document_adapters` uses it for the chunks of one long document (no per-chunk peft adapter is ever
 created). `combine_lora_weights` is the same ``"cat"`` / ``"mean"`` combination on the hypernetwork's
 `LoraWeights` tensors, differentiable: training on chunked contexts (``chunk_tokens``) combines the chunk LoRAs with
-it, so the answer pass sees exactly the adapter `generate_adapter(..., chunking=...)` makes. `compose_adapters`
-combines adapters already loaded on a `PeftModel` through peft's own
-``add_weighted_adapter`` (``"cat"``; ``"mean"`` = ``"cat"`` with normalised weights; ``"svd"`` with ``svd_rank``).
+it, so the answer pass sees exactly the adapter `generate_adapter(..., chunking=...)` makes. `compose_adapters` combines
+adapters loaded on a `PeftModel` through peft's ``add_weighted_adapter`` (``"cat"``; ``"mean"`` = ``"cat"`` with
+normalised weights; ``"svd"`` with ``svd_rank``).
 """
 
 from __future__ import annotations
