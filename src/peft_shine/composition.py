@@ -14,10 +14,9 @@ scaling, respected here) and writes a LoRA whose own scaling is 1 (``lora_alpha 
   most the budget. The SVD never forms the ``out × in`` matrix: with ``B = Q_b R_b`` and ``Aᵀ = Q_a R_a`` (thin QR),
   ``ΔW = Q_b (R_b R_aᵀ) Q_aᵀ`` and only the small ``Σr × Σr`` core is decomposed (in float64). The relative
   Frobenius error ``‖ΔW − ΔW_k‖ / ‖ΔW‖`` of every module is returned (`CombinedLora.errors`).
-  Streamed (`LoraAccumulator.compress` after every few inputs: a long document's chunks) the truncation is repeated
-  on ``kept + new`` factors, so memory stays at the budget rank; the reported error is then
-  ``√(dropped / (kept + dropped))`` over all the truncations: the exact error after a single truncation, an estimate
-  (the dropped parts taken as orthogonal) after several.
+  Streamed (`LoraAccumulator.compress` after every few chunks) the truncation is repeated on ``kept + new`` factors,
+  so memory stays at the budget rank; the reported error is then ``√(dropped / (kept + dropped))`` over all the
+  truncations: exact after a single truncation, an estimate (dropped parts taken as orthogonal) after several.
 
 `combine_lora_states` works on peft state dicts (``….lora_A.weight`` ``(r, in)``, ``….lora_B.weight`` ``(out, r)``);
 `peft_shine.document_adapters` uses it for the chunks of one long document (no per-chunk peft adapter is ever
