@@ -19,6 +19,8 @@ more than 10 % of the prefill.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from peft_shine.adapter_store import add_adapters, all_adapters_disabled
@@ -28,10 +30,11 @@ from peft_shine.layout import slice_parameter_grid
 from peft_shine.lora_binding import LoraWeights
 
 from .bench_gpu import forward_flops
-from .timing import median_seconds
+from .timing import interleaved_medians
 from .workloads import context_of_length
 
 
+LONG_CONTEXT = 4096  # from here on one timed round per function
 NAME = "breakdown"  # the adapter the benchmark writes into (replaced in place after its first creation)
 
 
@@ -69,45 +72,44 @@ def _stage_inputs(shine, text: str):
     return ids, mask
 
 
-def stage_seconds(shine, text: str, repeats: int) -> dict:
-    """Median seconds of each stage of ``generate_adapter`` on one context (the adapter ``NAME`` exists)."""
+def timed_steps(shine, text: str) -> dict[str, Callable[[], object]]:
+    """The functions the breakdown times on one context: the base's prefill of the context alone and of the context
+    + memory slots (every peft adapter off, as in the encoder pass), each stage of ``generate_adapter`` and the whole
+    call (the adapter ``NAME`` exists, so the export copies in place)."""
     config, base = shine.config, shine.base_lm
     ids, mask = _stage_inputs(shine, text)
+    embeds, full_mask, positions = shine.encoder_inputs(ids, mask)
     with torch.no_grad():
         grid = shine.encode(ids, mask)
         params = shine.m2p(grid)
-        lora = LoraWeights(slice_parameter_grid(params, config.module_specs, config.lora_rank), scale=config.lora_scale)
-        peft_config = shine.adapter_lora_config()
+    lora = LoraWeights(slice_parameter_grid(params, config.module_specs, config.lora_rank), scale=config.lora_scale)
+    peft_config = shine.adapter_lora_config()
 
-        def export() -> None:
-            state = peft_state_dict(base, config.module_specs, lora, 0)
-            add_adapters(base, shine.peft_model, peft_config, {NAME: state})
+    def prefill(**inputs) -> Callable[[], object]:
+        def run() -> None:
+            with torch.inference_mode(), all_adapters_disabled(base):
+                base(**inputs, use_cache=True, logits_to_keep=1)
+        return run
 
-        return {
-            "tokenize_s": median_seconds(lambda: _stage_inputs(shine, text), repeats),
-            "encoder_s": median_seconds(lambda: shine.encode(ids, mask), repeats),
-            "m2p_s": median_seconds(lambda: shine.m2p(grid), repeats),
-            "slice_s": median_seconds(lambda: slice_parameter_grid(params, config.module_specs, config.lora_rank),
-                                      repeats),
-            "export_s": median_seconds(export, repeats),
-        }
+    def no_grad(fn: Callable[[], object]) -> Callable[[], object]:
+        return torch.no_grad()(fn)
 
-
-def prefill_seconds(shine, text: str, repeats: int) -> dict:
-    """The base's prefill of the context alone and of the context + memory slots (the encoder's positions), with
-    every peft adapter switched off, as the encoder pass runs."""
-    base = shine.base_lm
-    ids, mask = _stage_inputs(shine, text)
-    embeds, full_mask, positions = shine.encoder_inputs(ids, mask)
-    with torch.inference_mode(), all_adapters_disabled(base):
-        alone = median_seconds(lambda: base(ids, use_cache=True, logits_to_keep=1), repeats)
-        with_slots = median_seconds(lambda: base(inputs_embeds=embeds, attention_mask=full_mask,
-                                                 position_ids=positions, use_cache=True, logits_to_keep=1), repeats)
-    return {"prefill_s": alone, "prefill_slots_s": with_slots}
+    return {
+        "prefill_s": prefill(input_ids=ids),
+        "prefill_slots_s": prefill(inputs_embeds=embeds, attention_mask=full_mask, position_ids=positions),
+        "tokenize_s": lambda: _stage_inputs(shine, text),
+        "encoder_s": no_grad(lambda: shine.encode(ids, mask)),
+        "m2p_s": no_grad(lambda: shine.m2p(grid)),
+        "slice_s": lambda: slice_parameter_grid(params, config.module_specs, config.lora_rank),
+        "export_s": no_grad(lambda: add_adapters(base, shine.peft_model, peft_config,
+                                                 {NAME: peft_state_dict(base, config.module_specs, lora, 0)})),
+        "generate_adapter_s": lambda: shine.generate_adapter(text, adapter_names=NAME),
+    }
 
 
 def breakdown(shine, lengths: list[int], repeats: int) -> list[dict]:
-    """One row per context length (capped at `longest_context`): prefills, stages, total, ratios and FLOPs."""
+    """One row per context length (capped at `longest_context`): prefills, stages, total, ratios and FLOPs. Every
+    function of a row is timed in turns (`interleaved_medians`), so the ratios hold on a shared machine."""
     shine.config.max_context_length = max(shine.config.max_context_length, *lengths)
     shine.eval()
     rows = []
@@ -116,10 +118,8 @@ def breakdown(shine, lengths: list[int], repeats: int) -> list[dict]:
         text = context_of_length(shine.tokenizer, tokens)
         shine.generate_adapter(text, adapter_names=NAME)  # warm: the adapter exists, later calls copy in place
         row = {"context_tokens": len(context_token_ids(shine.tokenizer, [text], tokens)[0])}
-        row |= prefill_seconds(shine, text, repeats)
-        row |= stage_seconds(shine, text, repeats)
-        row["generate_adapter_s"] = median_seconds(lambda text=text: shine.generate_adapter(text, adapter_names=NAME),
-                                                   repeats)
+        long = tokens >= LONG_CONTEXT  # one timed round (a minute or more each), the warm-up call above suffices
+        row |= interleaved_medians(timed_steps(shine, text), 1 if long else repeats, 0 if long else 1)
         row["adapter_over_prefill"] = row["generate_adapter_s"] / row["prefill_s"]
         row["adapter_over_prefill_slots"] = row["generate_adapter_s"] / row["prefill_slots_s"]
         row["overhead_s"] = row["generate_adapter_s"] - row["encoder_s"]

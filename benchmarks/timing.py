@@ -23,6 +23,22 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return statistics.median(times)
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 3, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of every function of ``fns``, timed in turns (one call of each per round, ``repeats``
+    rounds after ``warmup`` untimed ones), so a load that comes and goes on a shared machine hits them alike and
+    their ratios stay meaningful."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def machine_info() -> dict:
     """What the numbers depend on: threads, CPU count, versions."""
     import peft
