@@ -68,6 +68,21 @@ def activate_adapter(peft_model: PeftModel, name: str) -> None:
 
 
 @contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the block, then every module that was training trains again. Only the modules outside peft's
+    tuner layers are visited (what is inside them is switched off while encoding), so the cost does not grow with
+    the number of adapters on the base, unlike ``model.eval()`` / ``model.train()``."""
+    training = [module for module in modules_outside_tuners(model) if module.training]
+    for module in training:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in training:
+            module.training = True
+
+
+@contextlib.contextmanager
 def all_adapters_disabled(model: nn.Module) -> Iterator[None]:
     """Switch off every peft adapter in ``model`` for the block, whichever `PeftModel` attached it."""
     layers = tuner_layers(model)

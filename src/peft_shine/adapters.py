@@ -18,8 +18,8 @@ from peft_shine.adapter_store import (
     GENERATION_LOCK,
     add_adapters,
     delete_adapters,
+    evaluation_mode,
     forget_shared,
-    modules_outside_tuners,
     tuner_layers,
 )
 from peft_shine.configuration_shine import ShineConfig
@@ -219,21 +219,6 @@ class AdapterGenerationMixin:
             raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
         count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
         return write_adapter_folder(self.peft_model, adapter_name, path, overwrite=overwrite, expected_tensors=count)
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: torch.nn.Module) -> Iterator[None]:
-    """Eval mode for the block, then every module that was training trains again. Only the modules outside peft's
-    tuner layers are visited (what is inside them is switched off while encoding), so the cost does not grow with
-    the number of adapters on the base, unlike ``model.eval()`` / ``model.train()``."""
-    training = [module for module in modules_outside_tuners(model) if module.training]
-    for module in training:
-        module.training = False
-    try:
-        yield
-    finally:
-        for module in training:
-            module.training = True
 
 
 def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) -> list[str]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from peft_shine.adapter_store import GENERATION_LOCK, add_adapters, discard_adapters
+from peft_shine.adapter_store import GENERATION_LOCK, add_adapters, discard_adapters, evaluation_mode
 from peft_shine.chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
 from peft_shine.composition import CombinedLora, LoraAccumulator, check_rule
 from peft_shine.contexts import context_sha256, left_pad, pad_token_id
@@ -159,12 +159,8 @@ def generate_document_adapters(shine, texts: Sequence[str], names: Sequence[str]
     plans = plan_documents(shine, texts, config)
     with GENERATION_LOCK:
         started = time.perf_counter()
-        was_training = shine.training
-        shine.eval()
-        try:
+        with evaluation_mode(shine):
             combined = list(encode_documents(shine, plans, config, batch_size))
-        finally:
-            shine.train(was_training)
         load_adapters(shine, names, combined)
         seconds = (time.perf_counter() - started) / len(texts)
         info = getattr(shine, "adapter_info", {})

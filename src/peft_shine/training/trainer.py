@@ -227,7 +227,7 @@ def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls:
         return torch.stack([output.ce_sum.double().cpu(), output.num_label_tokens.double().cpu(), kd.double().cpu()])
 
     owners = batch.get("context_chunk_owner")
-    combine = {} if owners is None else {"chunk_combine": chunk_combine}
+    combine = {"chunk_combine": chunk_combine}  # read only when the batch has chunk owners
     output = shine(**batch, num_items_in_batch=1, loss_weights=weights, **combine)
     result[0] = scores(output)
     if not controls:
@@ -328,9 +328,7 @@ class ShineTrainer(ShineHubMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         teacher_hidden = inputs.pop(HIDDEN_COLUMN, None)
-        inputs = {**inputs, "loss_weights": self.args.loss_weights}
-        if "context_chunk_owner" in inputs:
-            inputs["chunk_combine"] = self.args.chunk_combine
+        inputs = {**inputs, "loss_weights": self.args.loss_weights, "chunk_combine": self.args.chunk_combine}
         weight = self.args.hidden_matching_weight if teacher_hidden is not None else 0.0
         shine = self.accelerator.unwrap_model(model)
         layers = hidden_layer_indices(shine.config.num_base_layers, self.args.hidden_layers) if weight else []
