@@ -1,4 +1,4 @@
-"""Peak memory and time of chunked adapter generation against the base model's plain prefill, 512 → 16K tokens.
+"""Peak memory and time of chunked adapter generation against the base model's plain prefill, 512 → 32K tokens.
 
     python -m benchmarks.bench_long_context [--lengths 512,1024,...] [--prefill-max 8192] [--output FILE.json]
 
@@ -8,6 +8,8 @@ shipped hypernetwork and its base, warm up on a short text, then sample the resi
 
 * ``chunked``: ``shine.generate_adapter(text, chunking=ChunkingConfig(512, combine=...), batch_size=B)`` — the
   whole path: chunking, batched encoding, combination and loading into peft;
+* ``chunked``, pinned: the same after `peft_shine.return_large_allocations_to_os` (glibc's mmap threshold pinned
+  at 4 MiB, so freed working tensors go back to the OS instead of staying in the heap);
 * ``prefill``: ``base_lm(ids, use_cache=True, logits_to_keep=1)`` — reading the same text into the base with the
   KV cache that answering from it needs (SmolLM2-135M has 8,192 positions: longer prefills are not measured).
 
@@ -31,6 +33,9 @@ import torch
 from .timing import PeakMemory
 
 
+PINNED_THRESHOLD_MIB = 4  # the pinned rows: every block of 4 MiB or more mapped and returned at free
+
+
 def prose(tokenizer, tokens: int) -> str:
     """The bundled WikiText paragraphs, repeated as often as needed, cut to exactly ``tokens`` tokens."""
     from peft_shine.qa_data import bundled_path
@@ -49,13 +54,17 @@ def prose(tokenizer, tokens: int) -> str:
     return text
 
 
-def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: int) -> dict:
-    """One measurement in this process (see the module docstring)."""
+def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: int, pinned: bool = False) -> dict:
+    """One measurement in this process (see the module docstring); ``pinned``: with
+    `peft_shine.return_large_allocations_to_os` set first."""
     from peft_shine.adapter_store import tuner_layers
     from peft_shine.document_adapters import ChunkingConfig
+    from peft_shine.memory import return_large_allocations_to_os
     from peft_shine.shipped import load_hypernetwork
 
     torch.set_num_threads(1)
+    if pinned:
+        return_large_allocations_to_os(PINNED_THRESHOLD_MIB)
     shine = load_hypernetwork(None).model
     text = prose(shine.tokenizer, tokens)
     ids = shine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
@@ -77,16 +86,17 @@ def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: in
     adapter_bytes = sum(module["document"].weight.nbytes for layer in tuner_layers(shine.base_lm)
                         for module in (layer.lora_A, layer.lora_B) if "document" in module)
     return {"kind": kind, "tokens": int(ids.shape[1]), "combine": combine if kind == "chunked" else None,
-            "batch_size": batch_size if kind == "chunked" else None, "chunks": len(info.get("chunk_tokens", [])),
+            "batch_size": batch_size if kind == "chunked" else None, "pinned": pinned, "chunks": len(info.get("chunk_tokens", [])),
             "rank": info.get("rank"), "svd_max_error": info.get("svd_max_error"), "seconds": round(seconds, 2),
             "before_mib": round(memory.before_mib, 1),
             "increase_mib": round(memory.increase_mib, 1), "adapter_mib": round(adapter_bytes / 2**20, 1)}
 
 
-def measure(kind: str, tokens: int, combine: str = "cat", rank: int | None = None, batch_size: int = 4) -> dict:
+def measure(kind: str, tokens: int, combine: str = "cat", rank: int | None = None, batch_size: int = 4,
+            pinned: bool = False) -> dict:
     """`probe` in a fresh Python process (peak RSS only grows within a process)."""
     command = [sys.executable, "-m", "benchmarks.bench_long_context", "--probe", kind, str(tokens), combine,
-               str(rank or 0), str(batch_size)]
+               str(rank or 0), str(batch_size)] + (["--pinned"] if pinned else [])
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -94,23 +104,44 @@ def measure(kind: str, tokens: int, combine: str = "cat", rank: int | None = Non
 def markdown(rows: list[dict]) -> str:
     """One line per length: prefill and each chunked rule as ``peak MiB / peak − adapter MiB``."""
     lengths = sorted({row["tokens"] for row in rows})
-    variants = list(dict.fromkeys((r["combine"], r["rank"] if r["combine"] == "svd" else None, r["batch_size"])
-                                  for r in rows if r["kind"] == "chunked"))
-    names = [f"{c}{f' r={k}' if k else ''} b={b}" for c, k, b in variants]
+    variants = list(dict.fromkeys((r["combine"], r["rank"] if r["combine"] == "svd" else None, r["batch_size"],
+                                   r.get("pinned", False)) for r in rows if r["kind"] == "chunked"))
+    names = [f"{c}{f' r={k}' if k else ''} b={b}{', pinned' if p else ''}" for c, k, b, p in variants]
     lines = ["| tokens | chunks | prefill MiB | " + " | ".join(f"{n}: peak / minus adapter MiB" for n in names) + " |",
              "|---:|---:|---:|" + "---:|" * len(names)]
     for length in lengths:
         prefill = next((r for r in rows if r["kind"] == "prefill" and r["tokens"] == length), None)
         cells, chunks = [], ""
-        for combine, rank, batch in variants:
+        for combine, rank, batch, pinned in variants:
             row = next((r for r in rows if r["kind"] == "chunked" and r["tokens"] == length and r["combine"] == combine
-                        and r["batch_size"] == batch and (combine != "svd" or r["rank"] == rank)), None)
+                        and r["batch_size"] == batch and (combine != "svd" or r["rank"] == rank)
+                        and r.get("pinned", False) == pinned), None)
             cells.append("—" if row is None else
                          f"{row['increase_mib']:.0f} / {row['increase_mib'] - row['adapter_mib']:.0f}")
             chunks = str(row["chunks"]) if row else chunks
         first = "—" if prefill is None else f"{prefill['increase_mib']:.0f}"
         lines.append(f"| {length} | {chunks} | {first} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def long_context_rows(lengths: list[int], svd_rank: int = 16, batch_size: int = 4,
+                      prefill_max: int = 8192) -> list[dict]:
+    """Every measurement of the table, each in a fresh process: per length the ``mean`` and ``cat`` rules, ``svd``
+    at rank ``svd_rank`` from 4K tokens on (a budget above the concatenated rank is refused), ``mean`` and ``svd``
+    again with the mmap threshold pinned (`peft_shine.return_large_allocations_to_os`), and the base's prefill up
+    to ``prefill_max`` tokens."""
+    rows = []
+    for length in lengths:
+        for combine in ("mean", "cat"):
+            rows.append(measure("chunked", length, combine, batch_size=batch_size))
+        rows.append(measure("chunked", length, "mean", batch_size=batch_size, pinned=True))
+        if svd_rank and length >= 4096:
+            rows.append(measure("chunked", length, "svd", svd_rank, batch_size))
+            rows.append(measure("chunked", length, "svd", svd_rank, batch_size, pinned=True))
+        if length <= prefill_max:
+            rows.append(measure("prefill", length))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -120,22 +151,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--svd-rank", type=int, default=16, help="rank budget of the svd measurement (0 = skip)")
     parser.add_argument("--batch-size", type=int, default=4, help="chunks encoded per forward pass")
     parser.add_argument("--output", default=None, help="also write the rows as JSON")
+    parser.add_argument("--pinned", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--probe", nargs=5, metavar=("KIND", "TOKENS", "COMBINE", "RANK", "BATCH"), default=None,
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
         kind, tokens, combine, rank, batch = args.probe
-        print(json.dumps(probe(kind, int(tokens), combine, int(rank) or None, int(batch))))
+        print(json.dumps(probe(kind, int(tokens), combine, int(rank) or None, int(batch), args.pinned)))
         return []
-    rows = []
-    for length in [int(n) for n in args.lengths.split(",")]:
-        for combine in ("mean", "cat"):
-            rows.append(measure("chunked", length, combine, batch_size=args.batch_size))
-        if args.svd_rank and length >= 4096:  # a budget above the concatenated rank (chunks × 3) is refused
-            rows.append(measure("chunked", length, "svd", args.svd_rank, args.batch_size))
-        if length <= args.prefill_max:
-            rows.append(measure("prefill", length))
-        print(json.dumps(rows[-1]), flush=True)
+    rows = long_context_rows([int(n) for n in args.lengths.split(",")], args.svd_rank, args.batch_size,
+                             args.prefill_max)
     print(markdown(rows))
     if args.output:
         from peft_shine.io_utils import atomic_write_text

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from peft_shine.io_utils import atomic_write_text
 
+from .bench_long_context import markdown as long_context_table
+
 
 def _fmt(value) -> str:
     if isinstance(value, float):
@@ -64,6 +66,10 @@ def markdown(results: dict) -> str:
     if "many_contexts" in results:
         parts += ["**Many contexts in one `generate_adapter` call** (time linear in the count)", "",
                   table(results["many_contexts"], ["contexts", "seconds", "per_context_s"]), ""]
+    if "long_context" in results:
+        parts += ["**Long documents: peak memory of chunked generation against the base's prefill** (MiB over the "
+                  "loaded model, fresh process each; chunked cells: peak / peak minus the returned adapter)", "",
+                  long_context_table(results["long_context"])]
     parts += ["**Peak memory** (resident-memory increase during the operation, sampled every 2 ms, fresh process each,"
               " after a warm-up call)", "", table(results["memory"], ["kind", "context_tokens", "increase_mib"]), ""]
     return "\n".join(parts)
@@ -77,7 +83,8 @@ def plots(results: dict, folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 4, figsize=(20, 4))
+    long_rows = results.get("long_context") or []
+    figure, axes = plt.subplots(1, 5 if long_rows else 4, figsize=(25 if long_rows else 20, 4))
     rows = results["breakdown"]
     lengths = [r["context_tokens"] for r in rows]
     axes[0].plot(lengths, [r["adapter_over_prefill"] for r in rows], "o-", label="/ prefill (context)")
@@ -103,11 +110,29 @@ def plots(results: dict, folder: Path) -> list[Path]:
                         (axes[3], sorted({r["context_tokens"] for r in results["memory"]}))):
         axis.set_xticks(ticks, [str(n) for n in ticks])
         axis.minorticks_off()
+    if long_rows:
+        long_document_panel(axes[4], long_rows)
     figure.tight_layout()
     path = folder / "benchmarks.png"
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return [path]
+
+
+def long_document_panel(axis, rows: list[dict]) -> None:
+    """Peak memory against document length: the base's prefill and each chunked rule (peak minus the adapter)."""
+    curves = {"base prefill": [r for r in rows if r["kind"] == "prefill"]}
+    for rule in ("mean", "cat", "svd"):
+        curves[f"chunked {rule} (minus adapter)"] = [r for r in rows if r["kind"] == "chunked" and r["combine"] == rule]
+    for label, curve in curves.items():
+        if curve:
+            axis.plot([r["tokens"] for r in curve], [r["increase_mib"] - r["adapter_mib"] for r in curve], "o-",
+                      label=label)
+    ticks = sorted({r["tokens"] for r in rows})
+    axis.set(xscale="log", xlabel="document tokens", ylabel="peak increase (MiB)", title="Long documents: memory")
+    axis.set_xticks(ticks, [f"{n // 1024}K" if n >= 1024 else str(n) for n in ticks])
+    axis.minorticks_off()
+    axis.legend(fontsize=8)
 
 
 def write(results: dict, folder: Path) -> None:

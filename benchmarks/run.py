@@ -20,6 +20,7 @@ from . import (
     bench_effects,
     bench_finetune,
     bench_generation,
+    bench_long_context,
     bench_many_contexts,
     bench_serving,
     bench_training,
@@ -49,6 +50,8 @@ def sections(shine, args) -> list[tuple[str, object]]:
                              "adapter_export": bench_effects.adapter_export(shine, repeats)}),
         ("many_contexts", lambda: bench_many_contexts.many_contexts(
             lambda: shine, [10, 100, 1000] if args.many_contexts_1000 else [10, 100])),
+        ("long_context", lambda: bench_long_context.long_context_rows(
+            [512, 1024] if quick else [512, 1024, 2048, 4096, 8192, 16384, 32768], 0 if quick else 16)),
         ("memory", lambda: [memory_probe.measure(kind, n, hypernetwork)
                             for kind in ("generate", "prefill") for n in memory_lengths]
                    + [memory_probe.measure("train", 256, hypernetwork)]),

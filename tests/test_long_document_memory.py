@@ -3,12 +3,16 @@ all-or-nothing loading when something fails midway."""
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
 
 from conftest import make_shine
-from peft_shine import ChunkingConfig, ContextError
+from peft_shine import ChunkingConfig, ChunkingError, ContextError, return_large_allocations_to_os
 from peft_shine.adapter_store import tuner_layers
 from peft_shine.chunking import chunk_document
 from peft_shine.composition import LoraAccumulator, combine_lora_states, delta_weight
@@ -188,3 +192,43 @@ def test_an_empty_document_is_refused_before_any_work(shine, texts):
     with pytest.raises(ContextError, match="empty"):
         shine.generate_adapter(texts, ["full", "empty"], chunking=160)
     assert set(shine.peft_model.peft_config) == loaded
+
+
+RETENTION_SCRIPT = """
+import resource, sys, torch
+from peft_shine import return_large_allocations_to_os
+
+def rss_mib():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+if sys.argv[1] == "pinned":
+    assert return_large_allocations_to_os(4)
+before = rss_mib()
+first = torch.ones(5 * 2**20)   # 20 MiB: mapped, and freeing it raises glibc's dynamic threshold to 20 MiB
+del first
+second = torch.ones(5 * 2**20)  # the same size again: from the heap unless the threshold is pinned
+small = torch.ones(1024)        # a small block above it keeps the heap from shrinking
+del second
+print(rss_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc only")
+def test_pinned_mmap_threshold_returns_freed_tensors_to_the_os():
+    def retained(mode: str) -> float:
+        result = subprocess.run([sys.executable, "-c", RETENTION_SCRIPT, mode], capture_output=True, text=True,
+                                check=True)
+        return float(result.stdout.split()[-1])
+
+    default, pinned = retained("default"), retained("pinned")
+    assert default > 15, default  # glibc kept the freed 20 MiB tensor: what makes long runs settle higher
+    assert pinned < 5, pinned
+
+
+def test_mmap_threshold_out_of_range_is_refused():
+    with pytest.raises(ChunkingError, match="threshold_mib"):
+        return_large_allocations_to_os(0)
+    with pytest.raises(ChunkingError, match="32"):
+        return_large_allocations_to_os(64)

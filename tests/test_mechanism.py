@@ -46,6 +46,26 @@ def test_rows_grouped_per_lora_use_their_own_lora():
             torch.testing.assert_close(grouped[rows], base(ids[rows]).logits, atol=1e-5, rtol=1e-4)
 
 
+def test_in_place_lora_without_autograd_equals_the_autograd_path():
+    for family in ("llama", "gpt2"):
+        shine = make_shine(family)
+        specs = shine.config.module_specs
+        ids = torch.randint(5, 100, (4, 7))
+        for count in (1, 2):  # one LoRA for the batch (addmm_) and one per row group (baddbmm_)
+            pairs = [(torch.randn(count, 2, s.in_features, 2), torch.randn(count, 2, 2, s.out_features))
+                     for s in specs]
+            with shine.apply_lora(LoraWeights(pairs, scale=0.1)) as base:
+                with torch.enable_grad():
+                    reference = base(ids).logits
+                with torch.no_grad():
+                    in_place = base(ids).logits
+                with torch.inference_mode():
+                    inference = base(ids).logits
+            assert not torch.equal(reference, shine.base_lm(ids).logits)  # the LoRA does change the output
+            torch.testing.assert_close(in_place, reference, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(inference, reference, atol=1e-5, rtol=1e-4)
+
+
 def test_meta_lora_is_exact_no_op_at_init():
     shine = make_shine("llama")
     ids, mask = shine.tokenize_contexts("Alice moved to Lyon.")

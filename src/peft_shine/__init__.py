@@ -1,7 +1,7 @@
 """peft-shine: SHINE hypernetworks that turn a text context into a LoRA adapter in one forward pass."""
 
+from peft_shine.adapter_composition import compose_adapters
 from peft_shine.auto import AutoShineModel
-from peft_shine.composition import compose_adapters
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.document_adapters import ChunkingConfig
 from peft_shine.errors import (
@@ -20,6 +20,7 @@ from peft_shine.errors import (
     UnsupportedModelError,
 )
 from peft_shine.lora_binding import LoraWeights
+from peft_shine.memory import return_large_allocations_to_os
 from peft_shine.modeling_shine import ShineModel
 
 
@@ -48,6 +49,7 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "compose_adapters",
+    "return_large_allocations_to_os",
 ]
 
 

@@ -22,9 +22,8 @@ scaling, respected here) and writes a LoRA whose own scaling is 1 (``lora_alpha 
 `peft_shine.document_adapters` uses it for the chunks of one long document (no per-chunk peft adapter is ever
 created). `combine_lora_weights` is the same ``"cat"`` / ``"mean"`` combination on the hypernetwork's
 `LoraWeights` tensors, differentiable: training on chunked contexts (``chunk_tokens``) combines the chunk LoRAs with
-it, so the answer pass sees exactly the adapter `generate_adapter(..., chunking=...)` makes. `compose_adapters` combines
-adapters loaded on a `PeftModel` through peft's ``add_weighted_adapter`` (``"cat"``; ``"mean"`` = ``"cat"`` with
-normalised weights; ``"svd"`` with ``svd_rank``).
+it, so the answer pass sees exactly the adapter `generate_adapter(..., chunking=...)` makes. Adapters already loaded
+on a `PeftModel` are combined by `peft_shine.adapter_composition.compose_adapters` with the same rules.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from peft import PeftType, get_peft_model_state_dict
 
 from peft_shine.errors import CompositionError
 from peft_shine.lora_binding import LoraWeights
@@ -43,7 +41,6 @@ from peft_shine.lora_binding import LoraWeights
 RULES = ("cat", "mean", "svd")
 STREAM_HEADROOM = 2  # a streamed "svd" keeps this many times the budget rank between inputs, truncated at the end
 _A, _B = ".lora_A.weight", ".lora_B.weight"
-
 
 
 @dataclass
@@ -227,7 +224,8 @@ class LoraAccumulator:
         return kept + sum(a.shape[0] for a, _ in self.pending.get(prefix, []))
 
     def _truncate_all(self, rank: int) -> None:
-        """Truncate ``kept + pending`` of every module to ``rank`` (kept in float64) and note what was dropped."""
+        """Truncate ``kept + pending`` of every module to ``rank`` (decomposed in float64, kept in the adapters'
+        dtype: half the memory of float64 factors for the same rank) and note what was dropped."""
         for prefix in self.prefixes:
             pairs = self.pending.pop(prefix, [])
             if prefix + _A in self.state:
@@ -235,7 +233,7 @@ class LoraAccumulator:
             a = torch.cat([pair[0].double() for pair in pairs])
             b = torch.cat([pair[1].double() for pair in pairs], dim=1)
             new_a, new_b, sigma, keep = _truncated_svd(a, b, rank)
-            self.state[prefix + _A], self.state[prefix + _B] = new_a, new_b
+            self.state[prefix + _A], self.state[prefix + _B] = new_a.to(self.dtype), new_b.to(self.dtype)
             self.dropped[prefix] = self.dropped.get(prefix, 0.0) + float(sigma[keep:].square().sum())
             self.kept[prefix] = float(sigma[:keep].square().sum())
 
@@ -326,75 +324,3 @@ def truncate_lora(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Te
 def delta_weight(state: Mapping[str, torch.Tensor], prefix: str, scaling: float = 1.0) -> torch.Tensor:
     """The update ``scaling · B @ A`` of one module of a LoRA state dict, ``(out, in)`` in float64."""
     return scaling * state[prefix + _B].double() @ state[prefix + _A].double()
-
-
-def compose_adapters(
-    peft_model,
-    adapter_names: Sequence[str],
-    new_name: str,
-    rule: str = "cat",
-    *,
-    weights: Sequence[float] | None = None,
-    rank: int | None = None,
-    activate: bool = True,
-) -> CombinedLora:
-    """Combine LoRA adapters loaded on ``peft_model`` (e.g. generated from several documents) into a new adapter
-    ``new_name`` on the same model, with the rules of this module, through peft's ``add_weighted_adapter``.
-
-    ``"cat"`` and ``"mean"`` use peft's ``"cat"`` combination (exact; ``"mean"`` passes the weights divided by their
-    sum), ``"svd"`` uses peft's ``"svd"`` with ``svd_rank=rank`` (the best rank-``rank`` approximation, computed by
-    peft from the full ``out × in`` update). The result saves with ``save_pretrained`` / `ShineModel.save_adapter`
-    like any generated adapter. With ``activate`` the new adapter becomes the active one.
-
-    Returns:
-        A `CombinedLora` holding the new adapter's state dict, its rank and, for ``"svd"``, the relative
-        truncation error of each module. Raises `CompositionError` before changing anything when the names, the
-        adapters' configs, the weights or the rank budget do not allow the combination; if peft fails midway, the
-        half-made adapter is removed.
-    """
-    names = _check_composable(peft_model, adapter_names, new_name)
-    configs = [peft_model.peft_config[name] for name in names]
-    check_rule(rule, rank, sum(config.r for config in configs))
-    values = normalized_weights(rule, len(names), weights)
-    states = [get_peft_model_state_dict(peft_model, adapter_name=name) for name in names]
-    errors = {}
-    if rule == "svd":  # the truncation error from the cheap QR-core SVD (peft keeps only the truncated factors)
-        errors = combine_lora_states(states, "svd", weights=values, rank=rank,
-                                     scalings=[c.lora_alpha / c.r for c in configs]).errors
-    try:
-        peft_model.add_weighted_adapter(list(names), values, new_name,
-                                        combination_type="svd" if rule == "svd" else "cat",
-                                        svd_rank=rank, svd_full_matrices=False)
-    except BaseException:
-        if new_name in peft_model.peft_config:
-            peft_model.delete_adapter(new_name)
-        raise
-    if activate:
-        peft_model.set_adapter(new_name)
-    state = get_peft_model_state_dict(peft_model, adapter_name=new_name)
-    return CombinedLora(state, peft_model.peft_config[new_name].r, rule, errors)
-
-
-def _check_composable(peft_model, adapter_names: Sequence[str], new_name: str) -> list[str]:
-    """The adapter names, checked: at least two distinct existing plain LoRA adapters with the same targets, and
-    a new name that is not taken (peft's ``add_weighted_adapter`` would silently keep an existing one)."""
-    names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-    if len(names) < 2 or len(set(names)) != len(names):
-        raise CompositionError(f"Composition needs at least two distinct adapter names, got {names}.")
-    missing = [name for name in names if name not in peft_model.peft_config]
-    if missing:
-        raise CompositionError(f"No adapter named {missing}; loaded: {list(peft_model.peft_config)}.")
-    if not isinstance(new_name, str) or not new_name or new_name in peft_model.peft_config:
-        raise CompositionError(f"The new adapter needs a name not already loaded, got {new_name!r}; delete the old "
-                               f"one first (peft_model.delete_adapter(name)).")
-    configs = [peft_model.peft_config[name] for name in names]
-    for name, config in zip(names, configs):
-        if config.peft_type != PeftType.LORA or config.use_dora or config.rank_pattern or config.alpha_pattern \
-                or getattr(config, "lora_bias", False):
-            raise CompositionError(f"Adapter {name!r} is not a plain LoRA (DoRA, bias, or per-module rank/alpha "
-                                   f"patterns); only plain LoRA adapters can be combined.")
-    targets = {frozenset(config.target_modules) if not isinstance(config.target_modules, str)
-               else config.target_modules for config in configs}
-    if len(targets) != 1:
-        raise CompositionError("The adapters target different modules; only adapters of the same targets combine.")
-    return names

@@ -2,7 +2,8 @@
 
 One mechanism serves both SHINE passes: the meta-LoRA while encoding the context (one LoRA shared by the batch)
 and the generated LoRA in the answer pass (one LoRA per example). Forward hooks on the base LM's target linear
-layers add ``scale · (x @ A) @ B``; gradients flow to ``A`` and ``B`` and so to the hypernetwork.
+layers add ``scale · (x @ A) @ B`` (in place, by one fused ``addmm_``, when autograd is off); gradients flow to
+``A`` and ``B`` and so to the hypernetwork.
 
 Gradient checkpointing recomputes layers during backward, after the forward that bound the LoRA has returned.
 `LoraBinder.checkpoint_context_fn` is passed to `torch.utils.checkpoint` (non-reentrant) as ``context_fn``: it
@@ -54,6 +55,21 @@ class LoraWeights:
         rows = x.reshape(a.shape[0], -1, x.shape[-1])
         return (torch.bmm(rows, a).mul_(self.scale) @ b).reshape(*x.shape[:-1], b.shape[-1])
 
+    def add_delta_(self, layer: int, module: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """``output + delta(x)`` written into ``output`` by one fused ``addmm_`` / ``baddbmm_`` (no tensor of the
+        output's size is allocated): for passes without autograd, where the layer's output is not saved."""
+        a, b = self.pairs[module]
+        a = a[:, layer].to(device=x.device, dtype=x.dtype)
+        b = b[:, layer].to(device=x.device, dtype=x.dtype)
+        if a.shape[0] == 1:
+            output.view(-1, output.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ a[0], b[0], alpha=self.scale)
+            return output
+        if x.shape[0] % a.shape[0]:
+            raise ValueError(f"A batch of {x.shape[0]} rows cannot be split evenly over {a.shape[0]} LoRAs.")
+        rows = x.reshape(a.shape[0], -1, x.shape[-1])
+        output.view(a.shape[0], -1, output.shape[-1]).baddbmm_(torch.bmm(rows, a), b, alpha=self.scale)
+        return output
+
 
 class LoraBinder:
     """Forward hooks on ``modules[layer][module]`` that add the currently bound `LoraWeights` (per thread)."""
@@ -75,6 +91,8 @@ class LoraBinder:
         lora = self.active
         if lora is None:
             return None
+        if not torch.is_grad_enabled() and output.is_contiguous() and output.dtype == inputs[0].dtype:
+            return lora.add_delta_(layer, module, inputs[0], output)
         return output + lora.delta(layer, module, inputs[0])
 
     @contextmanager
@@ -108,7 +126,7 @@ def capture_layer_outputs(layers: nn.ModuleList, last_positions: int) -> Iterato
 
     def hook(_module: nn.Module, _inputs: tuple, output) -> None:
         hidden = output[0] if isinstance(output, tuple) else output
-        captured.append(hidden[:, -last_positions:])
+        captured.append(hidden[:, -last_positions:].clone())  # a view would keep the whole layer output alive
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     try:
