@@ -122,15 +122,17 @@ def plots(results: dict, folder: Path) -> list[Path]:
 def long_document_panel(axis, rows: list[dict]) -> None:
     """Peak memory against document length: the base's prefill and each chunked rule (peak minus the adapter)."""
     curves = {"base prefill": [r for r in rows if r["kind"] == "prefill"]}
-    for rule in ("mean", "cat", "svd"):
-        curves[f"chunked {rule} (minus adapter)"] = [r for r in rows if r["kind"] == "chunked" and r["combine"] == rule]
+    for pinned in (False, True):
+        for rule in ("mean", "cat", "svd"):
+            curves[f"chunked {rule}{', pinned' if pinned else ''}"] = [
+                r for r in rows if r["kind"] == "chunked" and r["combine"] == rule and r.get("pinned", False) == pinned]
     for label, curve in curves.items():
         if curve:
-            axis.plot([r["tokens"] for r in curve], [r["increase_mib"] - r["adapter_mib"] for r in curve], "o-",
-                      label=label)
+            axis.plot([r["tokens"] for r in curve], [r["increase_mib"] - r["adapter_mib"] for r in curve],
+                      "s--" if "pinned" in label else "o-", label=label)
     ticks = sorted({r["tokens"] for r in rows})
-    axis.set(xscale="log", xlabel="document tokens", ylabel="peak increase (MiB)", title="Long documents: memory")
-    axis.set_xticks(ticks, [f"{n // 1024}K" if n >= 1024 else str(n) for n in ticks])
+    axis.set(xscale="log", xlabel="document tokens", ylabel="peak minus adapter (MiB)", title="Long documents: memory")
+    axis.set_xticks(ticks, [f"{round(n / 1024)}K" if n >= 1024 else str(n) for n in ticks])
     axis.minorticks_off()
     axis.legend(fontsize=8)
 
