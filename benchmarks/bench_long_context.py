@@ -86,7 +86,8 @@ def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: in
     adapter_bytes = sum(module["document"].weight.nbytes for layer in tuner_layers(shine.base_lm)
                         for module in (layer.lora_A, layer.lora_B) if "document" in module)
     return {"kind": kind, "tokens": int(ids.shape[1]), "combine": combine if kind == "chunked" else None,
-            "batch_size": batch_size if kind == "chunked" else None, "pinned": pinned, "chunks": len(info.get("chunk_tokens", [])),
+            "batch_size": batch_size if kind == "chunked" else None, "pinned": pinned,
+            "chunks": len(info.get("chunk_tokens", [])),
             "rank": info.get("rank"), "svd_max_error": info.get("svd_max_error"), "seconds": round(seconds, 2),
             "before_mib": round(memory.before_mib, 1),
             "increase_mib": round(memory.increase_mib, 1), "adapter_mib": round(adapter_bytes / 2**20, 1)}

@@ -44,31 +44,29 @@ class LoraWeights:
         """The LoRA contribution for input ``x (batch, ..., in)`` of one module of one layer, computed on ``x``'s
         device and in its dtype (a base spread over devices by a ``device_map`` gets each layer's factors where
         that layer runs; gradients flow back to the hypernetwork's device)."""
-        a, b = self.pairs[module]
-        a = a[:, layer].to(device=x.device, dtype=x.dtype)
-        b = b[:, layer].to(device=x.device, dtype=x.dtype)
+        a, b = self._layer_factors(layer, module, x)
         if a.shape[0] == 1:
             return (x @ a[0]).mul_(self.scale) @ b[0]
-        batch = x.shape[0]
-        if batch % a.shape[0]:
-            raise ValueError(f"A batch of {batch} rows cannot be split evenly over {a.shape[0]} LoRAs.")
         rows = x.reshape(a.shape[0], -1, x.shape[-1])
         return (torch.bmm(rows, a).mul_(self.scale) @ b).reshape(*x.shape[:-1], b.shape[-1])
 
     def add_delta_(self, layer: int, module: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """``output + delta(x)`` written into ``output`` by one fused ``addmm_`` / ``baddbmm_`` (no tensor of the
         output's size is allocated): for passes without autograd, where the layer's output is not saved."""
-        a, b = self.pairs[module]
-        a = a[:, layer].to(device=x.device, dtype=x.dtype)
-        b = b[:, layer].to(device=x.device, dtype=x.dtype)
+        a, b = self._layer_factors(layer, module, x)
         if a.shape[0] == 1:
             output.view(-1, output.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ a[0], b[0], alpha=self.scale)
-            return output
-        if x.shape[0] % a.shape[0]:
-            raise ValueError(f"A batch of {x.shape[0]} rows cannot be split evenly over {a.shape[0]} LoRAs.")
-        rows = x.reshape(a.shape[0], -1, x.shape[-1])
-        output.view(a.shape[0], -1, output.shape[-1]).baddbmm_(torch.bmm(rows, a), b, alpha=self.scale)
+        else:
+            rows = x.reshape(a.shape[0], -1, x.shape[-1])
+            output.view(a.shape[0], -1, output.shape[-1]).baddbmm_(torch.bmm(rows, a), b, alpha=self.scale)
         return output
+
+    def _layer_factors(self, layer: int, module: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` of one module of one layer on ``x``'s device and in its dtype, checked against ``x``'s batch."""
+        a, b = self.pairs[module]
+        if a.shape[0] > 1 and x.shape[0] % a.shape[0]:
+            raise ValueError(f"A batch of {x.shape[0]} rows cannot be split evenly over {a.shape[0]} LoRAs.")
+        return (a[:, layer].to(device=x.device, dtype=x.dtype), b[:, layer].to(device=x.device, dtype=x.dtype))
 
 
 class LoraBinder:

@@ -227,19 +227,21 @@ def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls:
         return torch.stack([output.ce_sum.double().cpu(), output.num_label_tokens.double().cpu(), kd.double().cpu()])
 
     owners = batch.get("context_chunk_owner")
-    combine = {"chunk_combine": chunk_combine}  # read only when the batch has chunk owners
-    output = shine(**batch, num_items_in_batch=1, loss_weights=weights, **combine)
-    result[0] = scores(output)
+
+    def run(inputs: dict) -> torch.Tensor:  # chunk_combine is read only when the batch has chunk owners
+        return scores(shine(**inputs, num_items_in_batch=1, loss_weights=weights, chunk_combine=chunk_combine))
+
+    result[0] = run(batch)
     if not controls:
         return result
     result[1] = no_adapter_scores(shine, batch)
     if owners is not None and batch["labels"].shape[0] > 1:
         rolled = {**batch, "context_chunk_owner": (owners + 1) % batch["labels"].shape[0]}
-        result[2] = scores(shine(**rolled, num_items_in_batch=1, loss_weights=weights, **combine))
+        result[2] = run(rolled)
     elif owners is None and batch["context_input_ids"].shape[0] > 1:
         rolled = {**batch, "context_input_ids": batch["context_input_ids"].roll(1, 0),
                   "context_attention_mask": batch["context_attention_mask"].roll(1, 0)}
-        result[2] = scores(shine(**rolled, num_items_in_batch=1, loss_weights=weights))
+        result[2] = run(rolled)
     return result
 
 
