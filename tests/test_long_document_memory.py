@@ -16,6 +16,8 @@ from peft_shine import ChunkingConfig, ChunkingError, ContextError, return_large
 from peft_shine.adapter_store import tuner_layers
 from peft_shine.chunking import chunk_document
 from peft_shine.composition import LoraAccumulator, combine_lora_states, delta_weight
+from peft_shine.contexts import MAX_BATCH_TOKENS
+from peft_shine.document_adapters import chunks_per_pass
 from peft_shine.errors import ShineError
 from peft_shine.export import peft_state_dict
 
@@ -146,6 +148,31 @@ def test_a_chunked_svd_adapter_matches_the_one_shot_truncation_of_its_chunks(shi
         streamed_error = float(torch.linalg.norm(exact - delta_weight(got, prefix)) / torch.linalg.norm(exact))
         assert error - 1e-6 <= streamed_error <= error * 1.05 + 1e-6
     assert shine.adapter_info["streamed"]["svd_max_error"] == pytest.approx(one_shot.max_error, rel=0.05, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ encoder passes
+
+
+def test_chunk_passes_hold_at_most_batch_size_chunks_and_4096_positions(shine):
+    slots = shine.config.num_memory_slots
+    assert chunks_per_pass(shine, ChunkingConfig(chunk_tokens=100), 3) == 3
+    assert chunks_per_pass(shine, ChunkingConfig(chunk_tokens=100), 1000) == MAX_BATCH_TOKENS // (100 + slots)
+    assert chunks_per_pass(shine, ChunkingConfig(chunk_tokens=MAX_BATCH_TOKENS), 8) == 1  # never zero
+
+
+def test_chunks_are_encoded_in_order_in_passes_of_batch_size_with_a_progress_bar(shine, monkeypatch, capsys):
+    """The real encoder runs (spied on, not replaced): every chunk once, in document order, ``batch_size`` per pass,
+    and a progress bar counts them when there is more than one pass."""
+    chunks = chunk_document(shine.tokenizer, DOCUMENT, 100)
+    passes, generate = [], shine.generate_lora
+    monkeypatch.setattr(shine, "generate_lora", lambda ids, mask: passes.append((ids, mask)) or generate(ids, mask))
+    shine.generate_adapter(DOCUMENT, "passes", chunking=100, batch_size=2)
+    assert [len(ids) for ids, _ in passes] == [2] * (len(chunks) // 2) + [1] * (len(chunks) % 2)
+    encoded = [row[real.bool()].tolist() for ids, mask in passes for row, real in zip(ids, mask)]
+    assert encoded == [list(chunk.token_ids) for chunk in chunks]
+    assert "Encoding chunks: 100%|" in capsys.readouterr().err
+    shine.generate_adapter(DOCUMENT, "one-pass", chunking=100, batch_size=len(chunks))
+    assert "Encoding chunks" not in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------ failures leave nothing behind

@@ -4,8 +4,9 @@
 
 1. each document is cut into chunks of at most ``chunk_tokens`` tokens (`peft_shine.chunking`: paragraph, then
    sentence, then word boundaries; optional overlap);
-2. the chunks of all documents are encoded ``batch_size`` at a time by the ordinary batched generation
-   (`ShineModel.generate_lora`), so peak memory is bounded by ``batch_size × chunk_tokens``, not by the document;
+2. the chunks of all documents are encoded ``batch_size`` at a time (at most 4,096 positions per pass, like
+   unchunked contexts) by the ordinary batched generation (`ShineModel.generate_lora`), so peak memory is bounded by
+   one pass of ``batch_size × chunk_tokens``, not by the document (a progress bar counts the chunks);
 3. each chunk's LoRA goes straight into its document's `composition.LoraAccumulator` (the chunk LoRA is dropped):
    ``"cat"`` (the exact sum of the chunk updates, rank ``chunks × r``) and ``"mean"`` (their exact mean, same rank)
    write it into the concatenated factors, allocated once, which become the adapter's own tensors; ``"svd"`` (the sum
@@ -27,11 +28,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging as transformers_logging
 
 from peft_shine.adapter_store import GENERATION_LOCK, add_adapters, discard_adapters, evaluation_mode
 from peft_shine.chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
 from peft_shine.composition import CombinedLora, LoraAccumulator, check_rule
-from peft_shine.contexts import context_sha256, left_pad, pad_token_id
+from peft_shine.contexts import MAX_BATCH_TOKENS, context_sha256, left_pad, pad_token_id
 from peft_shine.export import peft_state_dict
 
 
@@ -105,28 +108,40 @@ def plan_documents(shine, texts: Sequence[str], config: ChunkingConfig) -> list[
     return plans
 
 
+def chunks_per_pass(shine, config: ChunkingConfig, batch_size: int) -> int:
+    """At most ``batch_size`` chunks per encoder pass and at most `contexts.MAX_BATCH_TOKENS` positions (chunk +
+    memory slots per row), as for unchunked contexts; at least one chunk."""
+    width = config.chunk_tokens + shine.config.num_memory_slots
+    return max(1, min(batch_size, MAX_BATCH_TOKENS // width))
+
+
 @torch.no_grad()  # not inference_mode: the tensors become peft parameters
 def encode_documents(shine, plans: Sequence[Sequence[TextChunk]], config: ChunkingConfig,
                      batch_size: int) -> Iterator[CombinedLora]:
-    """Encode every chunk of every document, ``batch_size`` chunks per forward pass, write each chunk's LoRA into its
-    document's `LoraAccumulator` at once, and yield each document's combined LoRA as soon as its last chunk is in."""
+    """Encode every chunk of every document, `chunks_per_pass` chunks per forward pass, write each chunk's LoRA into
+    its document's `LoraAccumulator` at once, and yield each document's combined LoRA as soon as its last chunk is
+    in. A progress bar counts the chunks when there is more than one pass (transformers' progress-bar setting
+    applies: ``transformers.utils.logging.disable_progress_bar()`` hides it)."""
     flat = [(doc, chunk) for doc, plan in enumerate(plans) for chunk in plan]
-    rank = shine.config.lora_rank
+    rank, rows = shine.config.lora_rank, chunks_per_pass(shine, config, batch_size)
     accumulators: dict[int, LoraAccumulator] = {}
-    for start in range(0, len(flat), batch_size):
-        batch = flat[start:start + batch_size]
-        ids, mask = left_pad([list(chunk.token_ids) for _, chunk in batch], pad_token_id(shine.tokenizer))
-        device = shine.memory_slots.device
-        lora = shine.generate_lora(ids.to(device), mask.to(device))
-        for row, (doc, _) in enumerate(batch):
-            if doc not in accumulators:
-                accumulators[doc] = LoraAccumulator([rank] * len(plans[doc]), config.combine, rank=config.rank)
-            accumulators[doc].add(peft_state_dict(shine.base_lm, shine.config.module_specs, lora, row))
-            if accumulators[doc].count == len(plans[doc]):
-                yield accumulators.pop(doc).result()
-        del lora
-        for accumulator in accumulators.values():  # "svd": back to the budget rank (a no-op for the other rules)
-            accumulator.compress()
+    quiet = len(flat) <= rows or not transformers_logging.is_progress_bar_enabled()
+    with tqdm(total=len(flat), desc="Encoding chunks", unit="chunk", disable=quiet) as bar:
+        for start in range(0, len(flat), rows):
+            batch = flat[start:start + rows]
+            ids, mask = left_pad([list(chunk.token_ids) for _, chunk in batch], pad_token_id(shine.tokenizer))
+            device = shine.memory_slots.device
+            lora = shine.generate_lora(ids.to(device), mask.to(device))
+            for row, (doc, _) in enumerate(batch):
+                if doc not in accumulators:
+                    accumulators[doc] = LoraAccumulator([rank] * len(plans[doc]), config.combine, rank=config.rank)
+                accumulators[doc].add(peft_state_dict(shine.base_lm, shine.config.module_specs, lora, row))
+                if accumulators[doc].count == len(plans[doc]):
+                    yield accumulators.pop(doc).result()
+            del lora
+            for accumulator in accumulators.values():  # "svd": back to the budget rank (a no-op for the others)
+                accumulator.compress()
+            bar.update(len(batch))
     if accumulators:
         raise RuntimeError("Internal error: chunks and documents went out of step.")
 

@@ -97,7 +97,7 @@ class Handlers:
 
     @user_errors
     def generate(self, context: str, session: Session,
-                 progress: gr.Progress = gr.Progress()) -> tuple[Session, str, str, list]:  # noqa: B008
+                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[Session, str, str, list]:  # noqa: B008
         progress(0.05, desc="Loading the hypernetwork…")
         self.engine.hypernetwork(session.hypernetwork)
         progress(0.3, desc="Generating the adapter (one forward pass)…")
