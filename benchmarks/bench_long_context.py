@@ -3,7 +3,9 @@
     python -m benchmarks.bench_long_context [--lengths 512,1024,...] [--prefill-max 8192] [--output FILE.json]
 
 Every measurement runs in a fresh Python process (``python -m benchmarks.bench_long_context --probe ...``): load the
-shipped hypernetwork and its base, warm up on a short text, then sample the resident memory (RSS, every 2 ms:
+shipped hypernetwork and its base, read every weight once (`timing.read_every_weight`: the base's weights are
+memory-mapped and would otherwise become resident during the measurement, an embedding row per new token), warm up
+on a short text, then sample the resident memory (RSS, every 2 ms:
 `timing.PeakMemory`) around one operation and report the peak increase over the memory just before it:
 
 * ``chunked``: ``shine.generate_adapter(text, chunking=ChunkingConfig(512, combine=...), batch_size=B)`` — the
@@ -30,7 +32,7 @@ import time
 
 import torch
 
-from .timing import PeakMemory
+from .timing import PeakMemory, read_every_weight
 
 
 PINNED_THRESHOLD_MIB = 4  # the pinned rows: every block of 4 MiB or more mapped and returned at free
@@ -68,6 +70,7 @@ def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: in
     shine = load_hypernetwork(None).model
     text = prose(shine.tokenizer, tokens)
     ids = shine.tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    read_every_weight(shine, shine.base_lm)
     chunking = ChunkingConfig(512, combine=combine, rank=rank)
     if kind == "chunked":  # first calls allocate thread pools, workspaces and the PeftModel: not the operation's
         shine.generate_adapter(prose(shine.tokenizer, 64), "warm-up", chunking=ChunkingConfig(512))
@@ -129,13 +132,15 @@ def long_context_rows(lengths: list[int], svd_rank: int = 16, batch_size: int = 
                       prefill_max: int = 8192) -> list[dict]:
     """Every measurement of the table, each in a fresh process: per length the ``mean`` and ``cat`` rules, ``svd``
     at rank ``svd_rank`` from 4K tokens on (a budget above the concatenated rank is refused), ``mean`` and ``svd``
-    again with the mmap threshold pinned (`peft_shine.return_large_allocations_to_os`), and the base's prefill up
-    to ``prefill_max`` tokens."""
+    again with the mmap threshold pinned (`peft_shine.return_large_allocations_to_os`), ``mean`` with one chunk
+    per pass, and the base's prefill up to ``prefill_max`` tokens."""
     rows = []
     for length in lengths:
         for combine in ("mean", "cat"):
             rows.append(measure("chunked", length, combine, batch_size=batch_size))
         rows.append(measure("chunked", length, "mean", batch_size=batch_size, pinned=True))
+        if batch_size > 1:
+            rows.append(measure("chunked", length, "mean", batch_size=1))
         if svd_rank and length >= 4096:
             rows.append(measure("chunked", length, "svd", svd_rank, batch_size))
             rows.append(measure("chunked", length, "svd", svd_rank, batch_size, pinned=True))

@@ -120,18 +120,25 @@ def plots(results: dict, folder: Path) -> list[Path]:
 
 
 def long_document_panel(axis, rows: list[dict]) -> None:
-    """Peak memory against document length: the base's prefill and each chunked rule (peak minus the adapter)."""
+    """Peak memory against document length: the base's prefill and each chunked rule (peak minus the adapter), at
+    the table's batch of chunks per pass, and ``mean`` at one chunk per pass."""
     curves = {"base prefill": [r for r in rows if r["kind"] == "prefill"]}
+    batch = max((r["batch_size"] for r in rows if r["kind"] == "chunked"), default=1)
     for pinned in (False, True):
         for rule in ("mean", "cat", "svd"):
             curves[f"chunked {rule}{', pinned' if pinned else ''}"] = [
-                r for r in rows if r["kind"] == "chunked" and r["combine"] == rule and r.get("pinned", False) == pinned]
+                r for r in rows if r["kind"] == "chunked" and r["combine"] == rule and r["batch_size"] == batch
+                and r.get("pinned", False) == pinned]
+    if batch > 1:
+        curves["chunked mean, 1 chunk per pass"] = [r for r in rows if r["kind"] == "chunked" and r["batch_size"] == 1
+                                                    and r["combine"] == "mean" and not r.get("pinned", False)]
     for label, curve in curves.items():
         if curve:
             axis.plot([r["tokens"] for r in curve], [r["increase_mib"] - r["adapter_mib"] for r in curve],
-                      "s--" if "pinned" in label else "o-", label=label)
+                      "s--" if "pinned" in label else "^:" if "1 chunk" in label else "o-", label=label)
     ticks = sorted({r["tokens"] for r in rows})
-    axis.set(xscale="log", xlabel="document tokens", ylabel="peak minus adapter (MiB)", title="Long documents: memory")
+    axis.set(xscale="log", xlabel="document tokens", ylabel="peak minus adapter (MiB)",
+             title=f"Long documents: memory ({batch} chunks per pass)")
     axis.set_xticks(ticks, [f"{round(n / 1024)}K" if n >= 1024 else str(n) for n in ticks])
     axis.minorticks_off()
     axis.legend(fontsize=8)

@@ -79,7 +79,8 @@ class AdapterGenerationMixin:
                 previous ``"default"``) and ``"context_0"``, ``"context_1"``, ... for a list.
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
             batch_size: at most this many contexts per encoder pass (chunks, with ``chunking``); passes are also
-                capped at 4,096 padded positions and 10 % padding (`peft_shine.contexts.plan_batches`).
+                capped at 4,096 padded positions and, without ``chunking``, 10 % padding
+                (`peft_shine.contexts.plan_batches`).
             chunking: read contexts longer than the window: a `ChunkingConfig` (``chunk_tokens``,
                 ``overlap_tokens``, ``combine`` = ``"cat"`` / ``"mean"`` / ``"svd"``, ``rank``), a dict of its
                 fields, ``True`` for the defaults or an int chunk size. Each context is cut into chunks, the chunks

@@ -1,20 +1,24 @@
 """An opt-in process setting that keeps the memory of long-document generation low: glibc's mmap threshold.
 
-Chunked generation (`generate_adapter(..., chunking=...)`) holds at most one encoder batch of working tensors at a
-time, whatever the document's length. What the operating system sees can still grow for the first few batches,
-because of how glibc's ``malloc`` serves blocks of a few MiB: it maps the first large block of each size with
-``mmap`` and returns it at ``free``, but after such a free it raises its threshold (up to 32 MiB), so the next tensors
-of that size come from the heap, whose freed space stays in the process and is reused only where it fits. On a
-long document the resident memory then settles 100–200 MiB above one batch's working set.
+Chunked generation (`generate_adapter(..., chunking=...)`) holds at most one encoder pass of working tensors at a
+time, whatever the document's length: with one chunk of 512 tokens per pass, 1–38 MiB of working memory from 512 to
+32K tokens, besides the output adapter (``benchmarks/bench_long_context.py``). With several chunks per pass what the
+operating system sees is larger, because of how glibc's ``malloc`` serves blocks of a few MiB: it maps the first
+large block of each size with ``mmap`` and returns it at ``free``, but after such a free it raises its threshold (up
+to 32 MiB), so the next tensors of that size come from the heap, whose freed space stays in the process and is
+reused only where it fits (4 chunks per pass: 240–300 MiB from 2K tokens on).
 
 `return_large_allocations_to_os` pins the threshold: every block of at least ``threshold_mib`` is mapped on
-allocation and unmapped when freed, so resident memory follows the live tensors more closely (with 4 chunks of 512
-tokens per pass: 158–232 MiB of working memory from 1K to 32K tokens instead of 183–348, measured in
-``benchmarks/bench_long_context.py``; not perfectly flat: passes of many different lengths still add some). The
-price is page faults: fresh pages for every large tensor, 20–30 % more time for chunked generation on CPU. It is
-the same as starting Python with ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment, and like that it applies to
-the whole process and for its whole life (glibc has no way back to the dynamic threshold), so it is never set for
-you.
+allocation and unmapped when freed, so resident memory follows the live tensors more closely (4 chunks per pass:
+110–170 MiB from 2K to 32K tokens). The price is page faults: fresh pages for every large tensor, 24–27 % more time
+for chunked generation on CPU. It is the same as starting Python with ``MALLOC_MMAP_THRESHOLD_=4194304`` in the
+environment, and like that it applies to the whole process and for its whole life (glibc has no way back to the
+dynamic threshold), so it is never set for you.
+
+Resident memory also grows, once, by the base's weights: transformers memory-maps them from their safetensors file,
+so an embedding row becomes resident the first time its token is read (a long text meets more distinct tokens, up
+to the whole table: 108 MiB for SmolLM2-135M). That is the model's memory, file-backed and reclaimable, not the
+generation's.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def return_large_allocations_to_os(threshold_mib: float = 4) -> bool:
     """Serve every allocation of at least ``threshold_mib`` MiB with ``mmap`` and return it to the OS when freed.
 
     Process-wide and permanent (see the module docstring); call it once, before generating adapters from long
-    documents, when peak memory matters more than 20–30 % of time. Returns ``True`` when set, ``False`` where the C
+    documents, when peak memory matters more than ~25 % more time. Returns ``True`` when set, ``False`` where the C
     library is not glibc (macOS, musl, Windows): nothing is changed there.
 
     Raises:
