@@ -1,6 +1,7 @@
 """Peak memory and time of chunked adapter generation against the base model's plain prefill, 512 → 32K tokens.
 
     python -m benchmarks.bench_long_context [--lengths 512,1024,...] [--prefill-max 8192] [--output FILE.json]
+    python -m benchmarks.bench_long_context --chunk-batches   # seconds at 1, 2, 4, 8 chunks per pass, 4K tokens
 
 Every measurement runs in a fresh Python process (``python -m benchmarks.bench_long_context --probe ...``): load the
 shipped hypernetwork and its base, read every weight once (`timing.read_every_weight`: the base's weights are
@@ -32,7 +33,7 @@ import time
 
 import torch
 
-from .timing import PeakMemory, read_every_weight
+from .timing import PeakMemory, interleaved_medians, read_every_weight
 
 
 PINNED_THRESHOLD_MIB = 4  # the pinned rows: every block of 4 MiB or more mapped and returned at free
@@ -150,6 +151,23 @@ def long_context_rows(lengths: list[int], svd_rank: int = 16, batch_size: int = 
     return rows
 
 
+def chunk_batch_seconds(shine, tokens: int = 4096, batch_sizes: tuple[int, ...] = (1, 2, 4, 8),
+                        repeats: int = 2) -> list[dict]:
+    """Seconds of chunked ``generate_adapter`` on ``tokens`` of prose at each number of chunks per encoder pass,
+    timed in turns (`timing.interleaved_medians`), in this process and with its torch threads: the measurement
+    behind the default of one chunk per pass on a CPU."""
+    from peft_shine.document_adapters import ChunkingConfig
+
+    text, chunking = prose(shine.tokenizer, tokens), ChunkingConfig(512)
+    runs = {size: (lambda size=size: shine.generate_adapter(text, "chunk_batch", chunking=chunking, batch_size=size))
+            for size in batch_sizes}
+    seconds = interleaved_medians(runs, repeats=repeats)
+    shine.delete_adapters("chunk_batch")
+    fastest = min(seconds.values())
+    return [{"tokens": tokens, "chunks_per_pass": size, "threads": torch.get_num_threads(),
+             "seconds": round(value, 2), "vs_fastest": round(value / fastest, 3)} for size, value in seconds.items()]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
@@ -157,6 +175,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--svd-rank", type=int, default=16, help="rank budget of the svd measurement (0 = skip)")
     parser.add_argument("--batch-size", type=int, default=4, help="chunks encoded per forward pass")
     parser.add_argument("--output", default=None, help="also write the rows as JSON")
+    parser.add_argument("--chunk-batches", action="store_true",
+                        help="only time 4K tokens at 1, 2, 4 and 8 chunks per pass (this process's torch threads)")
     parser.add_argument("--pinned", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--probe", nargs=5, metavar=("KIND", "TOKENS", "COMBINE", "RANK", "BATCH"), default=None,
                         help=argparse.SUPPRESS)
@@ -165,6 +185,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         kind, tokens, combine, rank, batch = args.probe
         print(json.dumps(probe(kind, int(tokens), combine, int(rank) or None, int(batch), args.pinned)))
         return []
+    if args.chunk_batches:
+        from peft_shine.shipped import load_hypernetwork
+
+        rows = chunk_batch_seconds(load_hypernetwork(None).model)
+        print("\n".join(json.dumps(row) for row in rows))
+        return rows
     rows = long_context_rows([int(n) for n in args.lengths.split(",")], args.svd_rank, args.batch_size,
                              args.prefill_max)
     print(markdown(rows))

@@ -70,6 +70,9 @@ def markdown(results: dict) -> str:
         parts += ["**Long documents: peak memory of chunked generation against the base's prefill** (MiB over the "
                   "loaded model, fresh process each; chunked cells: peak / peak minus the returned adapter)", "",
                   long_context_table(results["long_context"])]
+    if "chunk_batch" in results:
+        parts += ["**Chunks per encoder pass** (chunked `generate_adapter`, seconds, timed in turns)", "",
+                  table(results["chunk_batch"], ["tokens", "chunks_per_pass", "threads", "seconds", "vs_fastest"]), ""]
     parts += ["**Peak memory** (resident-memory increase during the operation, sampled every 2 ms, fresh process each,"
               " after a warm-up call)", "", table(results["memory"], ["kind", "context_tokens", "increase_mib"]), ""]
     return "\n".join(parts)

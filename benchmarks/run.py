@@ -52,6 +52,8 @@ def sections(shine, args) -> list[tuple[str, object]]:
             lambda: shine, [10, 100, 1000] if args.many_contexts_1000 else [10, 100])),
         ("long_context", lambda: bench_long_context.long_context_rows(
             [512, 1024] if quick else [512, 1024, 2048, 4096, 8192, 16384, 32768], 0 if quick else 16)),
+        ("chunk_batch", lambda: bench_long_context.chunk_batch_seconds(shine, 1024 if quick else 4096,
+                                                                       repeats=1 if quick else 2)),
         ("memory", lambda: [memory_probe.measure(kind, n, hypernetwork)
                             for kind in ("generate", "prefill") for n in memory_lengths]
                    + [memory_probe.measure("train", 256, hypernetwork)]),

@@ -153,11 +153,12 @@ def test_a_chunked_svd_adapter_matches_the_one_shot_truncation_of_its_chunks(shi
 # ------------------------------------------------------------------------------------------------ encoder passes
 
 
-def test_chunk_passes_hold_at_most_batch_size_chunks_and_4096_positions(shine):
+def test_chunk_passes_hold_at_most_batch_size_chunks_and_4096_positions_and_one_by_default_on_cpu(shine):
     slots = shine.config.num_memory_slots
     assert chunks_per_pass(shine, ChunkingConfig(chunk_tokens=100), 3) == 3
     assert chunks_per_pass(shine, ChunkingConfig(chunk_tokens=100), 1000) == MAX_BATCH_TOKENS // (100 + slots)
     assert chunks_per_pass(shine, ChunkingConfig(chunk_tokens=MAX_BATCH_TOKENS), 8) == 1  # never zero
+    assert chunks_per_pass(shine, ChunkingConfig(chunk_tokens=100), None) == 1  # the default on a CPU
 
 
 def test_chunks_are_encoded_in_order_in_passes_of_batch_size_with_a_progress_bar(shine, monkeypatch, capsys):

@@ -24,6 +24,7 @@ from peft_shine.adapter_store import (
 )
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.contexts import (
+    DEFAULT_BATCH_SIZE,
     as_context_list,
     context_sha256,
     context_token_ids,
@@ -68,7 +69,7 @@ class AdapterGenerationMixin:
         adapter_names: str | Sequence[str] | None = None,
         *,
         truncation: bool = False,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         chunking: ChunkingConfig | dict | bool | int | None = None,
     ) -> PeftModel:
         """Generate one LoRA adapter per context in a single forward pass each and load them into a `PeftModel`.
@@ -80,7 +81,9 @@ class AdapterGenerationMixin:
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
             batch_size: at most this many contexts per encoder pass (chunks, with ``chunking``); passes are also
                 capped at 4,096 padded positions and, without ``chunking``, 10 % padding
-                (`peft_shine.contexts.plan_batches`).
+                (`peft_shine.contexts.plan_batches`). Default: 8 contexts; with ``chunking``, one chunk per pass
+                on a CPU (faster there and ~250 MiB lighter than 4, measured in
+                ``benchmarks/bench_long_context.py``) and 8 on an accelerator.
             chunking: read contexts longer than the window: a `ChunkingConfig` (``chunk_tokens``,
                 ``overlap_tokens``, ``combine`` = ``"cat"`` / ``"mean"`` / ``"svd"``, ``rank``), a dict of its
                 fields, ``True`` for the defaults or an int chunk size. Each context is cut into chunks, the chunks
@@ -103,7 +106,8 @@ class AdapterGenerationMixin:
                              f"call (each adapter stays in memory on the base). Call it in chunks, and delete adapters "
                              f"you no longer need with model.delete_adapter(name).")
         names = _default_names(texts, adapter_names)
-        _check_batch_size(batch_size)
+        if batch_size is not None:
+            _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])
         if chunking not in (None, False) and truncation:
             raise ValueError("Pass either chunking (read the whole context) or truncation (keep its start).")
@@ -114,7 +118,7 @@ class AdapterGenerationMixin:
                 self._remember_lora_layer()
                 return model
             started = time.perf_counter()
-            states = self._generate_states(texts, names, truncation, batch_size)
+            states = self._generate_states(texts, names, truncation, batch_size or DEFAULT_BATCH_SIZE)
             self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
             self._remember_lora_layer()
             seconds = (time.perf_counter() - started) / len(texts)

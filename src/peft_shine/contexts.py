@@ -89,6 +89,7 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return 0
 
 
+DEFAULT_BATCH_SIZE = 8  # contexts per encoder pass when the caller does not say
 MAX_BATCH_TOKENS = 4096  # padded positions (context + memory slots) per encoder pass
 MAX_PADDING = 0.1  # share of a pass's positions that may be padding
 

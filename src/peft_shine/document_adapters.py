@@ -5,7 +5,7 @@
 1. each document is cut into chunks of at most ``chunk_tokens`` tokens (`peft_shine.chunking`: paragraph, then
    sentence, then word boundaries; optional overlap);
 2. the chunks of all documents are encoded ``batch_size`` at a time (at most 4,096 positions per pass, like
-   unchunked contexts) by the ordinary batched generation (`ShineModel.generate_lora`), so peak memory is bounded by
+   unchunked contexts; by default one at a time on a CPU, see `chunks_per_pass`) by the ordinary batched generation (`ShineModel.generate_lora`), so peak memory is bounded by
    one pass of ``batch_size × chunk_tokens``, not by the document (a progress bar counts the chunks);
 3. each chunk's LoRA goes straight into its document's `composition.LoraAccumulator` (the chunk LoRA is dropped):
    ``"cat"`` (the exact sum of the chunk updates, rank ``chunks × r``) and ``"mean"`` (their exact mean, same rank)
@@ -34,7 +34,7 @@ from transformers.utils import logging as transformers_logging
 from peft_shine.adapter_store import GENERATION_LOCK, add_adapters, discard_adapters, evaluation_mode
 from peft_shine.chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
 from peft_shine.composition import CombinedLora, LoraAccumulator, check_rule
-from peft_shine.contexts import MAX_BATCH_TOKENS, context_sha256, left_pad, pad_token_id
+from peft_shine.contexts import DEFAULT_BATCH_SIZE, MAX_BATCH_TOKENS, context_sha256, left_pad, pad_token_id
 from peft_shine.export import peft_state_dict
 
 
@@ -108,16 +108,20 @@ def plan_documents(shine, texts: Sequence[str], config: ChunkingConfig) -> list[
     return plans
 
 
-def chunks_per_pass(shine, config: ChunkingConfig, batch_size: int) -> int:
+def chunks_per_pass(shine, config: ChunkingConfig, batch_size: int | None) -> int:
     """At most ``batch_size`` chunks per encoder pass and at most `contexts.MAX_BATCH_TOKENS` positions (chunk +
-    memory slots per row), as for unchunked contexts; at least one chunk."""
+    memory slots per row), as for unchunked contexts; at least one chunk. ``None``: one chunk per pass on a CPU
+    (on one or two threads that is faster than 4 or 8 per pass, and holds one chunk's working tensors instead of
+    several: ``benchmarks/bench_long_context.py``), `contexts.DEFAULT_BATCH_SIZE` on an accelerator."""
+    if batch_size is None:
+        batch_size = 1 if shine.memory_slots.device.type == "cpu" else DEFAULT_BATCH_SIZE
     width = config.chunk_tokens + shine.config.num_memory_slots
     return max(1, min(batch_size, MAX_BATCH_TOKENS // width))
 
 
 @torch.no_grad()  # not inference_mode: the tensors become peft parameters
 def encode_documents(shine, plans: Sequence[Sequence[TextChunk]], config: ChunkingConfig,
-                     batch_size: int) -> Iterator[CombinedLora]:
+                     batch_size: int | None) -> Iterator[CombinedLora]:
     """Encode every chunk of every document, `chunks_per_pass` chunks per forward pass, write each chunk's LoRA into
     its document's `LoraAccumulator` at once, and yield each document's combined LoRA as soon as its last chunk is
     in. A progress bar counts the chunks when there is more than one pass (transformers' progress-bar setting
@@ -164,7 +168,7 @@ def load_adapters(shine, names: Sequence[str], combined: Sequence[CombinedLora])
 
 
 def generate_document_adapters(shine, texts: Sequence[str], names: Sequence[str],
-                               chunking: ChunkingConfig | Mapping | bool | int, batch_size: int):
+                               chunking: ChunkingConfig | Mapping | bool | int, batch_size: int | None):
     """Chunked `generate_adapter`: one combined adapter per document, named ``names``; returns the `PeftModel`.
 
     ``shine.adapter_info[name]`` records, beside the context hash and the generation time, the chunks' token
