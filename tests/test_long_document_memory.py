@@ -174,6 +174,9 @@ def test_chunks_are_encoded_in_order_in_passes_of_batch_size_with_a_progress_bar
     assert "Encoding chunks: 100%|" in capsys.readouterr().err
     shine.generate_adapter(DOCUMENT, "one-pass", chunking=100, batch_size=len(chunks))
     assert "Encoding chunks" not in capsys.readouterr().err
+    passes.clear()
+    shine.generate_adapter(DOCUMENT, "default", chunking=100)  # no batch_size: one chunk per pass on a CPU
+    assert [len(ids) for ids, _ in passes] == [1] * len(chunks)
 
 
 # ------------------------------------------------------------------------------------ failures leave nothing behind

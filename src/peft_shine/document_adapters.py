@@ -5,8 +5,9 @@
 1. each document is cut into chunks of at most ``chunk_tokens`` tokens (`peft_shine.chunking`: paragraph, then
    sentence, then word boundaries; optional overlap);
 2. the chunks of all documents are encoded ``batch_size`` at a time (at most 4,096 positions per pass, like
-   unchunked contexts; by default one at a time on a CPU, see `chunks_per_pass`) by the ordinary batched generation (`ShineModel.generate_lora`), so peak memory is bounded by
-   one pass of ``batch_size × chunk_tokens``, not by the document (a progress bar counts the chunks);
+   unchunked contexts; by default one at a time on a CPU, see `chunks_per_pass`) by the ordinary batched
+   generation (`ShineModel.generate_lora`), so peak memory is bounded by one pass, not by the document (a progress
+   bar counts the chunks);
 3. each chunk's LoRA goes straight into its document's `composition.LoraAccumulator` (the chunk LoRA is dropped):
    ``"cat"`` (the exact sum of the chunk updates, rank ``chunks × r``) and ``"mean"`` (their exact mean, same rank)
    write it into the concatenated factors, allocated once, which become the adapter's own tensors; ``"svd"`` (the sum
@@ -128,13 +129,13 @@ def encode_documents(shine, plans: Sequence[Sequence[TextChunk]], config: Chunki
     applies: ``transformers.utils.logging.disable_progress_bar()`` hides it)."""
     flat = [(doc, chunk) for doc, plan in enumerate(plans) for chunk in plan]
     rank, rows = shine.config.lora_rank, chunks_per_pass(shine, config, batch_size)
+    pad_id, device = pad_token_id(shine.tokenizer), shine.memory_slots.device
     accumulators: dict[int, LoraAccumulator] = {}
     quiet = len(flat) <= rows or not transformers_logging.is_progress_bar_enabled()
     with tqdm(total=len(flat), desc="Encoding chunks", unit="chunk", disable=quiet) as bar:
         for start in range(0, len(flat), rows):
             batch = flat[start:start + rows]
-            ids, mask = left_pad([list(chunk.token_ids) for _, chunk in batch], pad_token_id(shine.tokenizer))
-            device = shine.memory_slots.device
+            ids, mask = left_pad([list(chunk.token_ids) for _, chunk in batch], pad_id)
             lora = shine.generate_lora(ids.to(device), mask.to(device))
             for row, (doc, _) in enumerate(batch):
                 if doc not in accumulators:
