@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -58,14 +59,34 @@ def test_names_that_contain_each_other_save_their_own_tensors(shine, tmp_path):
                 assert torch.equal(value, ours)
 
 
-def test_a_save_peft_would_get_wrong_is_caught_before_anything_is_written(tmp_path):
-    """Adapters named by plain peft (no peft-shine validation) as parts of the module paths."""
+@pytest.mark.parametrize(("first", "second"), [("layers", "model"), ("self_attn", "q_proj"), ("0", "weight")])
+def test_a_peft_named_adapter_round_trips_or_is_refused_with_nothing_written(tmp_path, first, second):
+    """Adapters named by plain peft (no peft-shine validation) after parts of the module paths: whatever the
+    installed peft does with such names, `write_adapter_folder` either writes a folder that plain peft reloads to
+    the adapter's own tensors and logits, or refuses with `AdapterSaveError` and leaves nothing behind."""
     config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    peft_model = get_peft_model(make_tiny_lm("llama"), config, adapter_name="layers")
-    peft_model.add_adapter("model", config)
-    with pytest.raises(AdapterSaveError, match="'model' would hold 0 tensors instead of 8.*nothing was saved"):
-        write_adapter_folder(peft_model, "model", tmp_path / "adapter")
-    assert not (tmp_path / "adapter").exists() and list(tmp_path.iterdir()) == []
+    peft_model = get_peft_model(make_tiny_lm("llama"), config, adapter_name=first)
+    peft_model.add_adapter(second, config)
+    ids = torch.randint(5, 100, (1, 7))
+    for name in (first, second):
+        target = tmp_path / name
+        try:
+            write_adapter_folder(peft_model, name, target)
+        except AdapterSaveError as error:
+            assert "nothing was saved" in str(error)
+            assert not target.exists() and not list(tmp_path.glob(f"*{name}*"))
+            continue
+        peft_model.set_adapter(name)
+        with torch.no_grad():
+            expected = peft_model(ids).logits
+        loaded = PeftModel.from_pretrained(make_tiny_lm("llama"), target).eval()
+        ours = {re.sub(rf"\.(lora_[AB])\.{name}\.", r".\1.default.", key): value
+                for key, value in peft_model.state_dict().items() if re.search(rf"\.lora_[AB]\.{name}\.", key)}
+        theirs = {key: value for key, value in loaded.state_dict().items() if ".lora_" in key}
+        assert ours.keys() == theirs.keys() and len(theirs) == 8
+        assert all(torch.equal(theirs[key], ours[key]) for key in theirs)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(ids).logits, expected)
 
 
 _shared: dict = {}

@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from gradio_client import Client, handle_file
@@ -35,6 +36,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CONTEXT = "Zorbia is a small island nation. Its capital is Plimpton, on the river Quell."
 QUESTION = "What is the capital of Zorbia?"
+CLIENT_TIMEOUT_S = 600.0
 
 
 def _free_port() -> int:
@@ -63,8 +65,10 @@ def app() -> Iterator[tuple[str, DemoEngine]]:
 
 
 def new_session(app: tuple[str, DemoEngine]) -> Client:
-    """A new browser session on the app."""
-    return Client(app[0], verbose=False)
+    """A new browser session on the app. httpx's default 5 s read timeout would race the CPU: a request that
+    arrives while the server generates for another session (one torch thread, a shared machine) can wait longer
+    than that, so every request of the client may wait up to `CLIENT_TIMEOUT_S`, far beyond any generation here."""
+    return Client(app[0], verbose=False, httpx_kwargs={"timeout": httpx.Timeout(CLIENT_TIMEOUT_S)})
 
 
 def adapter_of(engine: DemoEngine, context: str):
