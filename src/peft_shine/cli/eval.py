@@ -7,22 +7,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
-from peft_shine.cli.options import add_device_options, placement_from_args
-from peft_shine.evaluation import SFTConfig, group_contexts, resolve_conditions, run_evaluation
-from peft_shine.evaluation.conditions import (
+from peft_shine.cli.defaults import (
     CONDITIONS,
+    DEFAULT_BASE_MODEL,
     DEFAULT_CONDITIONS,
     DEFAULT_RECALL_MAX_NEW_TOKENS,
     RECALL_CONDITIONS,
     RECALL_MARGIN,
 )
-from peft_shine.evaluation.long_context import records_for_cli
-from peft_shine.evaluation.report import RESULTS_CHART, RESULTS_JSON, RESULTS_MARKDOWN, markdown_table
-from peft_shine.shipped import load_hypernetwork
+from peft_shine.cli.options import add_device_options, placement_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``shine eval``."""
     parser = subparsers.add_parser(
         "eval", help="compare the generated adapter with question-only, in-context, SFT and wrong-context baselines",
         description="Answer QA records under each condition with greedy decoding and write results.json, "
@@ -74,12 +71,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def load_for_eval(hypernetwork: str | None, base: str, **base_options: Any):
     """The hypernetwork to evaluate and a label for the report; ``"none"`` means a fresh, untrained one.
     ``base_options`` (``dtype``, ``device_map``) reach the base LM."""
+    from peft_shine.shipped import load_hypernetwork  # the library: loaded when the command runs
+
     untrained = hypernetwork is not None and hypernetwork.lower() == "none"
     loaded = load_hypernetwork(base if untrained else hypernetwork, base_model=base, **base_options)
     return loaded.model, loaded.label
 
 
+def check_data(args: argparse.Namespace) -> None:
+    """Fail on a ``--data`` that names no bundled set, JSONL file or the needle test, and on malformed lengths, before
+    any model loads (reading the QA file is cheap)."""
+    from peft_shine.qa_data import load_qa_records  # plain JSON reading, no torch
+
+    for flag in ("pad_tokens", "needle_multiples"):
+        text = str(getattr(args, flag))
+        if not all(part.strip().isdigit() for part in text.split(",") if part.strip()):
+            raise ValueError(f"--{flag.replace('_', '-')} takes comma-separated positive integers, got {text!r}")
+    if args.data != "needle":
+        load_qa_records(args.data, split=args.split, limit=args.limit, seed=args.seed)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run ``shine eval``: check the arguments, load, evaluate, report."""
+    check_data(args)
+    # the library (torch, transformers, peft): loaded once the data is known to exist
+    from peft_shine.evaluation import SFTConfig, group_contexts, resolve_conditions, run_evaluation
+    from peft_shine.evaluation.long_context import records_for_cli
+    from peft_shine.evaluation.report import RESULTS_CHART, RESULTS_JSON, RESULTS_MARKDOWN, markdown_table
+
     conditions = resolve_conditions(args.conditions)
     started = time.perf_counter()
     shine, label = load_for_eval(args.hypernetwork, args.base, **placement_from_args(args).base_options())

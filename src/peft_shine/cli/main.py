@@ -1,5 +1,9 @@
 """The ``shine`` command: one module per subcommand registers its parser; `main` runs it and reports any failure in
-one line. ``--quiet`` / ``--verbose`` (on every subcommand) set the verbosity of peft-shine, transformers and peft."""
+one line. ``--quiet`` / ``--verbose`` (on every subcommand) set the verbosity of peft-shine, transformers and peft.
+
+Building the parser imports nothing heavy (each subcommand imports the library inside its ``run``), so ``--help``,
+``--version`` and argument errors are immediate when the package is imported lightly (the ``shine`` script).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,24 @@ import logging
 import os
 import sys
 
-import transformers
-
-from peft_shine.cli import chat, demo, eval, hub, quickstart, train
+import peft_shine
+from peft_shine.cli import chat, demo, env, eval, hub, quickstart, train
 from peft_shine.errors import ShineError
 
 
-COMMANDS = (quickstart, chat, train, eval, demo, hub)  # each has `register(subparsers)` and sets `func`
+COMMANDS = (quickstart, chat, train, eval, demo, hub, env)  # each has `register(subparsers)` and sets `func`
+DESCRIPTION = ("SHINE for transformers and peft: a hypernetwork turns any text context into a LoRA adapter for a "
+               "frozen causal LM in one forward pass. Run 'shine COMMAND --help' for the options of a command.")
+EPILOG = ("Every failure ends with one line on stderr and exit status 2; set SHINE_TRACEBACK=1 for the traceback. "
+          "Bug reports: include the output of 'shine env'.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``shine`` parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="shine", description="SHINE: turn a text context into a LoRA adapter.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="shine", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {peft_shine.__version__}",
+                        help="print the peft-shine version and exit")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(subparsers)
     for subparser in {id(p): p for p in subparsers.choices.values()}.values():
@@ -45,6 +54,10 @@ def add_verbosity_flags(parser: argparse.ArgumentParser) -> None:
 
 def set_verbosity(level: str | None) -> None:
     """Apply ``--quiet`` / ``--verbose`` (``None``: transformers' defaults, warnings and progress bars on)."""
+    if level is None:
+        return
+    import transformers  # heavy: loaded only when a verbosity flag asks to configure it
+
     if level == "quiet":
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()

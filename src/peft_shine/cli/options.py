@@ -10,8 +10,13 @@ visible GPU (``device_map="auto"``).
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from peft_shine.loading import DTYPES, SPREAD, Placement, resolve_placement
+from peft_shine.cli.defaults import DTYPE_NAMES, SPREAD
+
+
+if TYPE_CHECKING:
+    from peft_shine.loading import Placement
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -19,14 +24,16 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help=f"where the base LM runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps, "
                              f"or {SPREAD} (spread over every visible GPU)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
                         help="the base LM's dtype: auto (bf16 on a GPU that supports it, else fp32); the "
                              "hypernetwork's own weights stay fp32")
 
 
 def placement_from_args(args: argparse.Namespace, prefer_bf16: bool = False) -> Placement:
     """The `Placement` of a parsed command line (``auto`` for commands without the options)."""
+    from peft_shine.loading import resolve_placement  # torch: loaded when a command runs, not to parse
+
     return resolve_placement(getattr(args, "device", "auto"), getattr(args, "dtype", "auto"), prefer_bf16)
 
 
-__all__ = ["DTYPES", "SPREAD", "Placement", "add_device_options", "placement_from_args", "resolve_placement"]
+__all__ = ["SPREAD", "add_device_options", "placement_from_args"]

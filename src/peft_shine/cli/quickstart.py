@@ -6,17 +6,19 @@ import argparse
 import time
 from pathlib import Path
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.defaults import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
-from peft_shine.evaluation.metrics import score_generation
-from peft_shine.prompting import COMPARISON, compare_answers
-from peft_shine.qa_data import load_sample_context
-from peft_shine.save_targets import write_mode
-from peft_shine.shipped import load_hypernetwork
+
+
+DESCRIPTION = ("Generate an adapter from a bundled, held-out SQuAD paragraph with the shipped hypernetwork, save "
+               "it, and print its answers beside the base model without the context and with the context in the "
+               "prompt, with timings and token F1.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("quickstart", help="generate an adapter for a sample context and answer with it")
+    """Add ``shine quickstart``."""
+    parser = subparsers.add_parser("quickstart", help="generate an adapter for a sample context and answer with it",
+                                   description=DESCRIPTION)
     parser.add_argument("--hypernetwork", default=None,
                         help="SHINE checkpoint (folder or Hub id); default: the shipped one, else an untrained one")
     parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base LM for an untrained hypernetwork")
@@ -25,12 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "other non-empty folder or file is refused)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write the adapter files into a non-empty --output folder, keeping its other files")
-    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=24, help="greedy decoding budget per answer")
     add_device_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``shine quickstart``."""
+    # the library (torch, transformers, peft): loaded when the command runs, not to parse it
+    from peft_shine.prompting import COMPARISON, compare_answers
+    from peft_shine.qa_data import load_sample_context
+    from peft_shine.save_targets import write_mode
+    from peft_shine.shipped import load_hypernetwork
+
     write_mode(args.output, overwrite=args.overwrite)  # refuse a target that must not be written before any work
     started = time.perf_counter()
     placement = placement_from_args(args)
@@ -67,5 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 def mean_f1(generations: list[str], records: list) -> float:
     """Mean SQuAD token F1 (×100) of the extracted answers (`shine eval`'s scoring)."""
+    from peft_shine.evaluation.metrics import score_generation  # with the library, when the command runs
+
     scores = [score_generation(text, r.answers, r.source)["f1"] for text, r in zip(generations, records)]
     return 100.0 * sum(scores) / len(scores)

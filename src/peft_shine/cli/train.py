@@ -1,36 +1,40 @@
-"""``shine train``: train a SHINE hypernetwork — stage 1 (``pretrain``) or stage 2 (``instruct``).
-
-Examples::
-
-    shine train --stage pretrain --data wikitext --output runs/stage1 --max-steps 500
-    shine train --stage instruct --data squad:train --init-from runs/stage1 --output runs/stage2
-    accelerate launch --multi_gpu --num_processes 2 -m peft_shine.cli train --stage pretrain ... (2 CPU processes;
-    with --cpu alone accelerate 1.15 starts a single process)
-
-``--config`` takes a JSON or YAML file of `ShineTrainingArguments` fields (any `TrainingArguments` field too) and an
-optional ``model`` mapping of `ShineConfig` fields for a new hypernetwork (e.g. ``lora_rank``). Flags given on the
-command line win over the file. Every field of `ShineTrainingArguments` and transformers' `TrainingArguments` is also
-a flag, written as the field is named (``--bf16``, ``--deepspeed ds.json``, ``--report_to wandb``,
-``--gradient_checkpointing``, ``--push_to_hub --hub_model_id me/shine``): ``shine train --help-training`` lists them.
-The output folder receives the final hypernetwork, Trainer checkpoints and
-``loss.png`` (training loss and the held-out losses with the adapter, a wrong-context adapter and no adapter).
-"""
+"""``shine train``: train a SHINE hypernetwork, stage 1 (``pretrain``) or stage 2 (``instruct``); the parser's
+description and examples say how (``shine train --help``)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
-from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.cli.defaults import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options
 
 
+DESCRIPTION = """Train a SHINE hypernetwork: stage 1 (pretrain: reconstruct and continue texts) or stage 2 (instruct:
+answer questions about a context it only sees through its adapter).
+
+--config takes a JSON or YAML file of ShineTrainingArguments fields (any TrainingArguments field too) and an optional
+'model' mapping of ShineConfig fields for a new hypernetwork (e.g. lora_rank). Flags on the command line win over the
+file. Every field of ShineTrainingArguments and transformers' TrainingArguments is also a flag, written as the field
+is named (--bf16, --deepspeed ds.json, --report_to wandb, --gradient_checkpointing, --push_to_hub --hub_model_id
+me/shine): 'shine train --help-training' lists them. The output folder receives the final hypernetwork, Trainer
+checkpoints and loss.png (training loss and the held-out losses with the adapter, a wrong-context adapter and no
+adapter)."""
+EPILOG = """examples:
+  shine train --stage pretrain --data wikitext --output runs/stage1 --max-steps 500
+  shine train --stage instruct --data squad:train --init-from runs/stage1 --output runs/stage2
+  accelerate launch --config_file configs/accelerate-fsdp.yaml -m peft_shine.cli train --stage pretrain ...
+    (several processes: docs/training.md and docs/gpu.md)"""
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".gz")  # --data values that must be local files
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``shine train``."""
     parser = subparsers.add_parser("train", help="train a SHINE hypernetwork (stage 1 pretrain, stage 2 instruct)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["pretrain", "instruct"], required=True)
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=["pretrain", "instruct"], required=True,
+                        help="pretrain: reconstruction/completion of texts (stage 1); instruct: QA (stage 2)")
     parser.add_argument("--base", default=DEFAULT_BASE_MODEL, help="base causal LM (Hub id or folder)")
     parser.add_argument("--data", required=True, action="append",
                         help="pretrain: 'wikitext' (bundled), a .jsonl/.json/.csv/.parquet/.txt file (optionally "
@@ -57,8 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(see docs/training.md)")
     parser.add_argument("--teacher-answers", action="store_true", default=None,
                         help="instruct: train on the teacher's own greedy answers instead of the gold ones")
-    parser.add_argument("--max-steps", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="optimizer steps to train (default: the config's, else TrainingArguments')")
+    parser.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order and sampling")
     parser.add_argument("--resume", nargs="?", const="latest", default=None,
                         help="resume from the latest checkpoint in --output, or from the given checkpoint")
     parser.add_argument("--help-training", action=TrainingHelp, nargs=0,
@@ -72,13 +77,29 @@ class TrainingHelp(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         # the training stack (datasets, accelerate) is the optional [train] extra: loaded only when asked for
-        from peft_shine.training.trainer import ShineTrainingArguments
+        from transformers import HfArgumentParser
+
+        from peft_shine.training.trainer import ShineTrainingArguments  # the [train] extra, as above
 
         HfArgumentParser(ShineTrainingArguments, prog="shine train").print_help()
         parser.exit()
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """Fail on a missing local input (a data file, --config) before anything loads."""
+    data = [args.data] if isinstance(args.data, str) else list(args.data)
+    files = [value for value in [*data, args.eval_data] if value and value.lower().endswith(DATA_SUFFIXES)]
+    for value in files:
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"no such data file {value}; pass an existing file, a bundled name such as "
+                                    f"'wikitext' or 'squad:train', or a Hub dataset id")
+    if args.config and not Path(args.config).is_file():
+        raise FileNotFoundError(f"no such --config file {args.config}")
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run ``shine train`` (every process of a multi-process launch runs it)."""
+    check_paths(args)
     # the training stack (datasets, accelerate) is the optional [train] extra: loaded only to train
     from peft_shine.training.plots import plot_losses
     from peft_shine.training.recipe import train
