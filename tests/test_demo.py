@@ -98,8 +98,10 @@ def test_generate_chat_compare_and_download_a_loadable_peft_folder(app, tmp_path
     assert len(answers) == 3 and all(isinstance(answer, str) and answer for answer in answers)
 
     with zipfile.ZipFile(zip_path) as archive:
-        assert sorted(archive.namelist()) == ["shine-adapter/adapter_config.json",
+        assert sorted(archive.namelist()) == ["shine-adapter/README.md", "shine-adapter/adapter_config.json",
                                               "shine-adapter/adapter_model.safetensors"]
+        card = archive.read("shine-adapter/README.md").decode()
+        assert context_sha256(CONTEXT) in card and "/tmp" not in card  # our card, no server path
         archive.extractall(tmp_path)
     engine = app[1]
     adapter = adapter_of(engine, CONTEXT)

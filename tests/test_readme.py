@@ -41,7 +41,7 @@ def test_the_usage_block_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "the block prints the adapter's answer"
     written = sorted(path.name for path in (tmp_path / "alice-adapter").iterdir())
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(written)
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(written)  # with our card
 
 
 def test_every_extra_the_readme_names_exists_and_says_what_it_adds():

@@ -13,6 +13,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from peft_shine.adapter_cards import attach_card_writer, card_files
 from peft_shine.adapter_names import module_path_parts, validate_adapter_names
 from peft_shine.adapter_store import (
     GENERATION_LOCK,
@@ -116,7 +117,7 @@ class AdapterGenerationMixin:
             if chunking not in (None, False):
                 model = generate_document_adapters(self, texts, names, chunking, batch_size)
                 self._remember_lora_layer()
-                return model
+                return attach_card_writer(self, model)
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size or DEFAULT_BATCH_SIZE)
             self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
@@ -124,7 +125,7 @@ class AdapterGenerationMixin:
             seconds = (time.perf_counter() - started) / len(texts)
             for name, text in zip(names, texts):
                 self.adapter_info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
-            return self.peft_model
+            return attach_card_writer(self, self.peft_model)
 
     def delete_adapters(self, names: str | Sequence[str]) -> None:
         """Delete generated adapters (weights and `adapter_info`). Deleting the last one unwraps the base LM, which
@@ -212,7 +213,7 @@ class AdapterGenerationMixin:
 
     def save_adapter(self, path: str | Path, adapter_name: str = "default", *, overwrite: bool = False) -> Path:
         """Write a generated adapter as a flat, standard peft LoRA folder (``adapter_config.json`` +
-        ``adapter_model.safetensors``), atomically. It loads with ``PeftModel.from_pretrained(base, path)``.
+        ``adapter_model.safetensors`` + a README.md card, `peft_shine.adapter_cards`), atomically. It loads with ``PeftModel.from_pretrained(base, path)``.
 
         Nothing is ever deleted that peft-shine did not write: a previous adapter folder at ``path`` is replaced, but
         an existing file, or a folder holding anything else (source files, ``.git``, sub-folders), raises
@@ -223,7 +224,8 @@ class AdapterGenerationMixin:
             available = list(self.peft_model.peft_config) if self.peft_model is not None else []
             raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
         count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
-        return write_adapter_folder(self.peft_model, adapter_name, path, overwrite=overwrite, expected_tensors=count)
+        return write_adapter_folder(self.peft_model, adapter_name, path, card_files(self, adapter_name, path),
+                                    overwrite=overwrite, expected_tensors=count)
 
 
 def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) -> list[str]:

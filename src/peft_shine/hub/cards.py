@@ -20,6 +20,7 @@ HYPERNETWORK_TEMPLATE = "hypernetwork_card.md"
 ADAPTER_TEMPLATE = "adapter_card.md"
 HYPERNETWORK_TAGS = ["shine", "hypernetwork", "lora", "peft", "text-generation"]
 ADAPTER_TAGS = ["lora", "peft", "shine"]
+ADAPTER_CARD_MARKER = "<!-- peft-shine adapter card -->"  # in every adapter card we render (local or Hub)
 OWN_CONDITIONS = ("adapter",)  # the hypernetwork's own results; the baselines stay in the text table
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -136,6 +137,8 @@ def render_adapter_card(
         card_data,
         template_path=str(templates_dir() / ADAPTER_TEMPLATE),
         repo_id=repo_id,
+        base_link=_hub_link(base_model),
+        hypernetwork_link=_hub_link(hypernetwork_repo),
         base_model=base_model,
         base_model_revision=base_model_revision,
         hypernetwork_repo=hypernetwork_repo,
@@ -149,6 +152,64 @@ def render_adapter_card(
         target_modules=list(target_modules or []),
         vllm_max_lora_rank=_vllm_max_lora_rank(lora_rank),
     )
+
+
+def render_folder_adapter_card(
+    *,
+    folder: str | Path,
+    base_model: str,
+    hypernetwork: str | None,
+    context_sha256: str | None = None,
+    generation_seconds: float | None = None,
+    chunk_tokens: Sequence[int] | None = None,
+    lora_rank: int | None = None,
+    target_modules: Sequence[str] | None = None,
+    embedded_base: bool = False,
+) -> str:
+    """The card written into a local adapter folder by `ShineModel.save_adapter` and the returned `PeftModel`'s
+    ``save_pretrained``: the same provenance and usage as a Hub adapter card, loading from the folder (by its name,
+    relative to where it lies: the card never records this machine's paths).
+
+    ``base_model`` and ``hypernetwork`` are linked on the Hub only when they are Hub ids (a local folder is named,
+    not linked; ``hypernetwork=None`` is an untrained hypernetwork); ``embedded_base`` adds how to load the
+    embedded base offline. `shine push adapter` replaces this card with the Hub one.
+    """
+    hub_base = _is_hub_id(base_model)
+    tags = [*ADAPTER_TAGS, *([f"base_model:adapter:{base_model}"] if hub_base else [])]
+    card_data = ModelCardData(base_model=base_model if hub_base else None, library_name="peft",
+                              pipeline_tag="text-generation", tags=_unique(tags))
+    name = hypernetwork or "`untrained` (randomly initialised: the adapter carries nothing of its context)"
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(templates_dir() / ADAPTER_TEMPLATE),
+        repo_id=Path(folder).name,
+        load_path=Path(folder).name,  # where the folder is, never this machine's path (the demo serves the card)
+        base_link=_hub_link(base_model),
+        hypernetwork_link=_hub_link(name) if hypernetwork else name,
+        base_model=base_model,
+        context_sha256=context_sha256,
+        generation_seconds=None if generation_seconds is None else f"{generation_seconds:.2f}",
+        chunk_tokens=list(chunk_tokens or []),
+        lora_rank=lora_rank,
+        target_modules=list(target_modules or []),
+        vllm_max_lora_rank=_vllm_max_lora_rank(lora_rank),
+        embedded_base=embedded_base,
+    )
+    return str(card)
+
+
+def is_adapter_card(text: str) -> bool:
+    """Whether ``text`` (a README.md) is an adapter card peft-shine rendered, which a new save may replace."""
+    return ADAPTER_CARD_MARKER in text
+
+
+def _is_hub_id(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name or "")) and not Path(name).expanduser().exists()
+
+
+def _hub_link(name: str) -> str:
+    """Markdown for a model name: a link to its Hub page for a Hub id, the name alone otherwise."""
+    return f"[`{name}`](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{name}`"
 
 
 def check_hub_model_id(base_model: str) -> None:
