@@ -142,6 +142,27 @@ def test_sessions_never_see_each_others_adapters(app):
     assert history[-1]["content"][0]["text"] == expected
 
 
+def test_the_page_says_which_hypernetwork_runs_where_it_came_from_and_what_to_expect(app):
+    from peft_shine.demo.app import HELD_OUT_TABLE, hypernetwork_view
+    from peft_shine.demo.engine import Session
+
+    banner, line = hypernetwork_view(app[1], Session())
+    assert f"**{SHIPPED_NAME}** (SHINE checkpoint), from the copy packaged with peft-shine" in line
+    assert HELD_OUT_TABLE in line and banner["visible"] is False
+    heading = HELD_OUT_TABLE.rsplit("#", 1)[1].replace("-", " ")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"\n## {heading[0].upper()}{heading[1:]}\n" in readme  # the link lands on the held-out table
+
+
+def test_a_missing_hub_repo_falls_back_to_the_packaged_copy_and_says_why(hub_env):
+    from peft_shine.shipped import load_hypernetwork
+
+    loaded = load_hypernetwork(hub_repo="tester/no-such-hypernetwork")
+    assert loaded.trained and loaded.hub_id is None
+    assert loaded.origin.startswith("the copy packaged with peft-shine, because the Hub repo "
+                                    "tester/no-such-hypernetwork could not be loaded (")
+
+
 def test_closed_sessions_free_their_adapters(app):
     from peft_shine.demo.engine import Session
 

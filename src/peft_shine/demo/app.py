@@ -21,6 +21,7 @@ from peft_shine.qa_data import load_qa_records, load_sample_context
 
 logger = logging.getLogger(__name__)
 
+HELD_OUT_TABLE = "https://github.com/peft-shine/peft-shine#the-shipped-default-hypernetwork"  # README's table
 CSS = """
 #untrained-banner { border: 1px solid #f0b429; background: #fff8e1; color: #5f4100; border-radius: 8px;
                     padding: 10px 14px; }
@@ -36,6 +37,9 @@ UNTRAINED_BANNER = """⚠️ **Untrained hypernetwork.** The shipped checkpoint 
 demo uses a randomly initialised hypernetwork: every step is real (one forward pass → a standard peft LoRA adapter), but the adapter has
 not learned to store the context, so its answers are not informed by it. Load a trained hypernetwork under
 **Hypernetwork** below."""
+QUALITY_NOTE = ("What to expect: the shipped hypernetwork was trained on a CPU budget; its adapters carry part of "
+                "their context and often miss, well below the context in the prompt "
+                f"([held-out results]({HELD_OUT_TABLE}) with the wrong-context control).")
 MODEL_EVENT = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
@@ -62,11 +66,15 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def hypernetwork_view(engine: DemoEngine, session: Session) -> tuple[dict, str]:
-    """The banner update and the one-line description of the session's hypernetwork."""
+    """The banner update and the description of the session's hypernetwork: what it is, where it came from (the
+    Hub repo, or the packaged copy and why), and for the default one what quality to expect."""
     info = engine.describe(session)
     kind = " (SHINE checkpoint)" if info["trained"] else ""
-    line = (f"Hypernetwork: **{info['hypernetwork']}**{kind} · base model `{info['base_model']}` · reads "
+    origin = f", from {scrub(info['origin'])}" if info["origin"] else ""
+    line = (f"Hypernetwork: **{info['hypernetwork']}**{kind}{origin} · base model `{info['base_model']}` · reads "
             f"{info['max_context_tokens']} tokens at once (longer texts in chunks)")
+    if info["trained"] and info["default"]:
+        line += "\n\n" + QUALITY_NOTE
     return gr.update(visible=not info["trained"]), line
 
 

@@ -239,7 +239,8 @@ class DemoEngine:
                 "context_sha256": adapter.context_sha256, "context_tokens": adapter.context_tokens,
                 "generation_seconds": round(adapter.seconds, 3), "size_bytes": adapter.size_bytes,
                 "chunk_tokens": list(adapter.chunk_tokens)}
-            return {"hypernetwork": loaded.label, "trained": loaded.trained,
+            return {"hypernetwork": loaded.label, "trained": loaded.trained, "origin": loaded.origin,
+                    "default": session.hypernetwork == DEFAULT_KEY,
                     "base_model": loaded.model.config.base_model_name_or_path,
                     "max_context_tokens": loaded.model.config.max_context_length, "adapter": summary}
 

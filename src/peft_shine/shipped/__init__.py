@@ -42,6 +42,7 @@ class LoadedHypernetwork:
     label: str  # e.g. "trained hypernetwork shine-smollm2-135m-instruct" or "UNTRAINED hypernetwork ..."
     trained: bool
     hub_id: str | None = None  # the Hub repo it came from (adapter cards cite it), None for local folders
+    origin: str = ""  # where it came from, in words, with the reason for a fallback (the demo shows it)
 
 
 def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: str = DEFAULT_BASE_MODEL,
@@ -52,17 +53,20 @@ def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: st
     ``base_model``. A ``source`` that is a plain causal LM gives an untrained hypernetwork for it when
     ``allow_untrained`` (else a `CheckpointError`). The label says which it is. ``base_options`` (``dtype``,
     ``device_map``, ...) reach the base LM (see `peft_shine.loading`)."""
+    packaged = "the copy packaged with peft-shine"
     if source is None and hub_repo:
         try:
             return LoadedHypernetwork(AutoShineModel.from_pretrained(hub_repo, **base_options),
-                                      f"trained hypernetwork {hub_repo}", trained=True, hub_id=hub_repo)
+                                      f"trained hypernetwork {hub_repo}", trained=True, hub_id=hub_repo,
+                                      origin=f"the Hub repo {hub_repo}")
         except (ShineError, OSError) as error:  # unreachable Hub, missing repo: the packaged copy still works
             logger.warning("Could not load %s (%s); using the packaged hypernetwork instead.", hub_repo, error)
+            packaged += f", because the Hub repo {hub_repo} could not be loaded ({type(error).__name__})"
     if source is None:
         shipped = shipped_checkpoint()
         if shipped is not None:
             return LoadedHypernetwork(AutoShineModel.from_pretrained(str(shipped), **base_options),
-                                      f"trained hypernetwork {shipped.name}", trained=True)
+                                      f"trained hypernetwork {shipped.name}", trained=True, origin=packaged)
     else:
         source = str(source)
         local = Path(source).expanduser()
@@ -70,7 +74,8 @@ def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: st
         if config.model_type == ShineConfig.model_type:
             hub_id = None if local.is_dir() else source
             return LoadedHypernetwork(AutoShineModel.from_pretrained(source, **base_options), f"trained hypernetwork {local.name}",
-                                      trained=True, hub_id=hub_id)
+                                      trained=True, hub_id=hub_id,
+                                      origin="a local folder" if hub_id is None else f"the Hub repo {hub_id}")
         if not allow_untrained:
             raise CheckpointError(f"{source} is a {config.model_type} model, not a SHINE hypernetwork checkpoint.")
         base_model = source
