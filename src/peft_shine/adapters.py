@@ -213,7 +213,8 @@ class AdapterGenerationMixin:
 
     def save_adapter(self, path: str | Path, adapter_name: str = "default", *, overwrite: bool = False) -> Path:
         """Write a generated adapter as a flat, standard peft LoRA folder (``adapter_config.json`` +
-        ``adapter_model.safetensors`` + a README.md card, `peft_shine.adapter_cards`), atomically. It loads with ``PeftModel.from_pretrained(base, path)``.
+        ``adapter_model.safetensors`` + a README.md card, `peft_shine.adapter_cards`), atomically. It loads with
+        ``PeftModel.from_pretrained(base, path)``.
 
         Nothing is ever deleted that peft-shine did not write: a previous adapter folder at ``path`` is replaced, but
         an existing file, or a folder holding anything else (source files, ``.git``, sub-folders), raises

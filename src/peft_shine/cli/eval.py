@@ -79,8 +79,8 @@ def load_for_eval(hypernetwork: str | None, base: str, **base_options: Any):
 
 
 def check_data(args: argparse.Namespace) -> None:
-    """Fail on a ``--data`` that names no bundled set, JSONL file or the needle test, and on malformed lengths, before
-    any model loads (reading the QA file is cheap)."""
+    """Fail on a ``--data`` that names no bundled set, JSONL file or the needle test, and on malformed lengths,
+    before any model loads (reading the QA file is cheap)."""
     from peft_shine.qa_data import load_qa_records  # plain JSON reading, no torch
 
     for flag in ("pad_tokens", "needle_multiples"):
