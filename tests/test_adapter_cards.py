@@ -107,7 +107,8 @@ with warnings.catch_warnings(record=True) as caught:
     shine.save_adapter(out / "shine")
     base = AutoModelForCausalLM.from_pretrained(str(embedded_base_path()))
     PeftModel.from_pretrained(base, str(out / "peft"))
-print("warnings:", [str(w.message)[:120] for w in caught if "fetch" in str(w.message) or "config file" in str(w.message)])
+network = [str(w.message)[:120] for w in caught if "fetch" in str(w.message) or "config file" in str(w.message)]
+print("warnings:", network)
 print("connections:", len(connections))
 """
 

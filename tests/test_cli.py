@@ -37,8 +37,8 @@ def shine(*argv: str) -> tuple[int, str, list[str]]:
     loaded by the end)``; stderr up to the report line is part of the returned output."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     env.pop("PEFT_SHINE_LAZY_IMPORT", None)
-    result = subprocess.run([sys.executable, "-c", RUN_SHINE, ",".join(HEAVY), *argv], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", RUN_SHINE, ",".join(HEAVY), *argv], capture_output=True,
+                            text=True, env=env, timeout=300)
     *messages, report = result.stderr.strip().splitlines()
     status = json.loads(report)
     return status["code"], result.stdout + "\n".join(messages), status["heavy"]

@@ -90,7 +90,8 @@ def test_a_previous_adapter_folder_is_replaced_and_an_empty_folder_is_used(shine
     other.save_adapter(target)  # our previous adapter: replaced without overwrite=True
     second = load_file(target / "adapter_model.safetensors")
     assert first.keys() == second.keys() and not all(torch.equal(first[k], second[k]) for k in first)
-    assert sorted(p.name for p in target.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "adapter_config.json",
+                                                        "adapter_model.safetensors"]
     assert _siblings(target) == []
     (target / "my_notes.txt").write_text("mine")  # now it is no longer only ours
     with pytest.raises(TargetExistsError, match="my_notes.txt"):

@@ -16,8 +16,8 @@ DESCRIPTION = ("Run the Gradio demo locally: paste or upload a context, generate
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``shine demo``."""
-    parser = subparsers.add_parser("demo", help="run the Gradio demo (context → adapter → chat, compare, download)",
-                                   description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "demo", help="run the Gradio demo (context → adapter → chat, compare, download)", description=DESCRIPTION)
     parser.add_argument("--hypernetwork", default=None,
                         help="SHINE checkpoint (folder or Hub id); default: --hypernetwork-repo, else the packaged "
                              "one, else an untrained one")

