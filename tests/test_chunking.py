@@ -8,8 +8,8 @@ from peft import PeftModel, get_peft_model_state_dict
 
 from conftest import make_shine
 from peft_shine import ChunkingConfig, ChunkingError, CompositionError, ContextError
-from peft_shine.chunking import chunk_document, chunk_token_ranges
-from peft_shine.export import peft_state_dict
+from peft_shine.adapters.chunking import chunk_document, chunk_token_ranges
+from peft_shine.adapters.export import peft_state_dict
 from tiny_models import make_char_tokenizer, make_tiny_lm
 
 

@@ -1,9 +1,10 @@
 """peft-shine: SHINE hypernetworks that turn a text context into a LoRA adapter in one forward pass."""
 
-from peft_shine.adapter_composition import compose_adapters
+from peft_shine import _moved
+from peft_shine.adapters.compose import compose_adapters
+from peft_shine.adapters.memory import return_large_allocations_to_os
+from peft_shine.adapters.pipeline import ChunkingConfig
 from peft_shine.auto import AutoShineModel
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.document_adapters import ChunkingConfig
 from peft_shine.errors import (
     AdapterSaveError,
     AdapterStateError,
@@ -19,9 +20,12 @@ from peft_shine.errors import (
     TargetExistsError,
     UnsupportedModelError,
 )
-from peft_shine.lora_binding import LoraWeights
-from peft_shine.memory import return_large_allocations_to_os
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
+from peft_shine.hypernetwork.lora_binding import LoraWeights
 from peft_shine.modeling_shine import ShineModel
+
+
+_moved.install()  # the module paths from before the core moved into folders keep importing
 
 
 __version__ = "0.1.0.dev0"

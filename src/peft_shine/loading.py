@@ -4,7 +4,7 @@
 keyword arguments:
 
 * **base-model options** (`BASE_OPTIONS`: ``dtype``, ``device_map``, ``token``, ``cache_dir``,
-  ``attn_implementation``; ``revision`` for `from_base_model`) reach `peft_shine.base_models.load_base_model`, i.e.
+  ``attn_implementation``; ``revision`` for `from_base_model`) reach `peft_shine.storage.base_models.load_base_model`, i.e.
   the frozen base LM's ``AutoModelForCausalLM.from_pretrained``;
 * **hypernetwork options**: ``hypernetwork_dtype`` (default ``torch.float32``: the hypernetwork's own weights,
   memory slots, meta-LoRA and M2P, are master weights and stay fp32 whatever the base's dtype; pass
@@ -16,7 +16,7 @@ keyword arguments:
 
 Any other name raises a `TypeError` that names it, instead of landing silently in the config. The hypernetwork is
 placed on the base's *first* device (the one holding the input embeddings, where pass 1 starts); under a
-``device_map`` the LoRA binding moves each layer's factors to that layer's device (`peft_shine.lora_binding`).
+``device_map`` the LoRA binding moves each layer's factors to that layer's device (`peft_shine.hypernetwork.lora_binding`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from peft_shine.base_models import load_base_model as load_base
-from peft_shine.base_models import progress_bars_off, renamed_argument
-from peft_shine.checkpoints import load_checkpoint_safely
-from peft_shine.configuration_shine import ShineConfig
 from peft_shine.errors import BaseModelMismatchError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
+from peft_shine.storage.base_models import load_base_model as load_base
+from peft_shine.storage.base_models import progress_bars_off, renamed_argument
+from peft_shine.storage.checkpoints import load_checkpoint_safely
 
 
 BASE_OPTIONS = ("dtype", "device_map", "token", "cache_dir", "attn_implementation")

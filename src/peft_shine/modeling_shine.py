@@ -25,21 +25,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from peft_shine.adapter_store import all_adapters_disabled
-from peft_shine.adapters import AdapterGenerationMixin
-from peft_shine.base_models import renamed_argument
-from peft_shine.composition import combine_lora_weights
-from peft_shine.configuration_shine import ShineConfig
+from peft_shine.adapters.combine import combine_lora_weights
+from peft_shine.adapters.generation import AdapterGenerationMixin
+from peft_shine.adapters.store import all_adapters_disabled
 from peft_shine.errors import BaseModelMismatchError
 from peft_shine.hub.push import push_hypernetwork
-from peft_shine.hub.revisions import HubOrigin
-from peft_shine.io_utils import staged_files
-from peft_shine.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
+from peft_shine.hypernetwork.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
+from peft_shine.hypernetwork.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
+from peft_shine.hypernetwork.losses import teacher_kl, weighted_answer_loss
+from peft_shine.hypernetwork.m2p import M2PTransformer
 from peft_shine.loading import ShineLoadingMixin, check_plain_base, check_tokenizer, first_device, place_hypernetwork
-from peft_shine.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
-from peft_shine.losses import teacher_kl, weighted_answer_loss
-from peft_shine.m2p import M2PTransformer
-from peft_shine.save_targets import check_hypernetwork_folder
+from peft_shine.storage.base_models import renamed_argument
+from peft_shine.storage.io_utils import staged_files
+from peft_shine.storage.revisions import HubOrigin
+from peft_shine.storage.save_targets import check_hypernetwork_folder
 
 
 BASE_PREFIX = "base_lm."
@@ -253,7 +253,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         row, summed over rows) and divided by ``num_items_in_batch`` (then: the number of contexts) or the row
         count. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
 
-        With ``context_chunk_owner`` the context rows are **chunks** (`peft_shine.chunking`) and
+        With ``context_chunk_owner`` the context rows are **chunks** (`peft_shine.adapters.chunking`) and
         ``context_chunk_owner[i]`` the document of chunk ``i``: the chunk LoRAs, generated in one batched pass, are
         combined per document by ``chunk_combine`` (`composition.combine_lora_weights`, what
         ``generate_adapter(..., chunking=...)`` does at inference) before the answer pass.
@@ -312,7 +312,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         """Save config + hypernetwork weights (safetensors); the base LM is never included. Each file is written
         atomically: a crash mid-save leaves the previous checkpoint readable. Other files in the folder are kept; a
         file path, or a folder whose ``config.json`` belongs to another model, is refused unless ``overwrite=True``
-        (see `peft_shine.save_targets.check_hypernetwork_folder`)."""
+        (see `peft_shine.storage.save_targets.check_hypernetwork_folder`)."""
         check_hypernetwork_folder(save_directory, overwrite=overwrite)
         if state_dict is None:
             state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}

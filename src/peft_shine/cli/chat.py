@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
+from peft_shine.adapters.contexts import as_context_list
 from peft_shine.cli.options import add_device_options, placement_from_args
-from peft_shine.contexts import as_context_list
 from peft_shine.prompting import build_prompt, compare_answers, generate_answers
 from peft_shine.qa_data import load_sample_context
-from peft_shine.save_targets import write_mode
 from peft_shine.shipped import load_hypernetwork
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL
+from peft_shine.storage.save_targets import write_mode
 
 
 MAX_HISTORY_TURNS = 4  # earlier exchanges kept in the prompt

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
 from peft_shine.demo.engine import DemoEngine
 from peft_shine.shipped import DEFAULT_HUB_REPO
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL
 
 
 def _bool(text: str) -> bool:

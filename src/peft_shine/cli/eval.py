@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
 from peft_shine.evaluation import SFTConfig, group_contexts, resolve_conditions, run_evaluation
 from peft_shine.evaluation.conditions import (
@@ -20,6 +19,7 @@ from peft_shine.evaluation.conditions import (
 from peft_shine.evaluation.long_context import records_for_cli
 from peft_shine.evaluation.report import RESULTS_CHART, RESULTS_JSON, RESULTS_MARKDOWN, markdown_table
 from peft_shine.shipped import load_hypernetwork
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

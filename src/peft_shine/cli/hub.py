@@ -23,7 +23,7 @@ from typing import Any
 from peft_shine.hub import download, push_adapter_folder, push_hypernetwork_folder
 from peft_shine.hub.cards import eval_rows, hypernetwork_card_fields, render_hypernetwork_card
 from peft_shine.hub.space import push_space
-from peft_shine.io_utils import atomic_write_text, read_mapping
+from peft_shine.storage.io_utils import atomic_write_text, read_mapping
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

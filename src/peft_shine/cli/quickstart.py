@@ -6,13 +6,13 @@ import argparse
 import time
 from pathlib import Path
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
 from peft_shine.evaluation.metrics import score_generation
 from peft_shine.prompting import COMPARISON, compare_answers
 from peft_shine.qa_data import load_sample_context
-from peft_shine.save_targets import write_mode
 from peft_shine.shipped import load_hypernetwork
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL
+from peft_shine.storage.save_targets import write_mode
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

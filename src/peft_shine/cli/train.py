@@ -23,8 +23,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

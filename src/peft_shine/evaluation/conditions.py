@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.contexts import context_sha256
+from peft_shine.adapters.contexts import context_sha256
 from peft_shine.prompting import build_instruction_prompt, build_prompt
 from peft_shine.qa_data import QARecord
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from peft_shine.document_adapters import resolve_chunking
+from peft_shine.adapters.pipeline import resolve_chunking
 from peft_shine.evaluation.conditions import (
     DEFAULT_CONDITIONS,
     DEFAULT_RECALL_MAX_NEW_TOKENS,
@@ -42,9 +42,9 @@ from peft_shine.evaluation.report import write_reports
 from peft_shine.evaluation.runner import Row, RunOptions, execute_tasks, rescored
 from peft_shine.evaluation.sft import SFTConfig
 from peft_shine.evaluation.store import PredictionLog
-from peft_shine.io_utils import atomic_write_text
 from peft_shine.prompting import ANSWER_SYSTEM_PROMPT, IN_CONTEXT_TEMPLATE
 from peft_shine.qa_data import QARecord
+from peft_shine.storage.io_utils import atomic_write_text
 
 
 SETTINGS_FILE = "settings.json"
@@ -174,7 +174,7 @@ def run_evaluation(
         progress: show a tqdm progress bar.
         metadata: extra JSON-ready facts to record in the report (data set, limit, hypernetwork path, ...).
         chunking: make SHINE adapters of long contexts chunk-wise (a `ChunkingConfig`, see
-            `peft_shine.document_adapters`; recorded in the settings). Not with ``truncation``.
+            `peft_shine.adapters.pipeline`; recorded in the settings). Not with ``truncation``.
 
     Returns:
         ``{"settings", "metadata", "conditions", "aggregates": {condition: {...}}, "predictions": [row, ...]}``,

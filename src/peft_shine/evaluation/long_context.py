@@ -1,7 +1,7 @@
 """Long-context evaluation sets: SQuAD padded with other articles' paragraphs, and a planted-fact (needle) test.
 
 Both build ordinary `QARecord` s, so every `shine eval` condition runs on them unchanged; the adapters of long
-contexts are generated chunk-wise (``--chunk-tokens``, `peft_shine.document_adapters`).
+contexts are generated chunk-wise (``--chunk-tokens``, `peft_shine.adapters.pipeline`).
 
 * **Padded SQuAD** (`padded_squad_records`): each sampled question's own paragraph among distractor paragraphs
   drawn from *other* articles (the bundled SQuAD validation and training samples) until the context holds about
@@ -22,7 +22,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from peft_shine.document_adapters import ChunkingConfig
+from peft_shine.adapters.pipeline import ChunkingConfig
 from peft_shine.qa_data import QARecord, Tokenizer, _count_tokens, load_qa_records
 
 

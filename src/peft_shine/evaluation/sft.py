@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, PeftModel
 
-from peft_shine.adapter_store import wrap_base
+from peft_shine.adapters.store import wrap_base
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, conversation_turns
 
 

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "HubError": "peft_shine.errors",
     "PullError": "peft_shine.errors",
-    "HubOrigin": "peft_shine.hub.revisions",
-    "hub_errors": "peft_shine.hub.revisions",
-    "hub_origin": "peft_shine.hub.revisions",
-    "resolve_hub_revision": "peft_shine.hub.revisions",
+    "HubOrigin": "peft_shine.storage.revisions",
+    "hub_errors": "peft_shine.storage.revisions",
+    "hub_origin": "peft_shine.storage.revisions",
+    "resolve_hub_revision": "peft_shine.storage.revisions",
     "PushOptions": "peft_shine.hub.push",
     "push_adapter": "peft_shine.hub.push",
     "push_adapter_folder": "peft_shine.hub.push",
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
         push_hypernetwork,
         push_hypernetwork_folder,
     )
-    from peft_shine.hub.revisions import HubOrigin, hub_errors, hub_origin, resolve_hub_revision
+    from peft_shine.storage.revisions import HubOrigin, hub_errors, hub_origin, resolve_hub_revision
 
 
 def __getattr__(name: str) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from peft_shine.contexts import context_sha256 as hash_context
+from peft_shine.adapters.contexts import context_sha256 as hash_context
 
 
 HYPERNETWORK_TEMPLATE = "hypernetwork_card.md"
@@ -169,7 +169,7 @@ def _card_data(base_model: str, library: str, license: str | None, tags: list[st
 
 
 def _context_digest(context: str | None, given: str | None) -> str | None:
-    """The context's hex SHA-256 (`peft_shine.contexts.context_sha256`), computed or checked against the given one."""
+    """The context's hex SHA-256 (`peft_shine.adapters.contexts.context_sha256`), computed or checked against the given one."""
     if context is None:
         return given
     digest = hash_context(context)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard
 
 from peft_shine.hub.cards import hypernetwork_card_fields, render_adapter_card, render_hypernetwork_card
-from peft_shine.hub.revisions import HubOrigin, hub_errors
+from peft_shine.storage.revisions import HubOrigin, hub_errors
 
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
-from peft_shine.hub.revisions import hub_errors
+from peft_shine.storage.revisions import hub_errors
 
 
 WHEEL_FOLDER = "wheels"

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.contexts import left_pad
+from peft_shine.adapters.contexts import left_pad
 from peft_shine.prompting import answer_system_message
 from peft_shine.qa_data import QARecord
 

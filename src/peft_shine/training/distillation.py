@@ -11,7 +11,7 @@ disk under a key of the teacher inputs, the base model and ``top_k``), so a trai
 Per labelled token the dataset stores the teacher's ``top_k`` token ids and their log-probabilities and, for the
 hidden-state matching term (``hidden_layers``), the teacher's residual stream after a few decoder layers (float16).
 
-The loss that uses them, `peft_shine.losses.topk_kl`, is KL(teacher ‖ student) over the top-k tokens and one tail
+The loss that uses them, `peft_shine.hypernetwork.losses.topk_kl`, is KL(teacher ‖ student) over the top-k tokens and one tail
 bucket.
 """
 
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from peft_shine.io_utils import atomic_write_text
-from peft_shine.layout import find_decoder_layers
+from peft_shine.hypernetwork.layout import find_decoder_layers
 from peft_shine.prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
+from peft_shine.storage.io_utils import atomic_write_text
 from peft_shine.training.data import IGNORE_INDEX, conversation_turns, right_pad
 
 

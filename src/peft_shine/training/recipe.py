@@ -16,12 +16,12 @@ import datasets
 from transformers import HfArgumentParser
 from transformers.trainer_utils import IntervalStrategy
 
-from peft_shine.base_models import load_base_model
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.io_utils import read_mapping
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.loading import FP32, Placement, resolve_placement
 from peft_shine.modeling_shine import ShineModel
 from peft_shine.qa_data import QARecord, bundled_path, held_out_split, load_qa_source
+from peft_shine.storage.base_models import load_base_model
+from peft_shine.storage.io_utils import read_mapping
 from peft_shine.training.data import texts_from_column
 from peft_shine.training.data_files import check_text_data_file
 from peft_shine.training.resume import last_complete_checkpoint

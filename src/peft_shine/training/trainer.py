@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from peft_shine.contexts import pad_token_id
-from peft_shine.document_adapters import ChunkingConfig, resolve_chunking
-from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
+from peft_shine.adapters.contexts import pad_token_id
+from peft_shine.adapters.pipeline import ChunkingConfig, resolve_chunking
+from peft_shine.hypernetwork.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 from peft_shine.training.data import (
     QA_MODES,

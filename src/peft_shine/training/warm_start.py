@@ -27,9 +27,9 @@ import math
 
 import torch
 
-from peft_shine.base_models import load_base_model
-from peft_shine.configuration_shine import ShineConfig
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.modeling_shine import ShineModel
+from peft_shine.storage.base_models import load_base_model
 
 
 CHECK_TEXT = "The Normans gave their name to Normandy, a region in France, in the 10th and 11th centuries."

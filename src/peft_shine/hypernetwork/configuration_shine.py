@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from peft_shine.base_models import resolve_base_model_path
-from peft_shine.config_bounds import check_bounds
-from peft_shine.layout import ModuleSpec, discover_modules
-from peft_shine.layout import num_memory_slots as required_memory_slots
+from peft_shine.hypernetwork.config_bounds import check_bounds
+from peft_shine.hypernetwork.layout import ModuleSpec, discover_modules
+from peft_shine.hypernetwork.layout import num_memory_slots as required_memory_slots
+from peft_shine.storage.base_models import resolve_base_model_path
 
 
 class ShineConfig(PretrainedConfig):
