@@ -1,9 +1,11 @@
-"""The package's shape: every module imports alone in a fresh interpreter, the module graph has no cycle, imports
-inside functions are rare and say why, and every error is a `ShineError` of the builtin kind it stands for."""
+"""The package's shape: every module imports alone in a fresh interpreter, the module graph has no cycle and no
+upward edge (the core never imports what is built on it), imports inside functions are rare and say why, and every
+error is a `ShineError` of the builtin kind it stands for."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import peft_shine
-from peft_shine import errors
+from peft_shine import _moved, errors
+from peft_shine.adapters import store
+from peft_shine.storage import revisions
 
 
 PACKAGE = Path(peft_shine.__file__).resolve().parent
@@ -67,6 +71,72 @@ def test_the_module_graph_has_no_cycle() -> None:
 
 def test_a_cycle_would_be_found() -> None:
     assert "peft_shine.modeling_shine" in module_imports("peft_shine.auto")  # the parser sees real edges
+
+
+# Each module's layer: a module imports (at import time) only modules of its own layer or below. The first matching
+# prefix wins. The core is layers 0-4: errors, storage/, hypernetwork/, adapters/, then ShineModel and its mixins.
+LAYERS = {
+    "peft_shine.errors": 0,
+    "peft_shine._moved": 0,
+    "peft_shine.storage": 1,
+    "peft_shine.hypernetwork": 2,
+    "peft_shine.adapters": 3,
+    "peft_shine.loading": 4,
+    "peft_shine.modeling_shine": 4,
+    "peft_shine.auto": 4,
+    "peft_shine.prompting": 5,
+    "peft_shine.qa_data": 5,
+    "peft_shine.shipped": 6,
+    "peft_shine.hub": 6,
+    "peft_shine.training": 7,
+    "peft_shine.evaluation": 8,
+    "peft_shine.demo": 9,
+    "peft_shine.cli": 10,
+    "peft_shine": 4,  # the package's __init__: the public names of the core
+}
+
+
+def layer(module: str) -> int:
+    """The layer of a module (see `LAYERS`)."""
+    return next(rank for prefix, rank in LAYERS.items() if module == prefix or module.startswith(prefix + "."))
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import-time edge from a module to one of a higher layer."""
+    return [f"{module} -> {target}" for module, targets in sorted(graph.items()) for target in sorted(targets)
+            if layer(target) > layer(module)]
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    graph = {module: module_imports(module) for module in MODULES}
+    assert not upward_imports(graph), "upward imports:\n" + "\n".join(upward_imports(graph))
+
+
+def test_an_upward_import_would_be_found() -> None:
+    graph = {"peft_shine.modeling_shine": {"peft_shine.hub.push", "peft_shine.adapters.store"},
+             "peft_shine.adapters.export": {"peft_shine.storage.io_utils", "peft_shine.training.trainer"}}
+    assert upward_imports(graph) == ["peft_shine.adapters.export -> peft_shine.training.trainer",
+                                     "peft_shine.modeling_shine -> peft_shine.hub.push"]
+    assert {layer(module) for module in MODULES} <= set(LAYERS.values())  # every module has a layer
+
+
+def test_the_package_imports_only_module_paths_that_exist() -> None:
+    """Old module paths (`peft_shine._moved`) are for users' code; the package itself uses the folders."""
+    stale = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            stale += [f"{path.relative_to(PACKAGE)}: {name}" for name in names
+                      if name.startswith("peft_shine") and name != "peft_shine" and name not in MODULES]
+    assert not stale, "imports of module paths that do not exist:\n" + "\n".join(stale)
+
+
+def test_old_module_paths_import_as_the_moved_modules() -> None:
+    assert importlib.import_module("peft_shine.adapter_store") is store
+    assert importlib.import_module("peft_shine.hub.revisions") is revisions
+    for old, new in _moved.MOVED_MODULES.items():
+        assert new in MODULES and old not in MODULES, old
 
 
 FRESH_IMPORTS = """

@@ -29,7 +29,6 @@ from peft_shine.adapters.combine import combine_lora_weights
 from peft_shine.adapters.generation import AdapterGenerationMixin
 from peft_shine.adapters.store import all_adapters_disabled
 from peft_shine.errors import BaseModelMismatchError
-from peft_shine.hub.push import push_hypernetwork
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.hypernetwork.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
 from peft_shine.hypernetwork.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
@@ -346,6 +345,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         (``license``, ``datasets``, ``training``, ``eval_results``, ...). Returns the `CommitInfo`. See
         `peft_shine.hub.push_hypernetwork`.
         """
+        from peft_shine.hub.push import push_hypernetwork  # hub/ builds on the core: reached only when pushing
+
         return push_hypernetwork(self, repo_id, model_card_fields=model_card_fields, private=private,
                                  revision=revision, commit_message=commit_message,
                                  commit_description=commit_description, token=token, create_pr=create_pr)
