@@ -5,6 +5,7 @@ error is a `ShineError` of the builtin kind it stands for."""
 from __future__ import annotations
 
 import ast
+import builtins
 import importlib
 import subprocess
 import sys
@@ -181,9 +182,50 @@ def test_every_error_is_a_shine_error_of_its_builtin_kind() -> None:
     kinds = {"ContextError": ValueError, "UnsupportedModelError": ValueError, "BaseModelMismatchError": ValueError,
              "DemoError": ValueError, "CheckpointError": OSError, "TargetExistsError": FileExistsError,
              "AdapterSaveError": OSError, "PullError": OSError, "HubError": RuntimeError,
-             "AdapterStateError": RuntimeError, "ChunkingError": ValueError, "CompositionError": ValueError}
+             "AdapterStateError": RuntimeError, "ChunkingError": ValueError, "CompositionError": ValueError,
+             "ConfigError": ValueError, "DataError": ValueError, "ArgumentError": TypeError,
+             "ModelStateError": RuntimeError, "AdapterNotFoundError": KeyError, "MissingFileError": FileNotFoundError,
+             "StorageError": OSError}
     assert set(errors.__all__) == {*kinds, "ShineError"}
     for name, builtin in kinds.items():
         error = getattr(errors, name)
         assert issubclass(error, errors.ShineError) and issubclass(error, builtin), name
         assert getattr(peft_shine, name) is error  # all exported at the top level
+
+
+BUILTIN_ERRORS = {name for name in dir(builtins) if isinstance(getattr(builtins, name), type)
+                  and issubclass(getattr(builtins, name), BaseException)}
+ALLOWED_RAISES = {"SystemExit", "NotImplementedError"}  # a script's exit status; an abstract method
+
+
+def bare_builtin_raises(source: str) -> list[tuple[int, str]]:
+    """``(line, name)`` of every ``raise Builtin(...)`` / ``raise Builtin`` in ``source``, except `ALLOWED_RAISES`
+    and ``AttributeError`` in a ``__getattr__`` (Python's protocol asks for exactly that)."""
+    tree = ast.parse(source)
+    getattr_lines = {line for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+                     for line in range(node.lineno, node.end_lineno + 1)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            raised = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if not isinstance(raised, ast.Name) or raised.id not in BUILTIN_ERRORS - ALLOWED_RAISES:
+                continue
+            if not (raised.id == "AttributeError" and node.lineno in getattr_lines):
+                found.append((node.lineno, raised.id))
+    return sorted(found)
+
+
+def test_no_module_raises_a_bare_builtin_error() -> None:
+    """Every error raised on purpose is a `ShineError` (each also its builtin): catching ``ShineError`` catches
+    everything peft-shine refuses. Re-raising (``raise``, ``raise error``, ``raise type(error)(...)``) is fine."""
+    bare = [f"{path.relative_to(PACKAGE)}:{line}: raise {name}" for path in sorted(PACKAGE.rglob("*.py"))
+            for line, name in bare_builtin_raises(path.read_text())]
+    assert not bare, "raise a peft_shine.errors class instead of a builtin:\n" + "\n".join(bare)
+
+
+def test_a_bare_builtin_raise_would_be_found() -> None:
+    source = ("def f(x):\n    if x:\n        raise ValueError('no')\n    raise ConfigError('fine')\n"
+              "def __getattr__(name):\n    raise AttributeError(name)\n"
+              "def g():\n    try:\n        f(1)\n    except ValueError as error:\n        raise error\n"
+              "    raise KeyError\n")
+    assert bare_builtin_raises(source) == [(3, "ValueError"), (12, "KeyError")]

@@ -28,7 +28,7 @@ from transformers.utils import ModelOutput
 from peft_shine.adapters.combine import combine_lora_weights
 from peft_shine.adapters.generation import AdapterGenerationMixin
 from peft_shine.adapters.store import all_adapters_disabled
-from peft_shine.errors import BaseModelMismatchError
+from peft_shine.errors import BaseModelMismatchError, ConfigError, ModelStateError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.hypernetwork.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
 from peft_shine.hypernetwork.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
@@ -112,8 +112,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         """Start the memory slots at randomly chosen token embeddings of the base LM (in-distribution inputs)."""
         weight = self.base_lm.get_input_embeddings().weight
         if weight.dim() != 2:  # partitioned away (DeepSpeed ZeRO-3 with zero3_init_flag)
-            raise RuntimeError("The base's embedding matrix is partitioned: create the hypernetwork before DeepSpeed "
-                               "ZeRO-3 partitions the base (zero3_init_flag: false; see docs/gpu.md).")
+            raise ModelStateError("The base's embedding matrix is partitioned: create the hypernetwork before "
+                                  "DeepSpeed ZeRO-3 partitions the base (zero3_init_flag: false; see docs/gpu.md).")
         generator = torch.Generator().manual_seed(seed)
         rows = torch.randint(0, weight.shape[0], (self.config.num_memory_slots,), generator=generator)
         self.memory_slots.copy_(weight[rows.to(weight.device)].float())
@@ -123,8 +123,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
     def base_lm(self) -> PreTrainedModel:
         """The frozen base causal LM (raises if none is attached)."""
         if "base_lm" not in self._modules:
-            raise RuntimeError("No base model attached: use ShineModel.from_pretrained(..., base_model=...) or "
-                               "model.attach_base_model(causal_lm, tokenizer).")
+            raise ModelStateError("No base model attached: use ShineModel.from_pretrained(..., base_model=...) or "
+                                  "model.attach_base_model(causal_lm, tokenizer).")
         return self._modules["base_lm"]
 
     def attach_base_model(self, base_model: PreTrainedModel | None = None,
@@ -254,7 +254,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
 
         With ``context_chunk_owner`` the context rows are **chunks** (`peft_shine.adapters.chunking`) and
         ``context_chunk_owner[i]`` the document of chunk ``i``: the chunk LoRAs, generated in one batched pass, are
-        combined per document by ``chunk_combine`` (`composition.combine_lora_weights`, what
+        combined per document by ``chunk_combine`` (`combine.combine_lora_weights`, what
         ``generate_adapter(..., chunking=...)`` does at inference) before the answer pass.
         """
         lora = self.generate_lora(context_input_ids, context_attention_mask)
@@ -278,7 +278,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         the LoRA of the original forward during recomputation (so gradients stay exact)."""
         kwargs = dict(activation_checkpointing_kwargs or {})
         if kwargs.get("use_reentrant"):
-            raise ValueError("ShineModel needs non-reentrant checkpointing (use_reentrant=False).")
+            raise ConfigError("ShineModel needs non-reentrant checkpointing (use_reentrant=False).")
         kwargs.update(use_reentrant=False, context_fn=self._binder.checkpoint_context_fn)
         self.base_lm.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
 
@@ -330,8 +330,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not k.startswith(BASE_PREFIX)]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"Hypernetwork state dict mismatch: missing {missing}, "
-                               f"unexpected {result.unexpected_keys}.")
+            raise ModelStateError(f"Hypernetwork state dict mismatch: missing {missing}, "
+                                  f"unexpected {result.unexpected_keys}.")
         return result
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,

@@ -17,7 +17,7 @@ from peft_shine.adapters.export import lora_config, write_adapter_folder
 from peft_shine.adapters.names import module_path_parts, validate_adapter_names
 from peft_shine.adapters.pipeline import ChunkingConfig, generate
 from peft_shine.adapters.store import GENERATION_LOCK, delete_adapters, forget_shared, tuner_layers
-from peft_shine.errors import AdapterStateError
+from peft_shine.errors import AdapterNotFoundError, AdapterStateError, ArgumentError, ConfigError, ModelStateError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 
 
@@ -40,7 +40,7 @@ class AdapterGenerationMixin:
     def tokenize_contexts(self, contexts: str | Sequence[str], truncation: bool = False):
         """Validate and tokenize contexts for `encode` (left-padded). Returns ``(input_ids, attention_mask)``."""
         if self.tokenizer is None:
-            raise RuntimeError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
+            raise ModelStateError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
         ids, mask = tokenize_left_padded(self.tokenizer, as_context_list(contexts), self.config.max_context_length,
                                       truncation=truncation)
         device = self.memory_slots.device
@@ -90,15 +90,15 @@ class AdapterGenerationMixin:
         """
         texts = as_context_list(contexts)
         if len(texts) > MAX_CONTEXTS_PER_CALL:
-            raise ValueError(f"Got {len(texts)} contexts; generate_adapter takes at most {MAX_CONTEXTS_PER_CALL} per "
-                             f"call (each adapter stays in memory on the base). Call it in chunks, and delete adapters "
-                             f"you no longer need with model.delete_adapter(name).")
+            raise ConfigError(f"Got {len(texts)} contexts; generate_adapter takes at most {MAX_CONTEXTS_PER_CALL} per "
+                              f"call (each adapter stays in memory on the base). Call it in chunks, and delete "
+                              f"adapters you no longer need with model.delete_adapter(name).")
         names = _default_names(texts, adapter_names)
         if batch_size is not None:
             _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])
         if chunking not in (None, False) and truncation:
-            raise ValueError("Pass either chunking (read the whole context) or truncation (keep its start).")
+            raise ConfigError("Pass either chunking (read the whole context) or truncation (keep its start).")
         with GENERATION_LOCK:
             self.check_base_model_state()
             try:
@@ -188,7 +188,7 @@ class AdapterGenerationMixin:
         """
         if self.peft_model is None or adapter_name not in self.peft_model.peft_config:
             available = list(self.peft_model.peft_config) if self.peft_model is not None else []
-            raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
+            raise AdapterNotFoundError(f"No generated adapter named {adapter_name!r}; available: {available}.")
         count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
         return write_adapter_folder(self.peft_model, adapter_name, path, overwrite=overwrite, expected_tensors=count)
 
@@ -199,12 +199,12 @@ def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) 
     if isinstance(adapter_names, str):
         return [adapter_names]
     if not isinstance(adapter_names, Sequence):
-        raise TypeError(f"adapter_names must be a string or a list of strings (one per context), got "
-                        f"{type(adapter_names).__name__}.")
+        raise ArgumentError(f"adapter_names must be a string or a list of strings (one per context), got "
+                            f"{type(adapter_names).__name__}.")
     return list(adapter_names)
 
 
 def _check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer (contexts encoded per forward pass), got "
-                         f"{batch_size!r}.")
+        raise ConfigError(f"batch_size must be a positive integer (contexts encoded per forward pass), got "
+                          f"{batch_size!r}.")

@@ -51,6 +51,7 @@ from peft_shine.adapters.contexts import (
 )
 from peft_shine.adapters.export import peft_state_dict
 from peft_shine.adapters.store import add_adapters, discard_adapters, evaluation_mode
+from peft_shine.errors import ModelStateError
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def plan_generation(shine, texts: Sequence[str], *, truncation: bool = False, ba
                     chunking: ChunkingConfig | Mapping | bool | int | None = None) -> GenerationPlan:
     """Tokenize every context once (or chunk it) and plan the encoder passes; raises before any encoding."""
     if shine.tokenizer is None:
-        raise RuntimeError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
+        raise ModelStateError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
     if chunking in (None, False):
         rows = context_token_ids(shine.tokenizer, list(texts), shine.config.max_context_length, truncation)
         passes = plan_batches([len(ids) for ids in rows], batch_size or DEFAULT_BATCH_SIZE,
@@ -227,7 +228,7 @@ def encode_plan(shine, plan: GenerationPlan) -> list[CombinedLora]:
                 accumulator.compress()
             bar.update(len(rows))
     if open_owners or len(done) != len(plan.row_counts):
-        raise RuntimeError("Internal error: encoder rows and contexts went out of step.")
+        raise ModelStateError("Internal error: encoder rows and contexts went out of step.")
     return [done[owner] for owner in range(len(plan.row_counts))]
 
 

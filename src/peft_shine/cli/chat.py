@@ -18,6 +18,7 @@ from pathlib import Path
 
 from peft_shine.adapters.contexts import as_context_list
 from peft_shine.cli.options import add_device_options, placement_from_args
+from peft_shine.errors import MissingFileError
 from peft_shine.prompting import build_prompt, compare_answers, generate_answers
 from peft_shine.qa_data import load_sample_context
 from peft_shine.shipped import load_hypernetwork
@@ -59,7 +60,7 @@ def read_context(args: argparse.Namespace) -> tuple[str, str]:
     if args.context_file is not None:
         path = Path(args.context_file)
         if not path.is_file():
-            raise FileNotFoundError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
+            raise MissingFileError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
         return path.read_text(encoding="utf-8"), str(path)
 
     record = load_sample_context()[0]

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from peft_shine.errors import ConfigError, MissingFileError
 from peft_shine.hub import download, push_adapter_folder, push_hypernetwork_folder
 from peft_shine.hub.cards import eval_rows, hypernetwork_card_fields, render_hypernetwork_card
 from peft_shine.hub.space import push_space
@@ -105,7 +106,7 @@ def run_card(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing; pass a hypernetwork folder written by save_pretrained")
+        raise MissingFileError(f"{config_path} is missing; pass a hypernetwork folder written by save_pretrained")
     fields = hypernetwork_card_fields(json.loads(config_path.read_text(encoding="utf-8")), read_mapping(args.card))
     if args.eval_results:
         results = json.loads(Path(args.eval_results).read_text(encoding="utf-8"))
@@ -120,7 +121,7 @@ def run_push_adapter(args: argparse.Namespace) -> int:
     """``shine push adapter FOLDER REPO_ID --hypernetwork-repo ID``."""
     context = Path(args.context_file).read_text(encoding="utf-8") if args.context_file else None
     if args.include_context and context is None:
-        raise ValueError("--include-context needs --context-file.")
+        raise ConfigError("--include-context needs --context-file.")
     digest = args.context_sha256 or (hashlib.sha256(context.encode("utf-8")).hexdigest() if context else None)
     fields = {"context_sha256": digest, "generation_seconds": args.generation_seconds}
     if args.base_model:

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from peft_shine.adapters.pipeline import resolve_chunking
+from peft_shine.errors import ConfigError, DataError
 from peft_shine.evaluation.conditions import (
     DEFAULT_CONDITIONS,
     DEFAULT_RECALL_MAX_NEW_TOKENS,
@@ -94,7 +95,7 @@ def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> dict[str, 
     path = output_dir / SETTINGS_FILE
     if not path.exists():
         if (output_dir / PREDICTIONS_FILE).exists():
-            raise ValueError(f"{output_dir} holds predictions but no {SETTINGS_FILE}; use an empty output folder")
+            raise ConfigError(f"{output_dir} holds predictions but no {SETTINGS_FILE}; use an empty output folder")
         atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
         return dict(settings)
     recorded = json.loads(path.read_text(encoding="utf-8"))
@@ -103,8 +104,8 @@ def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> dict[str, 
     changed = sorted(key for key in compared if recorded.get(key) != merged.get(key))
     if changed:
         details = "; ".join(f"{key}: {recorded.get(key)!r} then, {merged.get(key)!r} now" for key in changed)
-        raise ValueError(f"{output_dir} holds results of a run with other settings ({details}); resume with the "
-                         f"same settings or choose another output folder")
+        raise ConfigError(f"{output_dir} holds results of a run with other settings ({details}); resume with the "
+                          f"same settings or choose another output folder")
     if merged != recorded:
         atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
     return merged
@@ -181,7 +182,7 @@ def run_evaluation(
         also written to ``results.json`` (with ``results.md`` and ``results.png``).
     """
     if not records:
-        raise ValueError("no records to evaluate")
+        raise DataError("no records to evaluate")
     names = resolve_conditions(conditions)
     specs = [KNOWN_CONDITIONS[name] for name in names]
     if chunking is not None:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from peft_shine.adapters.pipeline import ChunkingConfig
+from peft_shine.errors import ConfigError
 from peft_shine.qa_data import QARecord, Tokenizer, _count_tokens, load_qa_records
 
 
@@ -71,7 +72,7 @@ def padded_squad_records(records: Sequence[QARecord], target_tokens: int, tokeni
     """Each record's paragraph padded with other articles' paragraphs to about ``target_tokens`` tokens, the gold
     paragraph at the start, middle or end (cycling over distinct paragraphs). See the module docstring."""
     if target_tokens <= 0:
-        raise ValueError(f"target_tokens must be positive, got {target_tokens}")
+        raise ConfigError(f"target_tokens must be positive, got {target_tokens}")
     pool = distractor_pool(seed) if pool is None else pool
     padded: dict[str, tuple[str, str]] = {}
     for index, record in enumerate(dict.fromkeys(r.context for r in records)):
