@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from peft_shine.errors import ConfigError, UnsupportedModelError
 from peft_shine.hypernetwork.layout import find_decoder_layers
 from peft_shine.prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
 from peft_shine.storage.io_utils import atomic_write_text
@@ -80,8 +81,8 @@ def encode_teacher(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase) 
         input_ids += turn_ids
         labels += turn_labels
     if [t for t in labels if t != IGNORE_INDEX] != student_labels:
-        raise ValueError("The teacher conversation's answer tokens differ from the student's; the chat template "
-                         "must render answers independently of the user turns.")
+        raise UnsupportedModelError("The teacher conversation's answer tokens differ from the student's; the chat "
+                                    "template must render answers independently of the user turns.")
     return {"teacher_input_ids": input_ids, "teacher_labels": labels}
 
 
@@ -163,7 +164,7 @@ def add_teacher_targets(dataset, base_lm: PreTrainedModel, tokenizer: PreTrained
     ``peft_disabled``: a context manager factory that switches generated adapters off while the teacher runs.
     """
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}.")
+        raise ConfigError(f"top_k must be at least 1, got {top_k}.")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with_inputs = dataset.map(encode_teacher, fn_kwargs={"tokenizer": tokenizer}, desc="Teacher prompts",
                               remove_columns=["context", "messages"])
