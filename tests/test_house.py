@@ -15,7 +15,7 @@ import pytest
 
 import peft_shine
 from peft_shine import _moved, errors
-from peft_shine.adapters import store
+from peft_shine.adapters import generation, store
 from peft_shine.storage import revisions
 
 
@@ -136,6 +136,9 @@ def test_the_package_imports_only_module_paths_that_exist() -> None:
 def test_old_module_paths_import_as_the_moved_modules() -> None:
     assert importlib.import_module("peft_shine.adapter_store") is store
     assert importlib.import_module("peft_shine.hub.revisions") is revisions
+    from peft_shine.adapters import MAX_CONTEXTS_PER_CALL  # the names of the old module peft_shine.adapters
+
+    assert MAX_CONTEXTS_PER_CALL == generation.MAX_CONTEXTS_PER_CALL
     for old, new in _moved.MOVED_MODULES.items():
         assert new in MODULES and old not in MODULES, old
 

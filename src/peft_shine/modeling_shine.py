@@ -83,7 +83,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._binder: LoraBinder | None = None
         self.peft_model: PeftModel | None = None  # the base's shared PeftModel holding the generated adapters
-        self.adapter_info: dict[str, dict[str, Any]] = {}  # adapter name -> context_sha256, generation_seconds
+        self.adapter_info: dict[str, dict[str, Any]] = {}  # adapter name -> its record (`pipeline.adapter_records`)
         self.hub_origin: HubOrigin | None = None  # where from_pretrained / push_to_hub last met the Hub
         self._adapter_config: tuple[LoraConfig, frozenset[str]] | None = None  # derived once per attached base
         self._lora_sentinel: nn.Module | None = None  # one generated LoRA layer (its merge flag outlives unload)

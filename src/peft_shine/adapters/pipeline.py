@@ -144,17 +144,13 @@ class GenerationPlan:
     owners: list[int]
     passes: list[list[int]]
     chunking: ChunkingConfig | None = None
-    row_counts: list[int] = field(init=False)
+    row_tokens: list[list[int]] = field(init=False)  # per owner: the token count of each of its rows, in order
 
     def __post_init__(self) -> None:
-        counts = [0] * (max(self.owners) + 1)
-        for owner in self.owners:
-            counts[owner] += 1
-        object.__setattr__(self, "row_counts", counts)
-
-    def row_tokens(self, owner: int) -> list[int]:
-        """The token count of each row of ``owner``, in order."""
-        return [len(ids) for ids, row_owner in zip(self.rows, self.owners) if row_owner == owner]
+        tokens: list[list[int]] = [[] for _ in range(max(self.owners) + 1)]
+        for ids, owner in zip(self.rows, self.owners):
+            tokens[owner].append(len(ids))
+        object.__setattr__(self, "row_tokens", tokens)
 
 
 def plan_generation(shine, texts: Sequence[str], *, truncation: bool = False, batch_size: int | None = None,
@@ -197,7 +193,7 @@ class KeepOne:
 def reducer(plan: GenerationPlan, owner: int, rank: int) -> KeepOne | LoraAccumulator:
     """How ``owner``'s rows become one LoRA: kept as they are when there is one (``"svd"`` aside, which may truncate
     even one chunk), else accumulated by the chunking rule."""
-    config, count = plan.chunking, plan.row_counts[owner]
+    config, count = plan.chunking, len(plan.row_tokens[owner])
     if config is None or (count == 1 and config.combine != "svd"):
         return KeepOne(rank, config.combine if config is not None else None)
     return LoraAccumulator([rank] * count, config.combine, rank=config.rank)
@@ -221,15 +217,15 @@ def encode_plan(shine, plan: GenerationPlan) -> list[CombinedLora]:
                 if owner not in open_owners:
                     open_owners[owner] = reducer(plan, owner, rank)
                 open_owners[owner].add(peft_state_dict(shine.base_lm, shine.config.module_specs, lora, position))
-                if open_owners[owner].count == plan.row_counts[owner]:
+                if open_owners[owner].count == len(plan.row_tokens[owner]):
                     done[owner] = open_owners.pop(owner).result()
             del lora
             for accumulator in open_owners.values():  # "svd": back to the budget rank (a no-op for the others)
                 accumulator.compress()
             bar.update(len(rows))
-    if open_owners or len(done) != len(plan.row_counts):
+    if open_owners or len(done) != len(plan.row_tokens):
         raise ModelStateError("Internal error: encoder rows and contexts went out of step.")
-    return [done[owner] for owner in range(len(plan.row_counts))]
+    return [done[owner] for owner in range(len(plan.row_tokens))]
 
 
 def add_generated(base_lm: torch.nn.Module, peft_model: PeftModel | None, config: LoraConfig, names: Sequence[str],
@@ -261,7 +257,7 @@ def adapter_records(plan: GenerationPlan, texts: Sequence[str], names: Sequence[
     for ``"svd"``, the largest relative truncation error."""
     rule = plan.chunking.combine if plan.chunking is not None else None
     return {name: {"context_sha256": context_sha256(text), "generation_seconds": seconds,
-                   "chunk_tokens": plan.row_tokens(owner), "combine": rule, "rank": lora.rank,
+                   "chunk_tokens": plan.row_tokens[owner], "combine": rule, "rank": lora.rank,
                    "svd_max_error": lora.max_error if rule == "svd" else None}
             for owner, (name, text, lora) in enumerate(zip(names, texts, loras))}
 
