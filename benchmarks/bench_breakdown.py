@@ -23,11 +23,11 @@ from collections.abc import Callable
 
 import torch
 
-from peft_shine.adapter_store import add_adapters, all_adapters_disabled
-from peft_shine.contexts import context_token_ids, left_pad, pad_token_id
-from peft_shine.export import peft_state_dict
-from peft_shine.layout import slice_parameter_grid
-from peft_shine.lora_binding import LoraWeights
+from peft_shine.adapters.contexts import context_token_ids, left_pad, pad_token_id
+from peft_shine.adapters.export import peft_state_dict
+from peft_shine.adapters.store import add_adapters, all_adapters_disabled
+from peft_shine.hypernetwork.layout import slice_parameter_grid
+from peft_shine.hypernetwork.lora_binding import LoraWeights
 
 from .bench_gpu import forward_flops
 from .timing import interleaved_medians

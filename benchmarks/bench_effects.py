@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from peft import set_peft_model_state_dict
 from peft.utils.hotswap import hotswap_adapter_from_state_dict
 
-from peft_shine.adapter_store import add_adapters
-from peft_shine.export import peft_state_dict
+from peft_shine.adapters.export import peft_state_dict
+from peft_shine.adapters.store import add_adapters
 
 from .bench_training import _conversation
 from .timing import median_seconds

@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from peft_shine.adapter_store import add_adapters
-from peft_shine.export import peft_state_dict
+from peft_shine.adapters.export import peft_state_dict
+from peft_shine.adapters.store import add_adapters
 
 from .workloads import context_of_length
 

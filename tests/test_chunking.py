@@ -8,8 +8,8 @@ from peft import PeftModel, get_peft_model_state_dict
 
 from conftest import make_shine
 from peft_shine import ChunkingConfig, ChunkingError, CompositionError, ContextError
-from peft_shine.chunking import chunk_document, chunk_token_ranges
-from peft_shine.export import peft_state_dict
+from peft_shine.adapters.chunking import chunk_document, chunk_token_ranges
+from peft_shine.adapters.export import peft_state_dict
 from tiny_models import make_char_tokenizer, make_tiny_lm
 
 
@@ -65,14 +65,22 @@ def test_empty_documents_are_refused(tokenizer, text):
         chunk_document(tokenizer, text, 64)
 
 
-def test_a_single_chunk_document_gives_the_unchunked_adapter(shine):
+@pytest.mark.parametrize("combine", ["mean", "cat"])
+def test_a_single_chunk_document_gives_the_unchunked_adapter(shine, combine):
+    """Unchunked generation is the one-chunk case of the one pipeline: identical tensors, one record shape."""
     text = SENTENCES[0] + " " + SENTENCES[1]
     plain = get_peft_model_state_dict(shine.generate_adapter(text, "plain"), adapter_name="plain")
-    chunked = get_peft_model_state_dict(shine.generate_adapter(text, "chunked", chunking=True), adapter_name="chunked")
+    model = shine.generate_adapter(text, "chunked", chunking={"combine": combine})
+    chunked = get_peft_model_state_dict(model, adapter_name="chunked")
     assert plain.keys() == chunked.keys()
     for key in plain:
-        torch.testing.assert_close(chunked[key], plain[key])
-    assert shine.adapter_info["chunked"]["chunk_tokens"] == [len(text)]
+        assert torch.equal(chunked[key], plain[key]), key
+    assert model.peft_config["chunked"].r == model.peft_config["plain"].r == shine.config.lora_rank
+    plain_info, chunked_info = shine.adapter_info["plain"], shine.adapter_info["chunked"]
+    assert plain_info.keys() == chunked_info.keys()
+    assert plain_info["chunk_tokens"] == chunked_info["chunk_tokens"] == [len(text)]
+    assert (plain_info["combine"], chunked_info["combine"]) == (None, combine)
+    assert plain_info["context_sha256"] == chunked_info["context_sha256"]
 
 
 def _chunk_deltas(shine, chunks, scale=1.0):

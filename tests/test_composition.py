@@ -8,7 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 
 from conftest import make_shine
 from peft_shine import CompositionError, compose_adapters
-from peft_shine.composition import combine_lora_states, delta_weight, module_prefixes, truncate_lora
+from peft_shine.adapters.combine import combine_lora_states, delta_weight, module_prefixes, truncate_lora
 from tiny_models import make_tiny_lm
 
 
@@ -180,7 +180,7 @@ def test_compose_respects_peft_scaling_of_foreign_adapters():
 
 
 def test_accumulator_refuses_more_fewer_or_mismatched_adapters():
-    from peft_shine.composition import LoraAccumulator
+    from peft_shine.adapters.combine import LoraAccumulator
 
     accumulator = LoraAccumulator([2, 2], "cat")
     accumulator.add(lora_state(2, 0))

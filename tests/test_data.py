@@ -68,7 +68,7 @@ def test_prompt_ids_match_the_inference_prompt(tokenizer):
 def test_real_smollm2_template_labels_answers_only():
     from transformers import AutoTokenizer
 
-    from peft_shine.base_models import resolve_base_model_path
+    from peft_shine.storage.base_models import resolve_base_model_path
 
     smol = AutoTokenizer.from_pretrained(resolve_base_model_path("HuggingFaceTB/SmolLM2-135M-Instruct"))
     ids, labels, _ = encode_conversation(smol, chat(("Who?", "Bob Dylan"), ("Where?", "Lyon, France")), 1000)

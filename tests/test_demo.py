@@ -19,8 +19,8 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+from peft_shine.adapters.contexts import context_sha256
 from peft_shine.cli import build_parser
-from peft_shine.contexts import context_sha256
 from peft_shine.demo.app import build_demo, launch_options
 from peft_shine.demo.engine import DemoEngine, scrub
 from peft_shine.demo.hub import resolve_token
@@ -82,7 +82,7 @@ def test_generate_chat_compare_and_download_a_loadable_peft_folder(app, tmp_path
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
 
-    from peft_shine.base_models import load_base_model
+    from peft_shine.storage.base_models import load_base_model
 
     client = new_session(app)
     status, zip_path, chat = client.predict(CONTEXT, api_name="/generate")

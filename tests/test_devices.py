@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from peft_shine import AutoShineModel, ShineModel, base_models
 from peft_shine.cli import build_parser, main
+from peft_shine.hypernetwork.lora_binding import LoraWeights, stack_layer_states
 from peft_shine.loading import (
     CONFIG_FIELDS,
     Placement,
@@ -28,7 +29,6 @@ from peft_shine.loading import (
     resolve_placement,
     split_options,
 )
-from peft_shine.lora_binding import LoraWeights, stack_layer_states
 from peft_shine.shipped import load_hypernetwork
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
 from peft_shine.training.recipe import build_model, training_placement

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
+from peft_shine.hypernetwork.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.qa_data import QARecord
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
 from peft_shine.training.distillation import (

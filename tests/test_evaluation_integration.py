@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from peft_shine import ShineModel
-from peft_shine.base_models import load_base_model
 from peft_shine.evaluation import (
     CONDITIONS,
     SFTConfig,
@@ -18,6 +17,7 @@ from peft_shine.evaluation import (
 )
 from peft_shine.evaluation import runner as runner_module
 from peft_shine.evaluation.conditions import context_id, distinct_contexts
+from peft_shine.storage.base_models import load_base_model
 
 
 pytestmark = pytest.mark.integration

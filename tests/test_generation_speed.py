@@ -9,8 +9,8 @@ import torch
 from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
 from conftest import make_shine
-from peft_shine.contexts import plan_batches
-from peft_shine.export import peft_state_dict
+from peft_shine.adapters.contexts import plan_batches
+from peft_shine.adapters.export import peft_state_dict
 from tiny_models import make_tiny_lm
 
 

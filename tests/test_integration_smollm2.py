@@ -7,9 +7,9 @@ import torch
 from peft import PeftModel
 
 from peft_shine import ShineModel
-from peft_shine.base_models import DEFAULT_BASE_MODEL, load_base_model
 from peft_shine.prompting import BASE_ADAPTER, build_prompt, generate_answers
 from peft_shine.qa_data import load_sample_context
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL, load_base_model
 
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,13 @@ import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
 from peft_shine import ShineConfig, UnsupportedModelError
-from peft_shine.layout import ModuleSpec, discover_modules, layer_lora_numel, slice_offsets, slice_parameter_grid
+from peft_shine.hypernetwork.layout import (
+    ModuleSpec,
+    discover_modules,
+    layer_lora_numel,
+    slice_offsets,
+    slice_parameter_grid,
+)
 from tiny_models import FAMILIES, make_tiny_lm
 
 

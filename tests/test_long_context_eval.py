@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_shine
 from peft_shine import ContextError
-from peft_shine.document_adapters import ChunkingConfig
+from peft_shine.adapters.pipeline import ChunkingConfig
 from peft_shine.evaluation import load_qa_records, run_evaluation
 from peft_shine.evaluation.long_context import (
     NEEDLES,

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from peft_shine import ShineModel
-from peft_shine.chunking import chunk_document
-from peft_shine.composition import combine_lora_weights
-from peft_shine.document_adapters import ChunkingConfig
+from peft_shine.adapters.chunking import chunk_document
+from peft_shine.adapters.combine import combine_lora_weights
+from peft_shine.adapters.pipeline import ChunkingConfig
 from peft_shine.errors import ChunkingError, CompositionError
-from peft_shine.lora_binding import LoraWeights
+from peft_shine.hypernetwork.lora_binding import LoraWeights
 from peft_shine.qa_data import QARecord
 from peft_shine.training.data import TEXT_SEPARATOR
 from peft_shine.training.long_context_data import (

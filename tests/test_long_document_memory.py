@@ -13,13 +13,13 @@ from peft import LoraConfig, get_peft_model_state_dict
 
 from conftest import make_shine
 from peft_shine import ChunkingConfig, ChunkingError, ContextError, return_large_allocations_to_os
-from peft_shine.adapter_store import tuner_layers
-from peft_shine.chunking import chunk_document
-from peft_shine.composition import LoraAccumulator, combine_lora_states, delta_weight
-from peft_shine.contexts import MAX_BATCH_TOKENS
-from peft_shine.document_adapters import chunks_per_pass
+from peft_shine.adapters.chunking import chunk_document
+from peft_shine.adapters.combine import LoraAccumulator, combine_lora_states, delta_weight
+from peft_shine.adapters.contexts import MAX_BATCH_TOKENS
+from peft_shine.adapters.export import peft_state_dict
+from peft_shine.adapters.pipeline import chunks_per_pass
+from peft_shine.adapters.store import tuner_layers
 from peft_shine.errors import ShineError
-from peft_shine.export import peft_state_dict
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

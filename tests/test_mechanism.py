@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from conftest import make_shine
-from peft_shine.layout import find_decoder_layers, target_layer_modules
-from peft_shine.lora_binding import LoraBinder, LoraWeights
-from peft_shine.m2p import M2PTransformer
+from peft_shine.hypernetwork.layout import find_decoder_layers, target_layer_modules
+from peft_shine.hypernetwork.lora_binding import LoraBinder, LoraWeights
+from peft_shine.hypernetwork.m2p import M2PTransformer
 from tiny_models import make_tiny_lm
 
 

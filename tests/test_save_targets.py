@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from conftest import make_shine
 from peft_shine import ShineModel
 from peft_shine.cli import main
-from peft_shine.io_utils import remove_stale_temporaries
-from peft_shine.save_targets import TargetExistsError
+from peft_shine.storage.io_utils import remove_stale_temporaries
+from peft_shine.storage.save_targets import TargetExistsError
 from tiny_models import make_char_tokenizer, make_tiny_lm
 
 

@@ -8,7 +8,7 @@ from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_
 
 from conftest import make_shine
 from peft_shine import ShineModel
-from peft_shine.export import peft_state_dict
+from peft_shine.adapters.export import peft_state_dict
 from tiny_models import make_char_tokenizer, make_tiny_lm
 
 
@@ -101,7 +101,7 @@ def test_generation_time_is_linear_in_the_number_of_contexts():
 
 
 def test_too_many_contexts_in_one_call_are_refused_before_any_work():
-    from peft_shine.adapters import MAX_CONTEXTS_PER_CALL
+    from peft_shine.adapters.generation import MAX_CONTEXTS_PER_CALL
 
     shine = make_shine("llama")
     with pytest.raises(ValueError, match=rf"at most {MAX_CONTEXTS_PER_CALL} per call.*in chunks"):

@@ -9,11 +9,11 @@ import torch
 from huggingface_hub import ModelCard
 
 from peft_shine import AutoShineModel, ShineModel
-from peft_shine.base_models import DEFAULT_BASE_MODEL
 from peft_shine.evaluation.conditions import derangement
 from peft_shine.prompting import answer_system_message
 from peft_shine.qa_data import load_qa_records
 from peft_shine.shipped import SHIPPED_NAME, shipped_checkpoint
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL
 from peft_shine.training.data import conversation_turns
 
 

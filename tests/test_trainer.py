@@ -320,7 +320,7 @@ def test_stage_one_reads_qa_contexts_and_texts_together_minus_held_back_articles
 
 def test_cli_config_file_is_merged_under_the_flags(tmp_path):
     from peft_shine.cli import build_parser
-    from peft_shine.io_utils import read_mapping as read_config
+    from peft_shine.storage.io_utils import read_mapping as read_config
     from peft_shine.training.recipe import training_arguments
 
     (tmp_path / "run.yaml").write_text("learning_rate: 5e-5\nmax_steps: 7\nqa_mode: multi\nmodel:\n  lora_rank: 2\n")

@@ -4,28 +4,40 @@ import importlib
 import os
 from typing import Any
 
+from peft_shine import _moved
+
+
+_moved.install()  # the module paths from before the core moved into folders keep importing
+
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdapterNotFoundError",
     "AdapterSaveError",
     "AdapterStateError",
+    "ArgumentError",
     "AutoShineModel",
     "BaseModelMismatchError",
     "CheckpointError",
     "ChunkingConfig",
     "ChunkingError",
     "CompositionError",
+    "ConfigError",
     "ContextError",
+    "DataError",
     "DemoError",
     "HubError",
     "LoraWeights",
+    "MissingFileError",
+    "ModelStateError",
     "PullError",
     "ShineConfig",
     "ShineError",
     "ShineModel",
     "ShineTrainer",
     "ShineTrainingArguments",
+    "StorageError",
     "TargetExistsError",
     "UnsupportedModelError",
     "__version__",
@@ -34,19 +46,20 @@ __all__ = [
 ]
 
 
-_ERRORS = ("AdapterSaveError", "AdapterStateError", "BaseModelMismatchError", "CheckpointError", "ChunkingError",
-           "CompositionError", "ContextError", "DemoError", "HubError", "PullError", "ShineError", "TargetExistsError",
-           "UnsupportedModelError")
+_ERRORS = ("AdapterNotFoundError", "AdapterSaveError", "AdapterStateError", "ArgumentError", "BaseModelMismatchError",
+           "CheckpointError", "ChunkingError", "CompositionError", "ConfigError", "ContextError", "DataError",
+           "DemoError", "HubError", "MissingFileError", "ModelStateError", "PullError", "ShineError", "StorageError",
+           "TargetExistsError", "UnsupportedModelError")
 _HOMES = {
     "AutoShineModel": "peft_shine.auto",
-    "ChunkingConfig": "peft_shine.document_adapters",
-    "LoraWeights": "peft_shine.lora_binding",
-    "ShineConfig": "peft_shine.configuration_shine",
+    "ChunkingConfig": "peft_shine.adapters.pipeline",
+    "LoraWeights": "peft_shine.hypernetwork.lora_binding",
+    "ShineConfig": "peft_shine.hypernetwork.configuration_shine",
     "ShineModel": "peft_shine.modeling_shine",
     "ShineTrainer": "peft_shine.training.trainer",  # transformers' Trainer is heavy: loaded on first use
     "ShineTrainingArguments": "peft_shine.training.trainer",
-    "compose_adapters": "peft_shine.adapter_composition",
-    "return_large_allocations_to_os": "peft_shine.memory",
+    "compose_adapters": "peft_shine.adapters.compose",
+    "return_large_allocations_to_os": "peft_shine.adapters.memory",
     **dict.fromkeys(_ERRORS, "peft_shine.errors"),
 }
 LAZY_IMPORT_ENV = "PEFT_SHINE_LAZY_IMPORT"  # "1": `import peft_shine` loads nothing heavy (the `shine` command)

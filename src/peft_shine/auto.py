@@ -9,11 +9,11 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from peft_shine.base_models import resolve_base_model_path
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.errors import CheckpointError
-from peft_shine.hub.revisions import hub_origin, resolve_hub_revision
+from peft_shine.errors import ArgumentError, CheckpointError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.modeling_shine import ShineModel
+from peft_shine.storage.base_models import resolve_base_model_path
+from peft_shine.storage.revisions import hub_origin, resolve_hub_revision
 
 
 AutoConfig.register(ShineConfig.model_type, ShineConfig, exist_ok=True)
@@ -33,7 +33,7 @@ class AutoShineModel:
     """
 
     def __init__(self) -> None:
-        raise OSError("Use AutoShineModel.from_pretrained(...) or AutoShineModel.from_base_model(...).")
+        raise ArgumentError("Use AutoShineModel.from_pretrained(...) or AutoShineModel.from_base_model(...).")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *args: Any, base_model: PreTrainedModel | None = None,

@@ -12,6 +12,20 @@ class ShineError(Exception):
     """Base class of every error peft-shine raises on purpose."""
 
 
+class ConfigError(ShineError, ValueError):
+    """An argument, option or configuration value is invalid: out of range, unknown, reserved, or in conflict with
+    another."""
+
+
+class DataError(ShineError, ValueError):
+    """A dataset, data file or record does not have the shape peft-shine reads (a missing or mistyped field, no
+    records, targets that do not belong to the batch)."""
+
+
+class ArgumentError(ShineError, TypeError):
+    """A call got an argument of the wrong type, a keyword it does not take, or two names for one argument."""
+
+
 class ContextError(ShineError, ValueError):
     """A context cannot be encoded (empty, not a string, or too long)."""
 
@@ -38,6 +52,15 @@ class AdapterStateError(ShineError, RuntimeError):
     being generated adapts other modules."""
 
 
+class ModelStateError(ShineError, RuntimeError):
+    """The hypernetwork is not ready for the call (no base model or tokenizer attached, a partitioned embedding,
+    weights that do not match), or one of its internal invariants failed (a bug: please report it)."""
+
+
+class AdapterNotFoundError(ShineError, KeyError):
+    """No generated adapter of that name is loaded."""
+
+
 class CheckpointError(ShineError, OSError):
     """A hypernetwork checkpoint is missing, unsafe to load, truncated or corrupted."""
 
@@ -48,6 +71,15 @@ class TargetExistsError(ShineError, FileExistsError):
 
 class AdapterSaveError(ShineError, OSError):
     """A written adapter file does not hold exactly the adapter's tensors; nothing was saved."""
+
+
+class MissingFileError(ShineError, FileNotFoundError):
+    """A file or folder that was named does not exist, or lacks a file it needs."""
+
+
+class StorageError(ShineError, OSError):
+    """Writing files failed (an I/O error, no free temporary name, nothing written) or a build step that writes
+    them did."""
 
 
 class HubError(ShineError, RuntimeError):
@@ -63,17 +95,24 @@ class DemoError(ShineError, ValueError):
 
 
 __all__ = [
+    "AdapterNotFoundError",
     "AdapterSaveError",
     "AdapterStateError",
+    "ArgumentError",
     "BaseModelMismatchError",
-    "ChunkingError",
     "CheckpointError",
+    "ChunkingError",
     "CompositionError",
+    "ConfigError",
     "ContextError",
+    "DataError",
     "DemoError",
     "HubError",
+    "MissingFileError",
+    "ModelStateError",
     "PullError",
     "ShineError",
+    "StorageError",
     "TargetExistsError",
     "UnsupportedModelError",
 ]

@@ -4,7 +4,7 @@
 keyword arguments:
 
 * **base-model options** (`BASE_OPTIONS`: ``dtype``, ``device_map``, ``token``, ``cache_dir``,
-  ``attn_implementation``; ``revision`` for `from_base_model`) reach `peft_shine.base_models.load_base_model`, i.e.
+  ``attn_implementation``; ``revision`` for `from_base_model`) reach `peft_shine.storage.base_models.load_base_model`, i.e.
   the frozen base LM's ``AutoModelForCausalLM.from_pretrained``;
 * **hypernetwork options**: ``hypernetwork_dtype`` (default ``torch.float32``: the hypernetwork's own weights,
   memory slots, meta-LoRA and M2P, are master weights and stay fp32 whatever the base's dtype; pass
@@ -16,7 +16,7 @@ keyword arguments:
 
 Any other name raises a `TypeError` that names it, instead of landing silently in the config. The hypernetwork is
 placed on the base's *first* device (the one holding the input embeddings, where pass 1 starts); under a
-``device_map`` the LoRA binding moves each layer's factors to that layer's device (`peft_shine.lora_binding`).
+``device_map`` the LoRA binding moves each layer's factors to that layer's device (`peft_shine.hypernetwork.lora_binding`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from peft_shine.base_models import load_base_model as load_base
-from peft_shine.base_models import progress_bars_off, renamed_argument
-from peft_shine.checkpoints import load_checkpoint_safely
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.errors import BaseModelMismatchError
+from peft_shine.errors import ArgumentError, BaseModelMismatchError, ConfigError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
+from peft_shine.storage.base_models import load_base_model as load_base
+from peft_shine.storage.base_models import progress_bars_off, renamed_argument
+from peft_shine.storage.checkpoints import load_checkpoint_safely
 
 
 BASE_OPTIONS = ("dtype", "device_map", "token", "cache_dir", "attn_implementation")
@@ -89,9 +89,9 @@ def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bo
         try:
             parsed = torch.device(device)
         except RuntimeError as error:
-            raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, mps, {SPREAD}).") from error
+            raise ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, mps, {SPREAD}).") from error
         if parsed.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: no CUDA device is available here (use --device cpu).")
+            raise ConfigError(f"--device {device}: no CUDA device is available here (use --device cpu).")
     on_gpu = device != "cpu"
     if dtype == "auto":
         chosen = torch.bfloat16 if (on_gpu and cuda_bf16_available()) or prefer_bf16 else torch.float32
@@ -107,14 +107,14 @@ def split_options(kwargs: dict[str, Any], where: str, allowed: Iterable[str] = (
     kwargs = dict(kwargs)
     if "torch_dtype" in kwargs:
         if "dtype" in kwargs:
-            raise TypeError(f"{where}() got both dtype= and its deprecated name torch_dtype=; pass dtype= only.")
+            raise ArgumentError(f"{where}() got both dtype= and its deprecated name torch_dtype=; pass dtype= only.")
         warnings.warn(f"{where}(torch_dtype=...) is deprecated; use dtype=...", FutureWarning, stacklevel=3)
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     base = {name: kwargs.pop(name) for name in BASE_OPTIONS if name in kwargs}
     allowed = set(allowed)
     unknown = sorted(name for name in kwargs if name not in allowed)
     if unknown:
-        raise TypeError(
+        raise ArgumentError(
             f"{where}() got unexpected keyword argument(s) {', '.join(unknown)}. Base-model options: "
             f"{', '.join(BASE_OPTIONS)}; the hypernetwork's dtype is hypernetwork_dtype=."
             + (" ShineConfig fields are accepted as overrides." if allowed >= CONFIG_FIELDS else ""))
@@ -158,7 +158,7 @@ def tokenizer_for(base_model: PreTrainedModel) -> PreTrainedTokenizerBase | None
 def check_plain_base(base_lm: Any) -> None:
     """The base must be the plain causal LM, not a `PeftModel` wrapping it."""
     if isinstance(base_lm, PeftModel):
-        raise TypeError("Pass the plain causal LM, not a PeftModel (use peft_model.get_base_model()).")
+        raise ArgumentError("Pass the plain causal LM, not a PeftModel (use peft_model.get_base_model()).")
 
 
 class ShineLoadingMixin:
@@ -211,8 +211,8 @@ class ShineLoadingMixin:
             base, loaded_tokenizer = load_base(base, revision=revision, **base_options)
             tokenizer = tokenizer or loaded_tokenizer
         elif base_options:
-            raise TypeError(f"from_base_model() got {', '.join(base_options)} for an already loaded base model: "
-                            f"those options apply only when base_model is a Hub id or a folder.")
+            raise ArgumentError(f"from_base_model() got {', '.join(base_options)} for an already loaded base model: "
+                                f"those options apply only when base_model is a Hub id or a folder.")
         config = ShineConfig.from_base_model(base, target_modules=list(target_modules or []) or None,
                                              revision=revision, **overrides)
         torch.manual_seed(seed)

@@ -25,21 +25,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from peft_shine.adapter_store import all_adapters_disabled
-from peft_shine.adapters import AdapterGenerationMixin
-from peft_shine.base_models import renamed_argument
-from peft_shine.composition import combine_lora_weights
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.errors import BaseModelMismatchError
-from peft_shine.hub.push import push_hypernetwork
-from peft_shine.hub.revisions import HubOrigin
-from peft_shine.io_utils import staged_files
-from peft_shine.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
+from peft_shine.adapters.combine import combine_lora_weights
+from peft_shine.adapters.generation import AdapterGenerationMixin
+from peft_shine.adapters.store import all_adapters_disabled
+from peft_shine.errors import BaseModelMismatchError, ConfigError, ModelStateError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
+from peft_shine.hypernetwork.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
+from peft_shine.hypernetwork.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
+from peft_shine.hypernetwork.losses import teacher_kl, weighted_answer_loss
+from peft_shine.hypernetwork.m2p import M2PTransformer
 from peft_shine.loading import ShineLoadingMixin, check_plain_base, check_tokenizer, first_device, place_hypernetwork
-from peft_shine.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
-from peft_shine.losses import teacher_kl, weighted_answer_loss
-from peft_shine.m2p import M2PTransformer
-from peft_shine.save_targets import check_hypernetwork_folder
+from peft_shine.storage.base_models import renamed_argument
+from peft_shine.storage.io_utils import staged_files
+from peft_shine.storage.revisions import HubOrigin
+from peft_shine.storage.save_targets import check_hypernetwork_folder
 
 
 BASE_PREFIX = "base_lm."
@@ -84,7 +83,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._binder: LoraBinder | None = None
         self.peft_model: PeftModel | None = None  # the base's shared PeftModel holding the generated adapters
-        self.adapter_info: dict[str, dict[str, Any]] = {}  # adapter name -> context_sha256, generation_seconds
+        self.adapter_info: dict[str, dict[str, Any]] = {}  # adapter name -> its record (`pipeline.adapter_records`)
         self.hub_origin: HubOrigin | None = None  # where from_pretrained / push_to_hub last met the Hub
         self._adapter_config: tuple[LoraConfig, frozenset[str]] | None = None  # derived once per attached base
         self._lora_sentinel: nn.Module | None = None  # one generated LoRA layer (its merge flag outlives unload)
@@ -113,8 +112,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         """Start the memory slots at randomly chosen token embeddings of the base LM (in-distribution inputs)."""
         weight = self.base_lm.get_input_embeddings().weight
         if weight.dim() != 2:  # partitioned away (DeepSpeed ZeRO-3 with zero3_init_flag)
-            raise RuntimeError("The base's embedding matrix is partitioned: create the hypernetwork before DeepSpeed "
-                               "ZeRO-3 partitions the base (zero3_init_flag: false; see docs/gpu.md).")
+            raise ModelStateError("The base's embedding matrix is partitioned: create the hypernetwork before "
+                                  "DeepSpeed ZeRO-3 partitions the base (zero3_init_flag: false; see docs/gpu.md).")
         generator = torch.Generator().manual_seed(seed)
         rows = torch.randint(0, weight.shape[0], (self.config.num_memory_slots,), generator=generator)
         self.memory_slots.copy_(weight[rows.to(weight.device)].float())
@@ -124,8 +123,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
     def base_lm(self) -> PreTrainedModel:
         """The frozen base causal LM (raises if none is attached)."""
         if "base_lm" not in self._modules:
-            raise RuntimeError("No base model attached: use ShineModel.from_pretrained(..., base_model=...) or "
-                               "model.attach_base_model(causal_lm, tokenizer).")
+            raise ModelStateError("No base model attached: use ShineModel.from_pretrained(..., base_model=...) or "
+                                  "model.attach_base_model(causal_lm, tokenizer).")
         return self._modules["base_lm"]
 
     def attach_base_model(self, base_model: PreTrainedModel | None = None,
@@ -253,9 +252,9 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         row, summed over rows) and divided by ``num_items_in_batch`` (then: the number of contexts) or the row
         count. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
 
-        With ``context_chunk_owner`` the context rows are **chunks** (`peft_shine.chunking`) and
+        With ``context_chunk_owner`` the context rows are **chunks** (`peft_shine.adapters.chunking`) and
         ``context_chunk_owner[i]`` the document of chunk ``i``: the chunk LoRAs, generated in one batched pass, are
-        combined per document by ``chunk_combine`` (`composition.combine_lora_weights`, what
+        combined per document by ``chunk_combine`` (`combine.combine_lora_weights`, what
         ``generate_adapter(..., chunking=...)`` does at inference) before the answer pass.
         """
         lora = self.generate_lora(context_input_ids, context_attention_mask)
@@ -279,7 +278,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         the LoRA of the original forward during recomputation (so gradients stay exact)."""
         kwargs = dict(activation_checkpointing_kwargs or {})
         if kwargs.get("use_reentrant"):
-            raise ValueError("ShineModel needs non-reentrant checkpointing (use_reentrant=False).")
+            raise ConfigError("ShineModel needs non-reentrant checkpointing (use_reentrant=False).")
         kwargs.update(use_reentrant=False, context_fn=self._binder.checkpoint_context_fn)
         self.base_lm.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
 
@@ -312,7 +311,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         """Save config + hypernetwork weights (safetensors); the base LM is never included. Each file is written
         atomically: a crash mid-save leaves the previous checkpoint readable. Other files in the folder are kept; a
         file path, or a folder whose ``config.json`` belongs to another model, is refused unless ``overwrite=True``
-        (see `peft_shine.save_targets.check_hypernetwork_folder`)."""
+        (see `peft_shine.storage.save_targets.check_hypernetwork_folder`)."""
         check_hypernetwork_folder(save_directory, overwrite=overwrite)
         if state_dict is None:
             state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}
@@ -331,8 +330,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
         missing = [k for k in result.missing_keys if not k.startswith(BASE_PREFIX)]
         if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"Hypernetwork state dict mismatch: missing {missing}, "
-                               f"unexpected {result.unexpected_keys}.")
+            raise ModelStateError(f"Hypernetwork state dict mismatch: missing {missing}, "
+                                  f"unexpected {result.unexpected_keys}.")
         return result
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
@@ -346,6 +345,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         (``license``, ``datasets``, ``training``, ``eval_results``, ...). Returns the `CommitInfo`. See
         `peft_shine.hub.push_hypernetwork`.
         """
+        from peft_shine.hub.push import push_hypernetwork  # hub/ builds on the core: reached only when pushing
+
         return push_hypernetwork(self, repo_id, model_card_fields=model_card_fields, private=private,
                                  revision=revision, commit_message=commit_message,
                                  commit_description=commit_description, token=token, create_pr=create_pr)

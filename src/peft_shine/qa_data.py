@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from peft_shine.errors import ConfigError, DataError, MissingFileError
+
 
 TITLE_SEPARATOR = " | "
 QA_FORMAT = (
@@ -61,25 +63,25 @@ class QARecord:
             ValueError: naming the record (``index`` and id when known), the bad field and the expected format.
         """
         if not isinstance(data, Mapping):
-            raise ValueError(f"QA record {_where(index, None)} is a {type(data).__name__}, expected {QA_FORMAT}")
+            raise DataError(f"QA record {_where(index, None)} is a {type(data).__name__}, expected {QA_FORMAT}")
         record_id = data.get("id") if isinstance(data.get("id"), str) else None
         where = _where(index, record_id)
         for field in (*_STRING_FIELDS, "answers"):
             if data.get(field) is None:
-                raise ValueError(f"QA record {where}: missing required field {field!r}; expected {QA_FORMAT}")
+                raise DataError(f"QA record {where}: missing required field {field!r}; expected {QA_FORMAT}")
         for field in _STRING_FIELDS:
             if not isinstance(data[field], str):
-                raise ValueError(
+                raise DataError(
                     f"QA record {where}: field {field!r} must be a string, got {type(data[field]).__name__}; "
                     f"expected {QA_FORMAT}"
                 )
         answers = data["answers"]
         if isinstance(answers, str) or not isinstance(answers, Sequence) or len(answers) == 0:
-            raise ValueError(
+            raise DataError(
                 f"QA record {where}: field 'answers' must be a non-empty list of strings; expected {QA_FORMAT}"
             )
         if not all(isinstance(answer, str) for answer in answers):
-            raise ValueError(f"QA record {where}: field 'answers' must contain only strings; expected {QA_FORMAT}")
+            raise DataError(f"QA record {where}: field 'answers' must contain only strings; expected {QA_FORMAT}")
         return cls(**{field: data[field] for field in _STRING_FIELDS}, answers=tuple(answers))
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +124,7 @@ def bundled_path(name: str) -> Path:
     """
     resource = _data_dir() / name
     if not name or "/" in name or "\\" in name or not resource.is_file():
-        raise FileNotFoundError(f"no bundled data file {name!r}; available: {', '.join(available_bundled())}")
+        raise MissingFileError(f"no bundled data file {name!r}; available: {', '.join(available_bundled())}")
     return Path(str(resource))
 
 
@@ -137,12 +139,12 @@ def _resolve_bundled_qa(name: str, split: str | None) -> Path | None:
     if splits:
         key = (name, split or "validation")
         if key not in BUNDLED_QA_FILES:
-            raise ValueError(f"bundled QA set {name!r} has no split {split!r}; available splits: {', '.join(splits)}")
+            raise ConfigError(f"bundled QA set {name!r} has no split {split!r}; available splits: {', '.join(splits)}")
         return bundled_path(BUNDLED_QA_FILES[key])
     file_name = name if name.endswith(".jsonl") else f"{name}.jsonl"
     if file_name in BUNDLED_QA_FILES.values():
         if split is not None:
-            raise ValueError(f"split={split!r} does not apply to the bundled file {file_name!r}")
+            raise ConfigError(f"split={split!r} does not apply to the bundled file {file_name!r}")
         return bundled_path(file_name)
     return None
 
@@ -151,12 +153,12 @@ def _resolve_source(path_or_name: str | Path, split: str | None) -> Path:
     path = Path(path_or_name)
     if path.is_file():
         if split is not None:
-            raise ValueError(f"split={split!r} only applies to bundled names; pass the JSONL file of that split")
+            raise ConfigError(f"split={split!r} only applies to bundled names; pass the JSONL file of that split")
         return path
     bundled = _resolve_bundled_qa(str(path_or_name), split) if isinstance(path_or_name, str) else None
     if bundled is not None:
         return bundled
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{str(path_or_name)!r} is neither an existing JSONL file nor a bundled QA name "
         f"({', '.join(_bundled_qa_names())})"
     )
@@ -175,7 +177,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"QA record #{index} of {path} is not valid JSON ({error}); expected {QA_FORMAT}"
+                raise DataError(f"QA record #{index} of {path} is not valid JSON ({error}); expected {QA_FORMAT}"
                                  ) from None
     return rows
 
@@ -188,7 +190,7 @@ def sample_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
     if limit is None:
         return list(range(n))
     if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise ConfigError(f"limit must be >= 0, got {limit}")
     indices = list(range(n))
     random.Random(seed).shuffle(indices)
     return indices[:limit]
@@ -345,17 +347,17 @@ def held_out_split(
         ValueError: if both or neither option is given, the fraction is outside (0, 1), or a title is unknown.
     """
     if (eval_fraction is None) == (eval_titles is None):
-        raise ValueError("give exactly one of eval_fraction or eval_titles")
+        raise ConfigError("give exactly one of eval_fraction or eval_titles")
     components = _article_components(records)
     if eval_titles is not None:
         wanted = set(eval_titles)
         unknown = sorted(wanted - set(components))
         if unknown:
-            raise ValueError(f"unknown eval titles {unknown}; known titles include {sorted(components)[:10]}")
+            raise ConfigError(f"unknown eval titles {unknown}; known titles include {sorted(components)[:10]}")
         eval_keys = {components[title] for title in wanted}
     else:
         if not 0.0 < eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+            raise ConfigError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
         eval_keys = _pick_eval_components(records, components, eval_fraction, seed)
     train = [record for record in records if _component_of(record, components) not in eval_keys]
     evaluation = [record for record in records if _component_of(record, components) in eval_keys]
@@ -381,8 +383,8 @@ def hub_qa_records(dataset_id: str, split: str = "train") -> list[QARecord]:
     rows = datasets.load_dataset(dataset_id, split=split)
     missing = {"context", "question", "answers"} - set(rows.column_names)
     if missing:
-        raise ValueError(f"The Hub dataset {dataset_id!r} has no column(s) {sorted(missing)}; a QA dataset needs "
-                         f"context, question and answers (e.g. rajpurkar/squad).")
+        raise DataError(f"The Hub dataset {dataset_id!r} has no column(s) {sorted(missing)}; a QA dataset needs "
+                        f"context, question and answers (e.g. rajpurkar/squad).")
     records = []
     for index, row in enumerate(rows):
         answers = row["answers"]["text"] if isinstance(row["answers"], Mapping) else row["answers"]

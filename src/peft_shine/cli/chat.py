@@ -18,6 +18,7 @@ from pathlib import Path
 
 from peft_shine.cli.defaults import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
+from peft_shine.errors import MissingFileError
 
 
 MAX_HISTORY_TURNS = 4  # earlier exchanges kept in the prompt
@@ -62,7 +63,7 @@ def read_context(args: argparse.Namespace) -> tuple[str, str]:
     if args.context_file is not None:
         path = Path(args.context_file)
         if not path.is_file():
-            raise FileNotFoundError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
+            raise MissingFileError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
         return path.read_text(encoding="utf-8"), str(path)
 
     from peft_shine.qa_data import load_sample_context  # the bundled data, read only when no context is given
@@ -91,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``shine chat``."""
     context, origin = read_context(args)
     # the library (torch, transformers, peft): loaded once the arguments are known to be good
-    from peft_shine.contexts import as_context_list
+    from peft_shine.adapters.contexts import as_context_list
     from peft_shine.prompting import build_prompt, compare_answers, generate_answers
-    from peft_shine.save_targets import write_mode
     from peft_shine.shipped import load_hypernetwork
+    from peft_shine.storage.save_targets import write_mode
 
     as_context_list(context)  # empty or invalid text fails here, before any model is loaded
     if args.save_adapter:  # refuse a target that must not be written before any work

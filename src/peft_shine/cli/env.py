@@ -60,7 +60,7 @@ def environment() -> dict[str, str]:
     import torch  # heavy: only this command needs it, after parsing
 
     import peft_shine  # the running package's own version (the installed metadata may describe another checkout)
-    from peft_shine.base_models import default_cache_dir, embedded_base_path, embedded_gguf_path  # torch too
+    from peft_shine.storage.base_models import default_cache_dir, embedded_base_path, embedded_gguf_path  # torch too
 
     flags = cpu_flags()
     info = {"platform": platform.platform(), "python": sys.version.split()[0]}

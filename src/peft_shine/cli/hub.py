@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from peft_shine.errors import ConfigError, MissingFileError
+
 
 PUSH_DESCRIPTION = """Upload a hypernetwork folder, a generated adapter folder or the demo Space to the Hugging Face
 Hub, with a model card. The token comes from HF_TOKEN or 'hf auth login' (there is deliberately no --token flag:
@@ -101,7 +103,7 @@ def run_push_hypernetwork(args: argparse.Namespace) -> int:
     """``shine push hypernetwork FOLDER REPO_ID``."""
     # the Hub client and the library: loaded when the command runs, not to parse it
     from peft_shine.hub import push_hypernetwork_folder
-    from peft_shine.io_utils import read_mapping
+    from peft_shine.storage.io_utils import read_mapping
 
     info = push_hypernetwork_folder(args.folder, args.repo_id, model_card_fields=read_mapping(args.card),
                                     **_push_options(args))
@@ -113,12 +115,12 @@ def run_card(args: argparse.Namespace) -> int:
     """``shine card FOLDER [--card fields.yaml] [--eval-results results.json]``: render README.md in place."""
     # the card renderer and the library: loaded when the command runs, not to parse it
     from peft_shine.hub.cards import eval_rows, hypernetwork_card_fields, render_hypernetwork_card
-    from peft_shine.io_utils import atomic_write_text, read_mapping
+    from peft_shine.storage.io_utils import atomic_write_text, read_mapping
 
     folder = Path(args.folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} is missing; pass a hypernetwork folder written by save_pretrained")
+        raise MissingFileError(f"{config_path} is missing; pass a hypernetwork folder written by save_pretrained")
     fields = hypernetwork_card_fields(json.loads(config_path.read_text(encoding="utf-8")), read_mapping(args.card))
     if args.eval_results:
         results = json.loads(Path(args.eval_results).read_text(encoding="utf-8"))
@@ -135,7 +137,7 @@ def run_push_adapter(args: argparse.Namespace) -> int:
 
     context = Path(args.context_file).read_text(encoding="utf-8") if args.context_file else None
     if args.include_context and context is None:
-        raise ValueError("--include-context needs --context-file.")
+        raise ConfigError("--include-context needs --context-file.")
     digest = args.context_sha256 or (hashlib.sha256(context.encode("utf-8")).hexdigest() if context else None)
     fields = {"context_sha256": digest, "generation_seconds": args.generation_seconds}
     if args.base_model:

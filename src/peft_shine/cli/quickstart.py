@@ -37,8 +37,8 @@ def run(args: argparse.Namespace) -> int:
     # the library (torch, transformers, peft): loaded when the command runs, not to parse it
     from peft_shine.prompting import COMPARISON, compare_answers
     from peft_shine.qa_data import load_sample_context
-    from peft_shine.save_targets import write_mode
     from peft_shine.shipped import load_hypernetwork
+    from peft_shine.storage.save_targets import write_mode
 
     write_mode(args.output, overwrite=args.overwrite)  # refuse a target that must not be written before any work
     started = time.perf_counter()

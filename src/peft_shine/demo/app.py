@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from peft_shine.contexts import ContextError
+from peft_shine.adapters.contexts import ContextError
 from peft_shine.demo.engine import DemoEngine, DemoError, Session, read_context_file, scrub
 from peft_shine.demo.hub import on_space, resolve_token
 from peft_shine.qa_data import load_qa_records, load_sample_context

@@ -23,12 +23,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL
-from peft_shine.contexts import as_context_list, context_sha256
+from peft_shine.adapters.contexts import as_context_list, context_sha256
 from peft_shine.demo.hub import HUB_ID_PATTERN, push_adapter_to_hub, write_adapter_card
 from peft_shine.errors import CheckpointError, DemoError
 from peft_shine.prompting import build_prompt, compare_answers, generate_answers
 from peft_shine.shipped import LoadedHypernetwork, load_hypernetwork
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL
 
 
 DEFAULT_KEY = "default"

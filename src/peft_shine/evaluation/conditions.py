@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.contexts import context_sha256
+from peft_shine.adapters.contexts import context_sha256
+from peft_shine.errors import ConfigError, DataError
 from peft_shine.prompting import build_instruction_prompt, build_prompt
 from peft_shine.qa_data import QARecord
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION
@@ -114,11 +115,11 @@ def resolve_conditions(names: str | Iterable[str]) -> list[str]:
     for name in (item.strip() for item in items):
         for item in ALIASES.get(name, (name,)):
             if item not in KNOWN_CONDITIONS:
-                raise ValueError(f"unknown condition {item!r}; choose from {choices}")
+                raise ConfigError(f"unknown condition {item!r}; choose from {choices}")
             if item not in result:
                 result.append(item)
     if not result:
-        raise ValueError(f"no condition given; choose from {choices}")
+        raise ConfigError(f"no condition given; choose from {choices}")
     return result
 
 
@@ -134,7 +135,7 @@ def derangement(n: int, seed: int = 0) -> list[int]:
         ValueError: if ``n < 2`` (no derangement exists).
     """
     if n < 2:
-        raise ValueError(f"the wrong_context control needs at least two distinct contexts, got {n}")
+        raise DataError(f"the wrong_context control needs at least two distinct contexts, got {n}")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     result = [0] * n
@@ -210,7 +211,7 @@ def plan_tasks(records: Sequence[QARecord], conditions: str | Iterable[str], tok
     ids = [record.id for record in records]
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"record ids must be unique to track results; duplicated: {duplicates[:5]}")
+        raise DataError(f"record ids must be unique to track results; duplicated: {duplicates[:5]}")
     specs = [KNOWN_CONDITIONS[name] for name in names]
     wrong = wrong_context_map(distinct_contexts(records), seed) if any(c.wrong_context for c in specs) else {}
     tasks = []

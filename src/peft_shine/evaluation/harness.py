@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from peft_shine.document_adapters import resolve_chunking
+from peft_shine.adapters.pipeline import resolve_chunking
+from peft_shine.errors import ConfigError, DataError
 from peft_shine.evaluation.conditions import (
     DEFAULT_CONDITIONS,
     DEFAULT_RECALL_MAX_NEW_TOKENS,
@@ -42,9 +43,9 @@ from peft_shine.evaluation.report import write_reports
 from peft_shine.evaluation.runner import Row, RunOptions, execute_tasks, rescored
 from peft_shine.evaluation.sft import SFTConfig
 from peft_shine.evaluation.store import PredictionLog
-from peft_shine.io_utils import atomic_write_text
 from peft_shine.prompting import ANSWER_SYSTEM_PROMPT, IN_CONTEXT_TEMPLATE
 from peft_shine.qa_data import QARecord
+from peft_shine.storage.io_utils import atomic_write_text
 
 
 SETTINGS_FILE = "settings.json"
@@ -94,7 +95,7 @@ def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> dict[str, 
     path = output_dir / SETTINGS_FILE
     if not path.exists():
         if (output_dir / PREDICTIONS_FILE).exists():
-            raise ValueError(f"{output_dir} holds predictions but no {SETTINGS_FILE}; use an empty output folder")
+            raise ConfigError(f"{output_dir} holds predictions but no {SETTINGS_FILE}; use an empty output folder")
         atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
         return dict(settings)
     recorded = json.loads(path.read_text(encoding="utf-8"))
@@ -103,8 +104,8 @@ def _check_settings(output_dir: Path, settings: Mapping[str, Any]) -> dict[str, 
     changed = sorted(key for key in compared if recorded.get(key) != merged.get(key))
     if changed:
         details = "; ".join(f"{key}: {recorded.get(key)!r} then, {merged.get(key)!r} now" for key in changed)
-        raise ValueError(f"{output_dir} holds results of a run with other settings ({details}); resume with the "
-                         f"same settings or choose another output folder")
+        raise ConfigError(f"{output_dir} holds results of a run with other settings ({details}); resume with the "
+                          f"same settings or choose another output folder")
     if merged != recorded:
         atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
     return merged
@@ -174,14 +175,14 @@ def run_evaluation(
         progress: show a tqdm progress bar.
         metadata: extra JSON-ready facts to record in the report (data set, limit, hypernetwork path, ...).
         chunking: make SHINE adapters of long contexts chunk-wise (a `ChunkingConfig`, see
-            `peft_shine.document_adapters`; recorded in the settings). Not with ``truncation``.
+            `peft_shine.adapters.pipeline`; recorded in the settings). Not with ``truncation``.
 
     Returns:
         ``{"settings", "metadata", "conditions", "aggregates": {condition: {...}}, "predictions": [row, ...]}``,
         also written to ``results.json`` (with ``results.md`` and ``results.png``).
     """
     if not records:
-        raise ValueError("no records to evaluate")
+        raise DataError("no records to evaluate")
     names = resolve_conditions(conditions)
     specs = [KNOWN_CONDITIONS[name] for name in names]
     if chunking is not None:

@@ -1,7 +1,7 @@
 """Long-context evaluation sets: SQuAD padded with other articles' paragraphs, and a planted-fact (needle) test.
 
 Both build ordinary `QARecord` s, so every `shine eval` condition runs on them unchanged; the adapters of long
-contexts are generated chunk-wise (``--chunk-tokens``, `peft_shine.document_adapters`).
+contexts are generated chunk-wise (``--chunk-tokens``, `peft_shine.adapters.pipeline`).
 
 * **Padded SQuAD** (`padded_squad_records`): each sampled question's own paragraph among distractor paragraphs
   drawn from *other* articles (the bundled SQuAD validation and training samples) until the context holds about
@@ -22,7 +22,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from peft_shine.document_adapters import ChunkingConfig
+from peft_shine.adapters.pipeline import ChunkingConfig
+from peft_shine.errors import ConfigError
 from peft_shine.qa_data import QARecord, Tokenizer, _count_tokens, load_qa_records
 
 
@@ -71,7 +72,7 @@ def padded_squad_records(records: Sequence[QARecord], target_tokens: int, tokeni
     """Each record's paragraph padded with other articles' paragraphs to about ``target_tokens`` tokens, the gold
     paragraph at the start, middle or end (cycling over distinct paragraphs). See the module docstring."""
     if target_tokens <= 0:
-        raise ValueError(f"target_tokens must be positive, got {target_tokens}")
+        raise ConfigError(f"target_tokens must be positive, got {target_tokens}")
     pool = distractor_pool(seed) if pool is None else pool
     padded: dict[str, tuple[str, str]] = {}
     for index, record in enumerate(dict.fromkeys(r.context for r in records)):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_shine.evaluation.long_context import length_of
-from peft_shine.io_utils import atomic_write_bytes, atomic_write_text
+from peft_shine.storage.io_utils import atomic_write_bytes, atomic_write_text
 
 
 Summary = dict[tuple[str, int], dict[str, dict[str, float]]]  # (data, length) -> condition -> {f1, em, n}

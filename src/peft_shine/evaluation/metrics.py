@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from peft_shine.errors import ArgumentError, DataError
+
 
 Metric = Callable[[str, str], float]
 
@@ -133,9 +135,9 @@ def best_score(metric: Metric, prediction: str, golds: Sequence[str]) -> float:
         ValueError: if ``golds`` is empty.
     """
     if isinstance(golds, str):
-        raise TypeError("golds must be a sequence of answer strings, not a single string; pass [gold]")
+        raise ArgumentError("golds must be a sequence of answer strings, not a single string; pass [gold]")
     if len(golds) == 0:
-        raise ValueError("golds is empty: at least one gold answer is needed to score a prediction")
+        raise DataError("golds is empty: at least one gold answer is needed to score a prediction")
     return max(metric(prediction, gold) for gold in golds)
 
 
@@ -167,7 +169,7 @@ def aggregate(scores: Iterable[Mapping[str, float]]) -> dict[str, float]:
     """
     items = list(scores)
     if not items:
-        raise ValueError("aggregate() needs at least one per-example score")
+        raise DataError("aggregate() needs at least one per-example score")
     n = len(items)
     metrics = ["em", "f1", *(["rouge_l"] if all("rouge_l" in item for item in items) else [])]
     return {**{metric: 100.0 * sum(item[metric] for item in items) / n for metric in metrics}, "n": n}

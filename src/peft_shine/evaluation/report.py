@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from peft_shine.io_utils import atomic_write_bytes, atomic_write_text
+from peft_shine.storage.io_utils import atomic_write_bytes, atomic_write_text
 
 
 RESULTS_JSON = "results.json"

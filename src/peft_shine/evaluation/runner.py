@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from peft_shine.errors import ConfigError
 from peft_shine.evaluation.conditions import (
     DEFAULT_RECALL_MAX_NEW_TOKENS,
     KNOWN_CONDITIONS,
@@ -54,7 +55,7 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.adapter_batch_size, self.max_new_tokens, self.recall_max_new_tokens) < 1:
-            raise ValueError("batch_size, adapter_batch_size, max_new_tokens and recall_max_new_tokens must be >= 1")
+            raise ConfigError("batch_size, adapter_batch_size, max_new_tokens and recall_max_new_tokens must be >= 1")
 
 
 @dataclass

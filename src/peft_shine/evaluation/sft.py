@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, PeftModel
 
-from peft_shine.adapter_store import wrap_base
+from peft_shine.adapters.store import wrap_base
+from peft_shine.errors import ConfigError
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, conversation_turns
 
 
@@ -30,7 +31,7 @@ class SFTConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.learning_rate <= 0 or self.weight_decay < 0:
-            raise ValueError(f"SFT needs steps >= 1, learning_rate > 0 and weight_decay >= 0, got {self}")
+            raise ConfigError(f"SFT needs steps >= 1, learning_rate > 0 and weight_decay >= 0, got {self}")
 
 
 def reconstruction_batch(tokenizer, context: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_shine.evaluation.conditions import TaskKey
-from peft_shine.io_utils import atomic_write_text
+from peft_shine.storage.io_utils import atomic_write_text
 
 
 logger = logging.getLogger(__name__)

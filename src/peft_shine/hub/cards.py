@@ -13,7 +13,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from peft_shine.contexts import context_sha256 as hash_context
+from peft_shine.adapters.contexts import context_sha256 as hash_context
+from peft_shine.errors import ConfigError
 
 
 HYPERNETWORK_TEMPLATE = "hypernetwork_card.md"
@@ -218,9 +219,9 @@ def check_hub_model_id(base_model: str) -> None:
     link to nothing. Raise `ValueError` saying what to pass instead."""
     hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", base_model or "")
     if not hub_id or Path(base_model).expanduser().is_dir():
-        raise ValueError(f"The card's base_model must be a Hub model id like 'HuggingFaceTB/SmolLM2-135M-Instruct', "
-                         f"not a local path ({base_model!r}): pass model_card_fields={{'base_model': '<org/name>'}} "
-                         f"(--base-model on the command line), or record the Hub id in the config.")
+        raise ConfigError(f"The card's base_model must be a Hub model id like 'HuggingFaceTB/SmolLM2-135M-Instruct', "
+                          f"not a local path ({base_model!r}): pass model_card_fields={{'base_model': '<org/name>'}} "
+                          f"(--base-model on the command line), or record the Hub id in the config.")
 
 
 def _card_data(base_model: str, library: str, license: str | None, tags: list[str],  # noqa: A002
@@ -231,12 +232,12 @@ def _card_data(base_model: str, library: str, license: str | None, tags: list[st
 
 
 def _context_digest(context: str | None, given: str | None) -> str | None:
-    """The context's hex SHA-256 (`peft_shine.contexts.context_sha256`), computed or checked against the given one."""
+    """The context's hex SHA-256 (`peft_shine.adapters.contexts.context_sha256`), computed or checked against the given one."""
     if context is None:
         return given
     digest = hash_context(context)
     if given is not None and given.lower() != digest:
-        raise ValueError("context_sha256 does not match the SHA-256 of the given context")
+        raise ConfigError("context_sha256 does not match the SHA-256 of the given context")
     return digest
 
 

@@ -22,11 +22,11 @@ from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel
 
 from peft_shine.auto import AutoShineModel
-from peft_shine.configuration_shine import ShineConfig
 from peft_shine.errors import PullError
-from peft_shine.hub.revisions import HubOrigin, hub_errors, hub_origin, resolve_hub_revision
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.modeling_shine import ShineModel
-from peft_shine.save_targets import TargetExistsError, guarded_directory, write_mode
+from peft_shine.storage.revisions import HubOrigin, hub_errors, hub_origin, resolve_hub_revision
+from peft_shine.storage.save_targets import TargetExistsError, guarded_directory, write_mode
 
 
 PULL_PATTERNS = ["config.json", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
@@ -119,7 +119,7 @@ def download(repo_id: str, output: str | Path | None = None, *, revision: str | 
     Files go through the Hub cache (so offline mode works with a warm cache) and are copied into a temporary folder
     that replaces ``output`` at the end: a failed download leaves an existing ``output`` unchanged. An existing file
     is never replaced; a non-empty folder only with ``overwrite=True``, and then only a previous download is replaced
-    whole: in any other folder the downloaded files are written and the rest is kept (`peft_shine.save_targets`).
+    whole: in any other folder the downloaded files are written and the rest is kept (`peft_shine.storage.save_targets`).
     Returns ``(path, kind, origin)`` with ``kind`` one of ``"hypernetwork"``, ``"adapter"`` or ``"model"``.
     """
     output = Path(output if output is not None else repo_id.split("/")[-1])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
-from peft_shine.hub.revisions import hub_errors
+from peft_shine.errors import MissingFileError, StorageError
+from peft_shine.storage.revisions import hub_errors
 
 
 WHEEL_FOLDER = "wheels"
@@ -25,8 +26,8 @@ def build_wheel(source: Path, output: Path) -> Path:
                              str(source)], capture_output=True, text=True, check=False)
     wheels = sorted(output.glob("peft_shine-*.whl"))
     if result.returncode != 0 or not wheels:
-        raise OSError(f"Could not build the peft-shine wheel from {source} (pip install build, then retry): "
-                      f"{result.stderr.strip()[-500:]}")
+        raise StorageError(f"Could not build the peft-shine wheel from {source} (pip install build, then retry): "
+                           f"{result.stderr.strip()[-500:]}")
     return wheels[-1]
 
 
@@ -49,7 +50,8 @@ def push_space(folder: str | Path, repo_id: str, *, source: str | Path | None = 
     folder = Path(folder)
     for needed in ("README.md", "app.py", "requirements.txt"):
         if not (folder / needed).is_file():
-            raise FileNotFoundError(f"{folder} is not a Space folder: {needed} is missing (use the repository's demo/).")
+            raise MissingFileError(f"{folder} is not a Space folder: {needed} is missing (use the repository's "
+                                   f"demo/).")
     source = Path(source) if source is not None else folder.resolve().parent
     with tempfile.TemporaryDirectory(prefix="shine-space-") as tmp:
         wheel = build_wheel(source, Path(tmp))

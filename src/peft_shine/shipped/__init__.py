@@ -13,10 +13,10 @@ from typing import Any
 from transformers import AutoConfig
 
 from peft_shine.auto import AutoShineModel
-from peft_shine.base_models import DEFAULT_BASE_MODEL, resolve_base_model_path
-from peft_shine.configuration_shine import ShineConfig
 from peft_shine.errors import CheckpointError, ShineError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.modeling_shine import ShineModel
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL, resolve_base_model_path
 
 
 SHIPPED_NAME = "shine-smollm2-135m-instruct"

@@ -46,7 +46,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.contexts import left_pad
+from peft_shine.adapters.contexts import left_pad
+from peft_shine.errors import ConfigError, DataError, UnsupportedModelError
 from peft_shine.prompting import answer_system_message
 from peft_shine.qa_data import QARecord
 
@@ -85,7 +86,7 @@ def conversation_turns(tokenizer: PreTrainedTokenizerBase,
     roles = [message["role"] for message in messages]
     body = roles[1:] if roles[:1] == ["system"] else roles
     if not body or body != ["user", "assistant"] * (len(body) // 2):
-        raise ValueError(f"Expected alternating user/assistant messages ending with an assistant answer, got {roles}.")
+        raise DataError(f"Expected alternating user/assistant messages ending with an assistant answer, got {roles}.")
     turns, done = [], ""
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -94,8 +95,9 @@ def conversation_turns(tokenizer: PreTrainedTokenizerBase,
         full = _render(tokenizer, messages[: index + 1])
         answer = message["content"]
         if not (prompt.startswith(done) and full.startswith(prompt + answer)) or len(full) == len(prompt + answer):
-            raise ValueError("This tokenizer's chat template does not render each conversation as a prefix of its "
-                             "continuation followed by an end-of-turn marker; labels cannot be placed exactly.")
+            raise UnsupportedModelError("This tokenizer's chat template does not render each conversation as a prefix "
+                                        "of its continuation followed by an end-of-turn marker; labels cannot be placed "
+                                        "exactly.")
         prompt_ids = _ids(tokenizer, prompt[len(done):])
         answer_ids = _ids(tokenizer, answer)
         tail_ids = _ids(tokenizer, full[len(prompt) + len(answer):])
@@ -144,12 +146,12 @@ def texts_from_column(rows: Iterable[Mapping[str, Any]] | Sequence[str], column:
     """
     names = getattr(rows, "column_names", None)
     if names is not None and column not in names:
-        raise ValueError(f"The dataset has no column {column!r}; its columns are {names}.")
+        raise DataError(f"The dataset has no column {column!r}; its columns are {names}.")
     texts = []
     for index, row in enumerate(rows):
         value = row if isinstance(row, str) else (row.get(column) if isinstance(row, Mapping) else None)
         if not isinstance(value, str):
-            raise ValueError(f"Row {index}: expected a string in column {column!r}, got {type(value).__name__}.")
+            raise DataError(f"Row {index}: expected a string in column {column!r}, got {type(value).__name__}.")
         if value.strip():
             texts.append(value)
     return texts
@@ -237,14 +239,14 @@ def build_pretraining_examples(
     separator, against ``min(max_context_length, max_conversation_length - fixed chat overhead)``.
     """
     if not 0.0 <= completion_ratio <= 1.0 or not 0.0 < min_completion_keep <= max_completion_keep <= 1.0:
-        raise ValueError("Need 0 <= completion_ratio <= 1 and 0 < min_completion_keep <= max_completion_keep <= 1.")
+        raise ConfigError("Need 0 <= completion_ratio <= 1 and 0 < min_completion_keep <= max_completion_keep <= 1.")
     rng = random.Random(seed)
     fixed, per_exchange = _chat_overheads(tokenizer, COMPLETION_INSTRUCTION)
     overhead = max(per_exchange, len(_ids(tokenizer, separator)))
     capacity = min(max_context_length + overhead, max_conversation_length - fixed)
     if capacity <= overhead:
-        raise ValueError(f"max_conversation_length={max_conversation_length} leaves no room for a text after the "
-                         f"chat template's {fixed + per_exchange} tokens of overhead.")
+        raise ConfigError(f"max_conversation_length={max_conversation_length} leaves no room for a text after the "
+                          f"chat template's {fixed + per_exchange} tokens of overhead.")
     pieces = [piece for text in texts for piece in split_text(tokenizer, text, capacity - overhead)]
     rng.shuffle(pieces)
     sizes = [len(ids) + overhead for ids in tokenizer(pieces, add_special_tokens=False)["input_ids"]] if pieces else []
@@ -262,7 +264,7 @@ def as_qa_records(records: Iterable[QARecord | Mapping[str, Any]]) -> list[QARec
     result = [r if isinstance(r, QARecord) else QARecord.from_dict(r, index=i) for i, r in enumerate(records)]
     for index, record in enumerate(result):
         if not record.context.strip():
-            raise ValueError(f"QA record #{index} (id {record.id!r}) has an empty context.")
+            raise DataError(f"QA record #{index} (id {record.id!r}) has an empty context.")
     return result
 
 
@@ -299,7 +301,7 @@ def build_qa_examples(
     questions), ``"single"`` (one question per example, up to ``num_distractors`` other contexts added while the
     whole fits ``max_context_length``) or ``"mixed"`` (both). The gold answer is each record's first answer."""
     if mode not in QA_MODES:
-        raise ValueError(f"mode must be one of {QA_MODES}, got {mode!r}.")
+        raise ConfigError(f"mode must be one of {QA_MODES}, got {mode!r}.")
     rng = random.Random(seed)
     by_context: dict[str, list[QARecord]] = {}
     for record in as_qa_records(records):
@@ -339,7 +341,7 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
     import datasets  # heavy (pyarrow): loaded when a dataset is built
 
     if not examples:
-        raise ValueError("No examples to tokenise (is the data empty?).")
+        raise DataError("No examples to tokenise (is the data empty?).")
     raw = datasets.Dataset.from_list(list(examples))
     raw_columns = [name for name in raw.column_names if not keep_raw or name not in ("context", "messages")]
     encoded = raw.map(_encode_example, remove_columns=raw_columns, num_proc=num_proc, desc="Tokenising",
@@ -353,8 +355,8 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
                        "than max_conversation_length=%d).", dropped_turns, len(encoded) - len(kept), len(encoded),
                        max_conversation_length)
     if len(kept) == 0:
-        raise ValueError(f"Every example was dropped: no first exchange fits max_conversation_length="
-                         f"{max_conversation_length}.")
+        raise DataError(f"Every example was dropped: no first exchange fits max_conversation_length="
+                        f"{max_conversation_length}.")
     return kept if keep_raw else kept.remove_columns("dropped_turns")
 
 

@@ -11,7 +11,7 @@ disk under a key of the teacher inputs, the base model and ``top_k``), so a trai
 Per labelled token the dataset stores the teacher's ``top_k`` token ids and their log-probabilities and, for the
 hidden-state matching term (``hidden_layers``), the teacher's residual stream after a few decoder layers (float16).
 
-The loss that uses them, `peft_shine.losses.topk_kl`, is KL(teacher ‖ student) over the top-k tokens and one tail
+The loss that uses them, `peft_shine.hypernetwork.losses.topk_kl`, is KL(teacher ‖ student) over the top-k tokens and one tail
 bucket.
 """
 
@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from peft_shine.io_utils import atomic_write_text
-from peft_shine.layout import find_decoder_layers
+from peft_shine.errors import ConfigError, UnsupportedModelError
+from peft_shine.hypernetwork.layout import find_decoder_layers
 from peft_shine.prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
+from peft_shine.storage.io_utils import atomic_write_text
 from peft_shine.training.data import IGNORE_INDEX, conversation_turns, right_pad
 
 
@@ -80,8 +81,8 @@ def encode_teacher(example: dict[str, Any], tokenizer: PreTrainedTokenizerBase) 
         input_ids += turn_ids
         labels += turn_labels
     if [t for t in labels if t != IGNORE_INDEX] != student_labels:
-        raise ValueError("The teacher conversation's answer tokens differ from the student's; the chat template "
-                         "must render answers independently of the user turns.")
+        raise UnsupportedModelError("The teacher conversation's answer tokens differ from the student's; the chat "
+                                    "template must render answers independently of the user turns.")
     return {"teacher_input_ids": input_ids, "teacher_labels": labels}
 
 
@@ -163,7 +164,7 @@ def add_teacher_targets(dataset, base_lm: PreTrainedModel, tokenizer: PreTrained
     ``peft_disabled``: a context manager factory that switches generated adapters off while the teacher runs.
     """
     if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}.")
+        raise ConfigError(f"top_k must be at least 1, got {top_k}.")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with_inputs = dataset.map(encode_teacher, fn_kwargs={"tokenizer": tokenizer}, desc="Teacher prompts",
                               remove_columns=["context", "messages"])

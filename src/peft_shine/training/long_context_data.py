@@ -1,7 +1,7 @@
 """Stage-2 examples whose context is several paragraphs, read chunk-wise exactly as at inference.
 
-``generate_adapter(text, chunking=...)`` cuts a long document into chunks (`peft_shine.chunking`), generates one LoRA
-per chunk and combines them (`peft_shine.composition`, ``"mean"`` by default). Training with ``chunk_tokens`` set
+``generate_adapter(text, chunking=...)`` cuts a long document into chunks (`peft_shine.adapters.chunking`), generates one LoRA
+per chunk and combines them (`peft_shine.adapters.combine`, ``"mean"`` by default). Training with ``chunk_tokens`` set
 (`ShineTrainingArguments`) shows the hypernetwork that same path, so it learns the combination it is used with:
 
 * `build_chunked_qa_examples`: SHINE's single-QA with distractors, one question per example, its paragraph at a
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.chunking import check_chunk_sizes, chunk_document
-from peft_shine.contexts import left_pad
+from peft_shine.adapters.chunking import check_chunk_sizes, chunk_document
+from peft_shine.adapters.contexts import left_pad
 from peft_shine.errors import ChunkingError
 from peft_shine.qa_data import QARecord
 from peft_shine.training.data import (

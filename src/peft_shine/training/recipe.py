@@ -16,12 +16,13 @@ import datasets
 from transformers import HfArgumentParser
 from transformers.trainer_utils import IntervalStrategy
 
-from peft_shine.base_models import load_base_model
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.io_utils import read_mapping
+from peft_shine.errors import ConfigError, DataError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.loading import FP32, Placement, resolve_placement
 from peft_shine.modeling_shine import ShineModel
 from peft_shine.qa_data import QARecord, bundled_path, held_out_split, load_qa_source
+from peft_shine.storage.base_models import load_base_model
+from peft_shine.storage.io_utils import read_mapping
 from peft_shine.training.data import texts_from_column
 from peft_shine.training.data_files import check_text_data_file
 from peft_shine.training.resume import last_complete_checkpoint
@@ -61,8 +62,8 @@ def training_arguments(args: argparse.Namespace, config: dict[str, Any], placeme
     parser.set_defaults(**values)  # the defaults and the config file, under the flags
     parsed, remaining = parser.parse_args_into_dataclasses(args=extra, return_remaining_strings=True)
     if remaining:
-        raise ValueError(f"Unknown training flag(s) {remaining}: see `shine train --help` and `shine train "
-                         f"--help-training` for every TrainingArguments field.")
+        raise ConfigError(f"Unknown training flag(s) {remaining}: see `shine train --help` and `shine train "
+                          f"--help-training` for every TrainingArguments field.")
     return parsed
 
 
@@ -75,7 +76,7 @@ def load_texts(source: str, column: str, held_back: Sequence = ()) -> list[str]:
         suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
         builder = TEXT_FORMATS.get(suffix)
         if builder is None:
-            raise ValueError(f"Unknown text file type {suffix!r}; use one of {sorted(TEXT_FORMATS)}.")
+            raise ConfigError(f"Unknown text file type {suffix!r}; use one of {sorted(TEXT_FORMATS)}.")
         if builder in ("json", "text") and path.suffix != ".gz":
             check_text_data_file(path)  # one clear line for empty, binary or malformed files
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -95,7 +96,7 @@ def without_articles(records: list, held_back: list) -> list:
     if len(kept) < len(records):
         print(f"Held back {len(records) - len(kept)} training records about {len(titles)} evaluation article(s)")
     if not kept:
-        raise ValueError("Every training record is about a held-back article; check --data and --exclude-articles.")
+        raise DataError("Every training record is about a held-back article; check --data and --exclude-articles.")
     return kept
 
 
@@ -134,8 +135,8 @@ def training_placement(args: argparse.Namespace, config: dict[str, Any]) -> Plac
     placement = resolve_placement(getattr(args, "device", "auto"), getattr(args, "dtype", "auto"),
                                   prefer_bf16=str(config.get("bf16", "")).lower() == "true")
     if placement.device not in ("cpu", "cuda"):
-        raise ValueError(f"shine train --device {placement.device}: use cpu or cuda (accelerate launch places one "
-                         f"process per GPU).")
+        raise ConfigError(f"shine train --device {placement.device}: use cpu or cuda (accelerate launch places one "
+                          f"process per GPU).")
     return placement
 
 

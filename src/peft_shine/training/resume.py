@@ -8,7 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from peft_shine.configuration_shine import ShineConfig
+from peft_shine.errors import ConfigError, MissingFileError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.modeling_shine import ShineModel
 
 
@@ -27,12 +28,12 @@ def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None
     folder = Path(checkpoint)
     weights = folder / "model.safetensors"
     if not weights.is_file():
-        raise FileNotFoundError(f"No model.safetensors in {folder}: pass a SHINE checkpoint folder.")
+        raise MissingFileError(f"No model.safetensors in {folder}: pass a SHINE checkpoint folder.")
     saved = ShineConfig.from_pretrained(folder)
     differences = {name: (getattr(saved, name), getattr(model.config, name)) for name in _COMPATIBLE_FIELDS
                    if getattr(saved, name) != getattr(model.config, name)}
     if differences:
-        raise ValueError(f"{folder} does not fit this hypernetwork; (checkpoint, model) differ in {differences}.")
+        raise ConfigError(f"{folder} does not fit this hypernetwork; (checkpoint, model) differ in {differences}.")
     model.load_state_dict(load_file(str(weights), device="cpu"))
 
 
@@ -48,4 +49,4 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path:
         if all((folder / name).is_file() for name in CHECKPOINT_FILES):
             return folder
         logger.warning("Skipping incomplete checkpoint %s (interrupted while it was being written).", folder)
-    raise FileNotFoundError(f"No complete checkpoint to resume from in {output_dir}: start without --resume.")
+    raise MissingFileError(f"No complete checkpoint to resume from in {output_dir}: start without --resume.")

@@ -37,9 +37,10 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from peft_shine.contexts import pad_token_id
-from peft_shine.document_adapters import ChunkingConfig, resolve_chunking
-from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
+from peft_shine.adapters.contexts import pad_token_id
+from peft_shine.adapters.pipeline import ChunkingConfig, resolve_chunking
+from peft_shine.errors import ConfigError
+from peft_shine.hypernetwork.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 from peft_shine.training.data import (
     QA_MODES,
@@ -128,17 +129,17 @@ class ShineTrainingArguments(TrainingArguments):
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}.")
+            raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}.")
         if self.qa_mode not in QA_MODES:
-            raise ValueError(f"qa_mode must be one of {QA_MODES}, got {self.qa_mode!r}.")
+            raise ConfigError(f"qa_mode must be one of {QA_MODES}, got {self.qa_mode!r}.")
         if not 0.0 < self.min_completion_keep <= self.max_completion_keep <= 1.0:
-            raise ValueError("Need 0 < min_completion_keep <= max_completion_keep <= 1.")
+            raise ConfigError("Need 0 < min_completion_keep <= max_completion_keep <= 1.")
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}.")
         if self.kd_top_k < 1 or self.hidden_layers < 1 or min(self.kd_weight, self.ce_weight, self.hidden_weight) < 0:
-            raise ValueError("Need kd_top_k >= 1, hidden_layers >= 1 and non-negative loss weights.")
+            raise ConfigError("Need kd_top_k >= 1, hidden_layers >= 1 and non-negative loss weights.")
         if min(self.max_context_length, self.max_conversation_length) < 1:
-            raise ValueError("max_context_length and max_conversation_length must be positive.")
+            raise ConfigError("max_context_length and max_conversation_length must be positive.")
         if self.chunk_tokens is not None:
             check_chunked_arguments(self)
         super().__post_init__()
@@ -272,7 +273,7 @@ class ShineTrainer(ShineHubMixin, Trainer):
         processing_class = processing_class if processing_class is not None else model.tokenizer
         if data_collator is None:
             if processing_class is None:
-                raise ValueError("Pass processing_class (the tokenizer) or attach the base model with a tokenizer.")
+                raise ConfigError("Pass processing_class (the tokenizer) or attach the base model with a tokenizer.")
             collator = ShineDataCollator if args.chunk_tokens is None else ChunkedShineDataCollator
             data_collator = collator(pad_token_id(processing_class))
         if args.chunk_tokens is not None:  # the chunk size must be one generate_adapter(chunking=...) accepts

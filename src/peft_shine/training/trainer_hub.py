@@ -20,7 +20,7 @@ from huggingface_hub import CommitInfo
 
 from peft_shine.hub.cards import hypernetwork_card_fields, render_hypernetwork_card
 from peft_shine.hub.push import push_hypernetwork_folder
-from peft_shine.io_utils import atomic_write_text
+from peft_shine.storage.io_utils import atomic_write_text
 
 
 PICKLED_ARGS = "training_args.bin"

@@ -27,9 +27,10 @@ import math
 
 import torch
 
-from peft_shine.base_models import load_base_model
-from peft_shine.configuration_shine import ShineConfig
+from peft_shine.errors import ConfigError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.modeling_shine import ShineModel
+from peft_shine.storage.base_models import load_base_model
 
 
 CHECK_TEXT = "The Normans gave their name to Normandy, a region in France, in the 10th and 11th centuries."
@@ -43,7 +44,7 @@ def widen_hypernetwork(trained: ShineModel, meta_lora_rank: int | None = None, l
     meta_rank = old.meta_lora_rank if meta_lora_rank is None else meta_lora_rank
     rank = old.lora_rank if lora_rank is None else lora_rank
     if meta_rank < old.meta_lora_rank:
-        raise ValueError(f"meta_lora_rank can only grow ({old.meta_lora_rank} -> {meta_rank}).")
+        raise ConfigError(f"meta_lora_rank can only grow ({old.meta_lora_rank} -> {meta_rank}).")
     values = old.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "num_memory_slots"):
         values.pop(key, None)

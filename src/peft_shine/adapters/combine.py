@@ -19,11 +19,11 @@ scaling, respected here) and writes a LoRA whose own scaling is 1 (``lora_alpha 
   truncations: exact after a single truncation, an estimate (dropped parts taken as orthogonal) after several.
 
 `combine_lora_states` works on peft state dicts (``….lora_A.weight`` ``(r, in)``, ``….lora_B.weight`` ``(out, r)``);
-`peft_shine.document_adapters` uses it for the chunks of one long document (no per-chunk peft adapter is ever
+`peft_shine.adapters.pipeline` uses it for the chunks of one long document (no per-chunk peft adapter is ever
 created). `combine_lora_weights` is the same ``"cat"`` / ``"mean"`` combination on the hypernetwork's
 `LoraWeights` tensors, differentiable: training on chunked contexts (``chunk_tokens``) combines the chunk LoRAs with
 it, so the answer pass sees exactly the adapter `generate_adapter(..., chunking=...)` makes. Adapters already loaded
-on a `PeftModel` are combined by `peft_shine.adapter_composition.compose_adapters` with the same rules.
+on a `PeftModel` are combined by `peft_shine.adapters.compose.compose_adapters` with the same rules.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from peft_shine.errors import CompositionError
-from peft_shine.lora_binding import LoraWeights
+from peft_shine.hypernetwork.lora_binding import LoraWeights
 
 
 RULES = ("cat", "mean", "svd")

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from peft_shine.base_models import resolve_base_model_path
-from peft_shine.config_bounds import check_bounds
-from peft_shine.layout import ModuleSpec, discover_modules
-from peft_shine.layout import num_memory_slots as required_memory_slots
+from peft_shine.errors import ConfigError
+from peft_shine.hypernetwork.config_bounds import check_bounds
+from peft_shine.hypernetwork.layout import ModuleSpec, discover_modules
+from peft_shine.hypernetwork.layout import num_memory_slots as required_memory_slots
+from peft_shine.storage.base_models import resolve_base_model_path
 
 
 class ShineConfig(PretrainedConfig):
@@ -109,14 +110,14 @@ class ShineConfig(PretrainedConfig):
         `ValueError` naming the field and the allowed range otherwise (hostile or mistyped `config.json` files)."""
         check_bounds(vars(self))
         if len(self.target_modules) != len(self.module_shapes):
-            raise ValueError(f"target_modules ({len(self.target_modules)}) and module_shapes "
-                             f"({len(self.module_shapes)}) must have the same length.")
+            raise ConfigError(f"target_modules ({len(self.target_modules)}) and module_shapes "
+                              f"({len(self.module_shapes)}) must have the same length.")
         if self.hidden_size % self.m2p_num_heads:
-            raise ValueError(f"m2p_num_heads={self.m2p_num_heads} must divide hidden_size={self.hidden_size}.")
+            raise ConfigError(f"m2p_num_heads={self.m2p_num_heads} must divide hidden_size={self.hidden_size}.")
         if self.module_shapes:
             needed = required_memory_slots(self.module_specs, self.lora_rank, self.hidden_size)
             if self.num_memory_slots < needed:
-                raise ValueError(
+                raise ConfigError(
                     f"num_memory_slots={self.num_memory_slots} is too small: one layer's LoRA needs "
                     f"{needed} slots of size {self.hidden_size} at lora_rank={self.lora_rank}. Leave it unset."
                 )

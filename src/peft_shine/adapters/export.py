@@ -14,11 +14,11 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel, get_peft_model_state_dict
 from torch import nn
 
-from peft_shine.adapter_names import verify_saved_adapter
-from peft_shine.io_utils import atomic_save_safetensors
-from peft_shine.layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
-from peft_shine.lora_binding import LoraWeights
-from peft_shine.save_targets import guarded_directory
+from peft_shine.adapters.names import verify_saved_adapter
+from peft_shine.hypernetwork.layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
+from peft_shine.hypernetwork.lora_binding import LoraWeights
+from peft_shine.storage.io_utils import atomic_save_safetensors
+from peft_shine.storage.save_targets import guarded_directory
 
 
 def peft_target_modules(base_lm: nn.Module, specs: list[ModuleSpec]) -> list[str]:
@@ -70,7 +70,7 @@ def write_adapter_folder(peft_model: PeftModel, adapter_name: str, path: str | P
                  overwrite: bool = False, expected_tensors: int | None = None) -> Path:
     """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically.
 
-    ``path`` follows `peft_shine.save_targets`: a missing folder is created, a previous adapter folder is replaced,
+    ``path`` follows `peft_shine.storage.save_targets`: a missing folder is created, a previous adapter folder is replaced,
     a file or a folder holding anything else is refused (`TargetExistsError`) unless ``overwrite=True``, which
     writes only the adapter's files into it. The written weights are read back and compared with the adapter's
     layers (and ``expected_tensors``, when given) before anything lands in ``path`` (`AdapterSaveError`).

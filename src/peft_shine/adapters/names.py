@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from peft_shine.errors import AdapterSaveError
+from peft_shine.errors import AdapterSaveError, ConfigError
 
 
 ADAPTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -50,18 +50,18 @@ def validate_adapter_names(names: Sequence[str], count: int, reserved_parts: Ite
     """Adapter names: one per context, unique, 1-64 letters/digits/``_``/``-``, none of peft's reserved names
     (``__base__``, anything containing ``lora_``) and no part of a module path of the base (``reserved_parts``)."""
     if len(names) != count:
-        raise ValueError(f"Got {len(names)} adapter_names for {count} contexts; pass exactly one name per context.")
+        raise ConfigError(f"Got {len(names)} adapter_names for {count} contexts; pass exactly one name per context.")
     for name in names:
         if not isinstance(name, str) or not ADAPTER_NAME_PATTERN.match(name):
-            raise ValueError(f"Invalid adapter name {name!r}: use a string of 1-64 letters, digits, '_' or '-'.")
+            raise ConfigError(f"Invalid adapter name {name!r}: use a string of 1-64 letters, digits, '_' or '-'.")
     if len(set(names)) != len(names):
-        raise ValueError(f"adapter_names must be unique, got duplicates in {list(names)}.")
+        raise ConfigError(f"adapter_names must be unique, got duplicates in {list(names)}.")
     reserved = PEFT_RESERVED_NAMES | frozenset(reserved_parts)
     for name in names:
         if name in reserved or "lora_" in name:
             where = ("is reserved by peft" if name in PEFT_RESERVED_NAMES or "lora_" in name
                      else "is part of the base model's module paths")
-            raise ValueError(
+            raise ConfigError(
                 f"Adapter name {name!r} {where}: peft would mix up or drop tensors when saving or selecting it "
                 f"(names are matched against parameter paths; '__base__' means no adapter). Choose another name, "
                 f"e.g. 'ctx-{name}'."

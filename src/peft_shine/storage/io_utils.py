@@ -36,6 +36,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from peft_shine.errors import ArgumentError, ConfigError, MissingFileError, StorageError
+
 
 __all__ = [
     "atomic_directory",
@@ -110,7 +112,7 @@ def _plain_os_errors() -> Iterator[None]:
         if match is None or "I/O error" not in str(error):
             raise
         code = int(match.group(1))
-        raise OSError(code, f"{os.strerror(code)} while writing ({error})") from error
+        raise StorageError(code, f"{os.strerror(code)} while writing ({error})") from error
 
 
 def _writer_is_gone(name: str) -> bool | None:
@@ -139,7 +141,7 @@ def _make_temp_dir(target: Path) -> Path:
         except FileExistsError:
             continue
         return candidate
-    raise FileExistsError(f"could not create a temporary directory next to {target}")
+    raise StorageError(f"could not create a temporary directory next to {target}")
 
 
 def _remove(path: Path) -> None:
@@ -238,7 +240,7 @@ def atomic_file(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
         with _plain_os_errors():
             yield temp_path
         if not temp_path.is_file():
-            raise FileNotFoundError(f"nothing was written to the temporary file {temp_path}")
+            raise MissingFileError(f"nothing was written to the temporary file {temp_path}")
         mode = path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_current_umask()
         os.chmod(temp_path, mode)
         if fsync:
@@ -284,7 +286,7 @@ def atomic_save_safetensors(
     Returns the absolute path written.
     """
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise TypeError("safetensors metadata must be a dict[str, str]")
+        raise ArgumentError("safetensors metadata must be a dict[str, str]")
     prepared = {name: tensor.detach().contiguous() for name, tensor in tensors.items()}
     with atomic_file(path, fsync=fsync) as temp_path:
         save_file(prepared, str(temp_path), metadata=metadata)
@@ -326,5 +328,5 @@ def read_mapping(path: str | os.PathLike | None) -> dict[str, Any]:
     if data is None and Path(path).suffix in (".yaml", ".yml"):
         data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping (key: value pairs), not {type(data).__name__}.")
+        raise ConfigError(f"{path} must hold a mapping (key: value pairs), not {type(data).__name__}.")
     return data

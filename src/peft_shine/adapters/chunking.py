@@ -1,6 +1,6 @@
 """Token-aware chunking of long documents: cut on paragraph, then sentence, then word boundaries.
 
-A document is tokenized **once** (plain tokenizer, no special tokens, as `contexts.tokenize_contexts` does) and cut
+A document is tokenized **once** (plain tokenizer, no special tokens, as `contexts.context_token_ids` does) and cut
 into consecutive token ranges of at most ``chunk_tokens`` tokens; each chunk's ids are exactly its slice of the
 document's ids, so nothing is re-tokenized and no token is lost or invented at a cut. A cut is placed:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.contexts import ContextError
+from peft_shine.adapters.contexts import ContextError
 from peft_shine.errors import ChunkingError
 
 

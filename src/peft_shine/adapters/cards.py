@@ -21,9 +21,8 @@ from typing import Any
 
 from peft import PeftModel
 
-from peft_shine.base_models import DEFAULT_BASE_MODEL, embedded_base_path
-from peft_shine.hub.cards import is_adapter_card, render_folder_adapter_card
-from peft_shine.io_utils import atomic_write_text
+from peft_shine.storage.base_models import DEFAULT_BASE_MODEL, embedded_base_path
+from peft_shine.storage.io_utils import atomic_write_text
 
 
 CARD_NAME = "README.md"
@@ -32,6 +31,8 @@ _OWNERS = "_peft_shine_card_owners"  # on the PeftModel: the ShineModels whose a
 
 def adapter_card(shine: Any, adapter_name: str, folder: str | Path) -> str:
     """The card of ``shine``'s generated adapter ``adapter_name``, saved in ``folder``."""
+    from peft_shine.hub.cards import render_folder_adapter_card  # the card templates live with the Hub cards (upward)
+
     info = shine.adapter_info.get(adapter_name, {})
     config = shine.peft_model.peft_config[adapter_name]
     hypernetwork = str(getattr(shine, "name_or_path", "") or "")
@@ -48,6 +49,8 @@ def adapter_card(shine: Any, adapter_name: str, folder: str | Path) -> str:
 
 def card_files(shine: Any, adapter_name: str, folder: str | Path) -> dict[str, str]:
     """``{"README.md": card}`` for the folder writer, or ``{}`` when ``folder`` holds a README.md of someone else."""
+    from peft_shine.hub.cards import is_adapter_card  # the card templates live with the Hub cards (upward)
+
     existing = Path(folder) / CARD_NAME
     if existing.is_file() and not is_adapter_card(existing.read_text(encoding="utf-8", errors="replace")):
         return {}

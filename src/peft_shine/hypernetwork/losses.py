@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from peft_shine.errors import ConfigError, DataError
+
 
 _TAIL_FLOOR = 1e-6  # smallest tail mass kept inside log(): a teacher sure of its top-k still has a finite tail term
 
@@ -44,8 +46,8 @@ def hidden_l1(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> tor
         teacher_hidden: the teacher's states there, same shape (any float dtype; stored as float16).
     """
     if student_hidden.shape != teacher_hidden.shape:
-        raise ValueError(f"Hidden states {tuple(student_hidden.shape)} (student) and {tuple(teacher_hidden.shape)} "
-                         f"(teacher) do not line up: the targets belong to another batch or layer choice.")
+        raise DataError(f"Hidden states {tuple(student_hidden.shape)} (student) and {tuple(teacher_hidden.shape)} "
+                        f"(teacher) do not line up: the targets belong to another batch or layer choice.")
     teacher_hidden = teacher_hidden.float()
     distance = (student_hidden.float() - teacher_hidden).abs().sum(-1)
     return (distance / teacher_hidden.abs().sum(-1).clamp(min=_TAIL_FLOOR)).mean(-1)
@@ -64,11 +66,11 @@ def teacher_kl(logits: torch.Tensor, targets: torch.Tensor, teacher_ids: torch.T
     """`topk_kl` of the labelled-position ``logits`` against a batch's stored teacher targets (one row per labelled
     token), with a clear error when they are missing or belong to another batch."""
     if teacher_ids is None or teacher_logprobs is None:
-        raise ValueError("A distillation loss weight needs teacher_topk_ids and teacher_topk_logprobs (build the "
-                         "dataset with objective 'kd' or 'kd+ce').")
+        raise ConfigError("A distillation loss weight needs teacher_topk_ids and teacher_topk_logprobs (build the "
+                          "dataset with objective 'kd' or 'kd+ce').")
     if teacher_ids.shape[0] != targets.numel():
-        raise ValueError(f"{teacher_ids.shape[0]} teacher target rows for {targets.numel()} labelled tokens: the "
-                         f"targets do not belong to this batch.")
+        raise DataError(f"{teacher_ids.shape[0]} teacher target rows for {targets.numel()} labelled tokens: the "
+                        f"targets do not belong to this batch.")
     return topk_kl(logits, teacher_ids, teacher_logprobs)
 
 

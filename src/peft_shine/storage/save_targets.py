@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from peft_shine.errors import TargetExistsError
-from peft_shine.io_utils import atomic_directory, staged_files
+from peft_shine.storage.io_utils import atomic_directory, staged_files
 
 
 __all__ = ["OWN_FILES", "TargetExistsError", "check_hypernetwork_folder", "foreign_entries", "guarded_directory",

@@ -1,24 +1,22 @@
 """An opt-in process setting that keeps the memory of long-document generation low: glibc's mmap threshold.
 
 Chunked generation (`generate_adapter(..., chunking=...)`) holds at most one encoder pass of working tensors at a
-time, whatever the document's length: with one chunk of 512 tokens per pass, 1–38 MiB of working memory from 512 to
-32K tokens, besides the output adapter (``benchmarks/bench_long_context.py``). With several chunks per pass what the
-operating system sees is larger, because of how glibc's ``malloc`` serves blocks of a few MiB: it maps the first
-large block of each size with ``mmap`` and returns it at ``free``, but after such a free it raises its threshold (up
-to 32 MiB), so the next tensors of that size come from the heap, whose freed space stays in the process and is
-reused only where it fits (4 chunks per pass: 240–300 MiB from 2K tokens on).
+time, whatever the document's length, besides the output adapter. With several chunks per pass what the operating
+system sees is larger, because of how glibc's ``malloc`` serves blocks of a few MiB: it maps the first large block
+of each size with ``mmap`` and returns it at ``free``, but after such a free it raises its threshold (up to 32 MiB),
+so the next tensors of that size come from the heap, whose freed space stays in the process and is reused only where
+it fits.
 
 `return_large_allocations_to_os` pins the threshold: every block of at least ``threshold_mib`` is mapped on
-allocation and unmapped when freed, so resident memory follows the live tensors more closely (4 chunks per pass:
-110–170 MiB from 2K to 32K tokens). The price is page faults: fresh pages for every large tensor, 24–27 % more time
-for chunked generation on CPU. It is the same as starting Python with ``MALLOC_MMAP_THRESHOLD_=4194304`` in the
-environment, and like that it applies to the whole process and for its whole life (glibc has no way back to the
-dynamic threshold), so it is never set for you.
+allocation and unmapped when freed, so resident memory follows the live tensors more closely. The price is page
+faults: fresh pages for every large tensor, so chunked generation on a CPU takes longer. It is the same as starting
+Python with ``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment, and like that it applies to the whole process and
+for its whole life (glibc has no way back to the dynamic threshold), so it is never set for you. The README's
+section on long documents has the measurements (``benchmarks/bench_long_context.py``).
 
 Resident memory also grows, once, by the base's weights: transformers memory-maps them from their safetensors file,
 so an embedding row becomes resident the first time its token is read (a long text meets more distinct tokens, up
-to the whole table: 108 MiB for SmolLM2-135M). That is the model's memory, file-backed and reclaimable, not the
-generation's.
+to the whole table). That is the model's memory, file-backed and reclaimable, not the generation's.
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ def return_large_allocations_to_os(threshold_mib: float = 4) -> bool:
     """Serve every allocation of at least ``threshold_mib`` MiB with ``mmap`` and return it to the OS when freed.
 
     Process-wide and permanent (see the module docstring); call it once, before generating adapters from long
-    documents, when peak memory matters more than ~25 % more time. Returns ``True`` when set, ``False`` where the C
+    documents, when peak memory matters more than time. Returns ``True`` when set, ``False`` where the C
     library is not glibc (macOS, musl, Windows): nothing is changed there.
 
     Raises:

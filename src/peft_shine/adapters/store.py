@@ -225,7 +225,7 @@ def discard_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: li
         forget_shared(base_lm)
         return None
     active = peft_model.active_adapters
-    peft_model.set_adapter([name for name in active if name in remaining] or remaining[-1])
+    peft_model.set_adapter(next((name for name in active if name in remaining), remaining[-1]))  # one name
     return peft_model
 
 

@@ -22,6 +22,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from peft_shine.errors import ConfigError
+
 
 @dataclass
 class LoraWeights:
@@ -65,7 +67,7 @@ class LoraWeights:
         """``(A, B)`` of one module of one layer on ``x``'s device and in its dtype, checked against ``x``'s batch."""
         a, b = self.pairs[module]
         if a.shape[0] > 1 and x.shape[0] % a.shape[0]:
-            raise ValueError(f"A batch of {x.shape[0]} rows cannot be split evenly over {a.shape[0]} LoRAs.")
+            raise ConfigError(f"A batch of {x.shape[0]} rows cannot be split evenly over {a.shape[0]} LoRAs.")
         return (a[:, layer].to(device=x.device, dtype=x.dtype), b[:, layer].to(device=x.device, dtype=x.dtype))
 
 

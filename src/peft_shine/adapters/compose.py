@@ -1,5 +1,5 @@
 """Combining adapters already loaded on a `PeftModel` (several documents' adapters → one) with the rules of
-`peft_shine.composition`, through peft's own ``add_weighted_adapter``.
+`peft_shine.adapters.combine`, through peft's own ``add_weighted_adapter``.
 
 ``"cat"`` and ``"mean"`` use peft's ``"cat"`` combination (exact: rank concatenation; ``"mean"`` passes the weights
 divided by their sum), ``"svd"`` uses peft's ``"svd"`` with ``svd_rank`` (the best rank-k approximation of the
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from peft import PeftType, get_peft_model_state_dict
 
-from peft_shine.composition import CombinedLora, check_rule, combine_lora_states, normalized_weights
+from peft_shine.adapters.combine import CombinedLora, check_rule, combine_lora_states, normalized_weights
 from peft_shine.errors import CompositionError
 
 

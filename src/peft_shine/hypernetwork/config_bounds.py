@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from peft_shine.errors import ConfigError
+
 
 # field -> (minimum, maximum), inclusive; integers
 INT_BOUNDS: dict[str, tuple[int, int]] = {
@@ -34,28 +36,28 @@ MAX_HYPERNETWORK_PARAMETERS = 4_000_000_000  # 16 GB in float32
 def _check_int(name: str, value: Any) -> None:
     low, high = INT_BOUNDS[name]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"ShineConfig.{name} must be an integer, got {value!r} ({type(value).__name__}).")
+        raise ConfigError(f"ShineConfig.{name} must be an integer, got {value!r} ({type(value).__name__}).")
     if not low <= value <= high:
-        raise ValueError(f"ShineConfig.{name}={value} is out of bounds: allowed {low} to {high}.")
+        raise ConfigError(f"ShineConfig.{name}={value} is out of bounds: allowed {low} to {high}.")
 
 
 def _check_positive_float(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"ShineConfig.{name} must be a number, got {value!r} ({type(value).__name__}).")
+        raise ConfigError(f"ShineConfig.{name} must be a number, got {value!r} ({type(value).__name__}).")
     if not math.isfinite(value) or not 0 < value <= MAX_FLOAT:
-        raise ValueError(f"ShineConfig.{name}={value} must be finite and positive (at most {MAX_FLOAT:g}).")
+        raise ConfigError(f"ShineConfig.{name}={value} must be finite and positive (at most {MAX_FLOAT:g}).")
 
 
 def _check_modules(targets: Any, shapes: Any, hidden: int) -> None:
     if not isinstance(targets, list | tuple) or not all(isinstance(t, str) and t for t in targets):
-        raise ValueError(f"ShineConfig.target_modules must be a list of module paths, got {targets!r}.")
+        raise ConfigError(f"ShineConfig.target_modules must be a list of module paths, got {targets!r}.")
     if not isinstance(shapes, list | tuple):
-        raise ValueError(f"ShineConfig.module_shapes must be a list of [in_features, out_features], got {shapes!r}.")
+        raise ConfigError(f"ShineConfig.module_shapes must be a list of [in_features, out_features], got {shapes!r}.")
     for shape in shapes:
         if (not isinstance(shape, list | tuple) or len(shape) != 2
                 or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 64 * hidden for n in shape)):
-            raise ValueError(f"ShineConfig.module_shapes entry {shape!r} must be [in_features, out_features], "
-                             f"positive integers of at most 64 × hidden_size.")
+            raise ConfigError(f"ShineConfig.module_shapes entry {shape!r} must be [in_features, out_features], "
+                              f"positive integers of at most 64 × hidden_size.")
 
 
 def parameter_count(values: Mapping[str, Any]) -> int:
@@ -77,6 +79,6 @@ def check_bounds(values: Mapping[str, Any]) -> None:
     if all(values.get(name) is not None for name in ("num_memory_slots", "m2p_ffn_dim")):
         count = parameter_count({**values, "module_shapes": values.get("module_shapes") or []})
         if count > MAX_HYPERNETWORK_PARAMETERS:
-            raise ValueError(f"This ShineConfig describes a hypernetwork of {count:,} parameters, more than the "
-                             f"{MAX_HYPERNETWORK_PARAMETERS:,} allowed; check num_memory_slots, m2p_num_layers, "
-                             f"m2p_ffn_dim and meta_lora_rank.")
+            raise ConfigError(f"This ShineConfig describes a hypernetwork of {count:,} parameters, more than the "
+                              f"{MAX_HYPERNETWORK_PARAMETERS:,} allowed; check num_memory_slots, m2p_num_layers, "
+                              f"m2p_ffn_dim and meta_lora_rank.")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,30 +12,14 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.adapter_cards import attach_card_writer, card_files
-from peft_shine.adapter_names import module_path_parts, validate_adapter_names
-from peft_shine.adapter_store import (
-    GENERATION_LOCK,
-    add_adapters,
-    delete_adapters,
-    evaluation_mode,
-    forget_shared,
-    tuner_layers,
-)
-from peft_shine.configuration_shine import ShineConfig
-from peft_shine.contexts import (
-    DEFAULT_BATCH_SIZE,
-    as_context_list,
-    context_sha256,
-    context_token_ids,
-    left_pad,
-    pad_token_id,
-    plan_batches,
-    tokenize_left_padded,
-)
-from peft_shine.document_adapters import ChunkingConfig, generate_document_adapters
-from peft_shine.errors import AdapterStateError
-from peft_shine.export import lora_config, peft_state_dict, write_adapter_folder
+from peft_shine.adapters.cards import attach_card_writer, card_files
+from peft_shine.adapters.contexts import as_context_list, tokenize_left_padded
+from peft_shine.adapters.export import lora_config, write_adapter_folder
+from peft_shine.adapters.names import module_path_parts, validate_adapter_names
+from peft_shine.adapters.pipeline import ChunkingConfig, generate
+from peft_shine.adapters.store import GENERATION_LOCK, delete_adapters, forget_shared, tuner_layers
+from peft_shine.errors import AdapterNotFoundError, AdapterStateError, ArgumentError, ConfigError, ModelStateError
+from peft_shine.hypernetwork.configuration_shine import ShineConfig
 
 
 MAX_CONTEXTS_PER_CALL = 4096  # each adapter stays in memory on the base; the cost per call is linear in the count
@@ -50,7 +33,7 @@ class AdapterGenerationMixin:
     config: ShineConfig
     tokenizer: PreTrainedTokenizerBase | None
     peft_model: PeftModel | None
-    adapter_info: dict[str, dict[str, Any]]  # adapter name -> context_sha256, generation_seconds
+    adapter_info: dict[str, dict[str, Any]]  # adapter name -> its record (`pipeline.adapter_records`)
     memory_slots: torch.nn.Parameter
     _adapter_config: tuple[LoraConfig, frozenset[str]] | None
     _lora_sentinel: torch.nn.Module | None  # one LoRA layer of the shared PeftModel: its merge flag outlives unload
@@ -58,7 +41,7 @@ class AdapterGenerationMixin:
     def tokenize_contexts(self, contexts: str | Sequence[str], truncation: bool = False):
         """Validate and tokenize contexts for `encode` (left-padded). Returns ``(input_ids, attention_mask)``."""
         if self.tokenizer is None:
-            raise RuntimeError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
+            raise ModelStateError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
         ids, mask = tokenize_left_padded(self.tokenizer, as_context_list(contexts), self.config.max_context_length,
                                       truncation=truncation)
         device = self.memory_slots.device
@@ -81,18 +64,23 @@ class AdapterGenerationMixin:
                 previous ``"default"``) and ``"context_0"``, ``"context_1"``, ... for a list.
             truncation: keep the first ``max_context_length`` tokens of longer contexts instead of raising.
             batch_size: at most this many contexts per encoder pass (chunks, with ``chunking``); passes are also
-                capped at 4,096 padded positions and, without ``chunking``, 10 % padding
-                (`peft_shine.contexts.plan_batches`). Default: 8 contexts; with ``chunking``, one chunk per pass
-                on a CPU (faster there and ~250 MiB lighter than 4, measured in
-                ``benchmarks/bench_long_context.py``) and 8 on an accelerator.
+                capped at `contexts.MAX_BATCH_TOKENS` padded positions and, without ``chunking``, `contexts.MAX_PADDING`
+                of padding (`peft_shine.adapters.contexts.plan_batches`). Default: `contexts.DEFAULT_BATCH_SIZE`
+                contexts; with ``chunking``, one chunk per pass on a CPU (faster and lighter there:
+                ``benchmarks/bench_long_context.py``) and `contexts.DEFAULT_BATCH_SIZE` on an accelerator.
             chunking: read contexts longer than the window: a `ChunkingConfig` (``chunk_tokens``,
                 ``overlap_tokens``, ``combine`` = ``"cat"`` / ``"mean"`` / ``"svd"``, ``rank``), a dict of its
                 fields, ``True`` for the defaults or an int chunk size. Each context is cut into chunks, the chunks
-                are encoded in batches and combined into one standard LoRA per context
-                (`peft_shine.document_adapters`). Not with ``truncation``.
+                are encoded in batches and combined into one standard LoRA per context. Not with ``truncation``.
+
+        Every context takes one path (`peft_shine.adapters.pipeline`): planned into encoder rows (a context, or its
+        chunks), encoded in passes, reduced to one LoRA per context (a one-row context kept as it is), added to the
+        base's shared `PeftModel` (all or nothing) and recorded in ``adapter_info[name]``: ``context_sha256``,
+        ``generation_seconds`` (per context), ``chunk_tokens`` (the token count of each row), ``combine`` (the
+        chunking rule, ``None`` without chunking), ``rank`` and ``svd_max_error`` (``"svd"`` only, else ``None``).
 
         The time is linear in the number of contexts (``benchmarks/bench_many_contexts.py``); one call takes at most
-        `MAX_CONTEXTS_PER_CALL` (4,096) contexts, since every adapter stays in memory on the base until
+        `MAX_CONTEXTS_PER_CALL` contexts, since every adapter stays in memory on the base until
         ``model.delete_adapter(name)``: call it in chunks for more.
 
         Returns:
@@ -103,28 +91,26 @@ class AdapterGenerationMixin:
         """
         texts = as_context_list(contexts)
         if len(texts) > MAX_CONTEXTS_PER_CALL:
-            raise ValueError(f"Got {len(texts)} contexts; generate_adapter takes at most {MAX_CONTEXTS_PER_CALL} per "
-                             f"call (each adapter stays in memory on the base). Call it in chunks, and delete adapters "
-                             f"you no longer need with model.delete_adapter(name).")
+            raise ConfigError(f"Got {len(texts)} contexts; generate_adapter takes at most {MAX_CONTEXTS_PER_CALL} per "
+                              f"call (each adapter stays in memory on the base). Call it in chunks, and delete "
+                              f"adapters you no longer need with model.delete_adapter(name).")
         names = _default_names(texts, adapter_names)
         if batch_size is not None:
             _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])
         if chunking not in (None, False) and truncation:
-            raise ValueError("Pass either chunking (read the whole context) or truncation (keep its start).")
+            raise ConfigError("Pass either chunking (read the whole context) or truncation (keep its start).")
         with GENERATION_LOCK:
             self.check_base_model_state()
-            if chunking not in (None, False):
-                model = generate_document_adapters(self, texts, names, chunking, batch_size)
-                self._remember_lora_layer()
-                return attach_card_writer(self, model)
-            started = time.perf_counter()
-            states = self._generate_states(texts, names, truncation, batch_size or DEFAULT_BATCH_SIZE)
-            self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
+            try:
+                generated = generate(self, texts, names, truncation=truncation, batch_size=batch_size,
+                                     chunking=chunking)
+            except BaseException:
+                self.check_base_model_state()  # a failed add may have unwrapped the base: forget a stale PeftModel
+                raise
+            self.peft_model = generated.peft_model
             self._remember_lora_layer()
-            seconds = (time.perf_counter() - started) / len(texts)
-            for name, text in zip(names, texts):
-                self.adapter_info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
+            self.adapter_info.update(generated.records)
             return attach_card_writer(self, self.peft_model)
 
     def delete_adapters(self, names: str | Sequence[str]) -> None:
@@ -192,38 +178,19 @@ class AdapterGenerationMixin:
             self._adapter_config = (config, module_path_parts(self.base_lm))
         return self._adapter_config
 
-    @torch.no_grad()  # not inference_mode: the tensors become peft parameters
-    def _generate_states(self, texts: list[str], names: list[str], truncation: bool, batch_size: int) -> dict:
-        """peft state dicts by name, in the order of ``names``. Every context is tokenized (and checked) once, then
-        encoded in length-sorted batches (`plan_batches`: at most ``batch_size`` contexts, `contexts.MAX_BATCH_TOKENS` padded
-        positions and `contexts.MAX_PADDING` of padding each), whatever order the caller used."""
-        if self.tokenizer is None:
-            raise RuntimeError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
-        token_ids = context_token_ids(self.tokenizer, texts, self.config.max_context_length, truncation)
-        batches = plan_batches([len(ids) for ids in token_ids], batch_size, self.config.num_memory_slots)
-        pad_id, device = pad_token_id(self.tokenizer), self.memory_slots.device
-        states = {}
-        with evaluation_mode(self):
-            for batch in batches:
-                ids, mask = left_pad([token_ids[index] for index in batch], pad_id)
-                lora = self.generate_lora(ids.to(device), mask.to(device))
-                for row, index in enumerate(batch):
-                    states[names[index]] = peft_state_dict(self.base_lm, self.config.module_specs, lora, row)
-        return {name: states[name] for name in names}  # the last name given stays the active adapter
-
     def save_adapter(self, path: str | Path, adapter_name: str = "default", *, overwrite: bool = False) -> Path:
         """Write a generated adapter as a flat, standard peft LoRA folder (``adapter_config.json`` +
-        ``adapter_model.safetensors`` + a README.md card, `peft_shine.adapter_cards`), atomically. It loads with
+        ``adapter_model.safetensors`` + a README.md card, `peft_shine.adapters.cards`), atomically. It loads with
         ``PeftModel.from_pretrained(base, path)``.
 
         Nothing is ever deleted that peft-shine did not write: a previous adapter folder at ``path`` is replaced, but
         an existing file, or a folder holding anything else (source files, ``.git``, sub-folders), raises
-        `peft_shine.save_targets.TargetExistsError`. ``overwrite=True`` writes the adapter's files into such a
-        folder and keeps everything else (see `peft_shine.save_targets`).
+        `peft_shine.storage.save_targets.TargetExistsError`. ``overwrite=True`` writes the adapter's files into such a
+        folder and keeps everything else (see `peft_shine.storage.save_targets`).
         """
         if self.peft_model is None or adapter_name not in self.peft_model.peft_config:
             available = list(self.peft_model.peft_config) if self.peft_model is not None else []
-            raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
+            raise AdapterNotFoundError(f"No generated adapter named {adapter_name!r}; available: {available}.")
         count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
         return write_adapter_folder(self.peft_model, adapter_name, path, card_files(self, adapter_name, path),
                                     overwrite=overwrite, expected_tensors=count)
@@ -235,12 +202,12 @@ def _default_names(texts: list[str], adapter_names: str | Sequence[str] | None) 
     if isinstance(adapter_names, str):
         return [adapter_names]
     if not isinstance(adapter_names, Sequence):
-        raise TypeError(f"adapter_names must be a string or a list of strings (one per context), got "
-                        f"{type(adapter_names).__name__}.")
+        raise ArgumentError(f"adapter_names must be a string or a list of strings (one per context), got "
+                            f"{type(adapter_names).__name__}.")
     return list(adapter_names)
 
 
 def _check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer (contexts encoded per forward pass), got "
-                         f"{batch_size!r}.")
+        raise ConfigError(f"batch_size must be a positive integer (contexts encoded per forward pass), got "
+                          f"{batch_size!r}.")

