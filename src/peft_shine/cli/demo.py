@@ -7,6 +7,7 @@ import os
 
 from peft_shine.cli.defaults import DEFAULT_BASE_MODEL, DEFAULT_HUB_REPO
 from peft_shine.cli.options import add_device_options, placement_from_args
+from peft_shine.errors import ConfigError
 
 
 DESCRIPTION = ("Run the Gradio demo locally: paste or upload a context, generate its adapter, chat with it, compare "
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``shine demo``."""
     if args.share and args.allow_local_paths:
-        raise ValueError("--allow-local-paths would tell anyone with the public --share link which paths exist on "
+        raise ConfigError("--allow-local-paths would tell anyone with the public --share link which paths exist on "
                          "this machine; use one or the other.")
     # gradio is the optional [demo] extra, the engine loads the library: imported only when the demo runs
     from peft_shine.demo.app import build_demo, launch_options

@@ -16,6 +16,7 @@ from peft_shine.cli.defaults import (
     RECALL_MARGIN,
 )
 from peft_shine.cli.options import add_device_options, placement_from_args
+from peft_shine.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,7 +87,7 @@ def check_data(args: argparse.Namespace) -> None:
     for flag in ("pad_tokens", "needle_multiples"):
         text = str(getattr(args, flag))
         if not all(part.strip().isdigit() for part in text.split(",") if part.strip()):
-            raise ValueError(f"--{flag.replace('_', '-')} takes comma-separated positive integers, got {text!r}")
+            raise ConfigError(f"--{flag.replace('_', '-')} takes comma-separated positive integers, got {text!r}")
     if args.data != "needle":
         load_qa_records(args.data, split=args.split, limit=args.limit, seed=args.seed)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from peft_shine.cli.defaults import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options
+from peft_shine.errors import MissingFileError
 
 
 DESCRIPTION = """Train a SHINE hypernetwork: stage 1 (pretrain: reconstruct and continue texts) or stage 2 (instruct:
@@ -91,10 +92,10 @@ def check_paths(args: argparse.Namespace) -> None:
     files = [value for value in [*data, args.eval_data] if value and value.lower().endswith(DATA_SUFFIXES)]
     for value in files:
         if not Path(value).is_file():
-            raise FileNotFoundError(f"no such data file {value}; pass an existing file, a bundled name such as "
+            raise MissingFileError(f"no such data file {value}; pass an existing file, a bundled name such as "
                                     f"'wikitext' or 'squad:train', or a Hub dataset id")
     if args.config and not Path(args.config).is_file():
-        raise FileNotFoundError(f"no such --config file {args.config}")
+        raise MissingFileError(f"no such --config file {args.config}")
 
 
 def run(args: argparse.Namespace) -> int:
