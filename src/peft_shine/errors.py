@@ -1,8 +1,11 @@
 """Every error peft-shine raises on purpose.
 
 Each derives from `ShineError` (catch that for "anything peft-shine refused") and from the builtin exception it
-stands for (`ValueError` for bad input, `OSError` for files, `RuntimeError` for states), so code written against the
-builtins keeps working. Every message names the problem and the fix.
+stands for (`ValueError` for bad input, `TypeError` for a wrong argument type, `KeyError` for a missing name,
+`OSError` for files, `RuntimeError` for states), so code written against the builtins keeps working. Every message
+names the problem and the fix. The general ones (`ConfigError`, `DataError`, `ArgumentError`, `ModelStateError`,
+`MissingFileError`, `StorageError`) cover what no specific one names; nothing in the package raises a bare builtin
+(`tests/test_house.py` checks).
 """
 
 from __future__ import annotations
