@@ -212,5 +212,6 @@ def test_stale_temporaries_of_a_dead_writer_go_at_once_a_live_ones_stay(tmp_path
     (tmp_path / f".adapter.tmp-{os.getpid()}-0123abcd").mkdir()  # this process: maybe another thread's save
     (tmp_path / ".adapter.tmp-0123abcd").mkdir()  # no process recorded, fresh: kept for an hour
     removed = remove_stale_temporaries(target)
-    assert sorted(p.name for p in removed) == [f".adapter.old-{dead_pid}-0123abcd", f".adapter.tmp-{dead_pid}-0123abcd"]
+    assert [p.name for p in removed] == [f".adapter.tmp-{dead_pid}-0123abcd"]
+    assert target.is_dir()  # the dead writer's parked old folder is put back in place (issue 27), not deleted
     assert _siblings(target) == [".adapter.tmp-0123abcd", f".adapter.tmp-{os.getpid()}-0123abcd"]

@@ -126,14 +126,14 @@ def download(repo_id: str, output: str | Path | None = None, *, revision: str | 
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise TargetExistsError(f"{output} exists and is not empty; choose another output folder, or pass "
                                 f"overwrite=True (--overwrite on the command line).")
-    write_mode(output, overwrite=overwrite, what="download")  # refuse a file or a foreign folder before any request
+    write_mode(output, overwrite=overwrite, what="download", kind="download")  # refuse a file or a foreign folder before any request
     resolved = resolve_hub_revision(repo_id, revision, token=token)
     with hub_errors("download", repo_id, revision):
         if not hf_constants.HF_HUB_OFFLINE:  # offline, the files come from the cache
             pull_size(repo_id, getattr(resolved, "resolved", None) or resolved, token, max_bytes)
         snapshot = Path(snapshot_download(repo_id, revision=resolved, allow_patterns=PULL_PATTERNS, token=token))
     kind = verify_pulled(snapshot, repo_id)
-    with guarded_directory(output, overwrite=overwrite, what="download") as tmp:
+    with guarded_directory(output, overwrite=overwrite, what="download", kind="download") as tmp:
         for source in sorted(snapshot.rglob("*")):
             if source.is_file():
                 (tmp / source.relative_to(snapshot)).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,61 @@
+"""Damaged hypernetwork checkpoints fail loudly, naming the tensor or the file (issue 27, item 4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import make_shine
+from peft_shine import CheckpointError, ShineModel
+
+
+@pytest.fixture
+def folder(tmp_path):
+    make_shine("llama").save_pretrained(tmp_path / "shine")
+    return tmp_path / "shine"
+
+
+def _rewrite(folder, change) -> None:
+    tensors = load_file(folder / "model.safetensors")
+    change(tensors)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(folder, value):
+    def poison(tensors):
+        tensors["m2p.layer_embedding"][0, 0] = value
+
+    _rewrite(folder, poison)
+    with pytest.raises(CheckpointError, match=r"m2p\.layer_embedding.*(nan|inf)"):
+        ShineModel.from_pretrained(folder, load_base_model=False)
+
+
+def test_a_tensor_of_the_wrong_shape_is_a_checkpoint_error_naming_it(folder):
+    def reshape(tensors):
+        tensors["memory_slots"] = torch.zeros(3, 5)
+
+    _rewrite(folder, reshape)
+    with pytest.raises(CheckpointError, match=r"memory_slots.*\[3, 5\]"):
+        ShineModel.from_pretrained(folder, load_base_model=False)
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", '"shine"', "null"])
+def test_a_config_that_is_not_a_mapping_gets_a_clear_error(folder, content):
+    (folder / "config.json").write_text(content)
+    with pytest.raises(CheckpointError, match=r"config\.json.*JSON object"):
+        ShineModel.from_pretrained(folder, load_base_model=False)
+
+
+def test_save_pretrained_refuses_non_finite_weights_and_keeps_the_previous_checkpoint(folder):
+    shine = make_shine("llama")
+    before = (folder / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        shine.meta_lora_A[0][0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"meta_lora_A\.0"):
+        shine.save_pretrained(folder)
+    assert (folder / "model.safetensors").read_bytes() == before
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "shine"
