@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertModel
 
 from conftest import make_shine
@@ -143,7 +143,6 @@ def test_a_folder_with_both_a_single_file_and_an_index_is_refused(tmp_path):
     folder = tmp_path / "hn"
     make_shine("llama", seed=0).save_pretrained(folder, max_shard_size="20KB")
     stale = make_shine("llama", seed=1).state_dict()
-    from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in stale.items() if not k.startswith("base_lm.")},
               str(folder / "model.safetensors"))
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*model\.safetensors\.index\.json"):

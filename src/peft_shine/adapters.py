@@ -17,10 +17,14 @@ from peft_shine.adapter_names import module_path_parts, validate_adapter_names
 from peft_shine.adapter_store import (
     GENERATION_LOCK,
     add_adapters,
+    check_owned,
+    claim_names,
     delete_adapters,
     evaluation_mode,
     forget_shared,
+    record_owner,
     tuner_layers,
+    visible_names,
 )
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.contexts import (
@@ -109,28 +113,34 @@ class AdapterGenerationMixin:
         if batch_size is not None:
             _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])
-        if chunking not in (None, False) and truncation:
+        if chunking is not None and chunking is not False and truncation:
             raise ValueError("Pass either chunking (read the whole context) or truncation (keep its start).")
         with GENERATION_LOCK:
             self.check_base_model_state()
-            if chunking not in (None, False):
+            claim_names(self.base_lm, self, names)  # another model's adapter on the same base is never replaced
+            if chunking is not None and chunking is not False:  # 0 is a chunk size (refused), not "no chunking"
                 model = generate_document_adapters(self, texts, names, chunking, batch_size)
                 self._remember_lora_layer()
+                record_owner(self.base_lm, self, names)
                 return model
             started = time.perf_counter()
             states = self._generate_states(texts, names, truncation, batch_size or DEFAULT_BATCH_SIZE)
             self.peft_model = add_adapters(self.base_lm, self.peft_model, self.adapter_lora_config(), states)
             self._remember_lora_layer()
+            record_owner(self.base_lm, self, names)
             seconds = (time.perf_counter() - started) / len(texts)
             for name, text in zip(names, texts):
                 self.adapter_info[name] = {"context_sha256": context_sha256(text), "generation_seconds": seconds}
             return self.peft_model
 
     def delete_adapters(self, names: str | Sequence[str]) -> None:
-        """Delete generated adapters (weights and `adapter_info`). Deleting the last one unwraps the base LM, which
-        is then plain again (``peft_model`` becomes ``None``; the next `generate_adapter` wraps it anew)."""
+        """Delete adapters of this model (weights and `adapter_info`; another model's on the same base, and unknown
+        names, are skipped), in time linear in their number. Deleting the last adapter
+        on the base unwraps the base LM, which is then plain again (``peft_model`` becomes ``None``; the next
+        `generate_adapter` wraps it anew)."""
         names = [names] if isinstance(names, str) else list(names)
         with GENERATION_LOCK:
+            names = visible_names(self.base_lm, self, names)
             for name in names:
                 self.adapter_info.pop(name, None)
             self.peft_model = delete_adapters(self.base_lm, self.peft_model, names)
@@ -217,11 +227,12 @@ class AdapterGenerationMixin:
         Nothing is ever deleted that peft-shine did not write: a previous adapter folder at ``path`` is replaced, but
         an existing file, or a folder holding anything else (source files, ``.git``, sub-folders), raises
         `peft_shine.save_targets.TargetExistsError`. ``overwrite=True`` writes the adapter's files into such a
-        folder and keeps everything else (see `peft_shine.save_targets`).
+        folder and keeps everything else (see `peft_shine.save_targets`). Only an adapter this model generated,
+        with the weights it generated, or one no model generated (composed), is saved; another model's on the same
+        base raises `KeyError`, changed weights `AdapterSaveError`.
         """
-        if self.peft_model is None or adapter_name not in self.peft_model.peft_config:
-            available = list(self.peft_model.peft_config) if self.peft_model is not None else []
-            raise KeyError(f"No generated adapter named {adapter_name!r}; available: {available}.")
+        with GENERATION_LOCK:
+            check_owned(self.base_lm, self.peft_model, self, adapter_name)  # not another model's; unchanged
         count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
         return write_adapter_folder(self.peft_model, adapter_name, path, overwrite=overwrite, expected_tensors=count)
 
