@@ -62,6 +62,10 @@ class DemoError(ShineError, ValueError):
     """A problem to show the demo's user as is (its message names no server path and no secret)."""
 
 
+class NonFiniteWeightsError(ShineError, FloatingPointError):
+    """An optimizer step left NaN/Inf in the hypernetwork's weights; training stopped (no such checkpoint saved)."""
+
+
 __all__ = [
     "AdapterSaveError",
     "AdapterStateError",
@@ -72,6 +76,7 @@ __all__ = [
     "ContextError",
     "DemoError",
     "HubError",
+    "NonFiniteWeightsError",
     "PullError",
     "ShineError",
     "TargetExistsError",

@@ -15,7 +15,9 @@ checkpoints, resume, logging — is the stock loop):
   differ) skips the same steps. A fused AdamW (``adamw_torch_fused``, the default optimizer on recent torch) skips
   on the device through its ``found_inf`` input (no host sync at all); any other optimizer reads the flag once per
   optimizer step and drops the gradients. Both are counted (``nonfinite_losses``, ``skipped_steps`` in the
-  training logs, read only when logging). The learning-rate schedule still advances;
+  training logs, read only when logging). The learning-rate schedule still advances. A step whose finite gradients
+  still leave NaN/Inf in the weights (an overflowing update) is noticed by a post-step flag, read when logging or
+  saving: training stops with `NonFiniteWeightsError` naming the tensor, before such a checkpoint is written;
 * chunked contexts (``chunk_tokens``): stage-2 single-QA contexts of several paragraphs cut by the inference
   chunker, the chunk LoRAs of each example combined by ``chunk_combine`` (`training.long_context_data`);
 * evaluation: held-out loss with the generated adapter (``eval_loss``), with no adapter
@@ -39,6 +41,7 @@ from transformers import Trainer, TrainingArguments
 
 from peft_shine.contexts import pad_token_id
 from peft_shine.document_adapters import ChunkingConfig, resolve_chunking
+from peft_shine.errors import NonFiniteWeightsError
 from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 from peft_shine.training.data import (
@@ -283,6 +286,7 @@ class ShineTrainer(ShineHubMixin, Trainer):
                          **kwargs)
         self._nonfinite_losses: torch.Tensor | int = 0  # device tensors once counting starts (read at log time)
         self._skipped_steps: torch.Tensor | int = 0
+        self._nonfinite_weights_step: torch.Tensor | None = None  # first step that left NaN/Inf weights (0: none)
 
     @property
     def nonfinite_losses(self) -> int:
@@ -299,8 +303,34 @@ class ShineTrainer(ShineHubMixin, Trainer):
         optimizer = super().create_optimizer(model)
         if not getattr(optimizer, "_shine_skip_hook", False):
             optimizer.register_step_pre_hook(self._skip_nonfinite_step)
+            optimizer.register_step_post_hook(self._flag_nonfinite_weights)
             optimizer._shine_skip_hook = True
         return optimizer
+
+    def _flag_nonfinite_weights(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """Optimizer post-step hook: remember, on the device (no host sync), whether the step left NaN/Inf in the
+        weights (`check_weights_finite` reads it)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if params:
+            bad = nonfinite_flag([p.detach() for p in params])
+            if self._nonfinite_weights_step is None:
+                self._nonfinite_weights_step = torch.where(bad, self.state.global_step + 1, 0)
+            else:
+                first = self._nonfinite_weights_step
+                self._nonfinite_weights_step = torch.where((first == 0) & bad, self.state.global_step + 1, first)
+
+    def check_weights_finite(self) -> None:
+        """Raise `NonFiniteWeightsError` naming the first NaN/Inf tensor once an optimizer step left one."""
+        step = int(self._nonfinite_weights_step) if self._nonfinite_weights_step is not None else 0
+        if not step:
+            return
+        shine = self.accelerator.unwrap_model(self.model)
+        name = next((n for n, p in shine.named_parameters() if not torch.isfinite(p.detach()).all()), "a weight")
+        raise NonFiniteWeightsError(
+            f"The optimizer step {step} left NaN/Inf in the hypernetwork's weights ({name}) although its gradients "
+            f"were finite: the update overflowed, usually a learning rate far too high. Training stopped and no "
+            f"checkpoint of those weights was saved; resume from the last checkpoint with a lower learning rate."
+        )
 
     def _skip_nonfinite_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Optimizer pre-step hook: skip a step whose gradient norm is NaN/Inf on any rank (AdamW then leaves each
@@ -351,7 +381,12 @@ class ShineTrainer(ShineHubMixin, Trainer):
             loss = loss * torch.where(bad, float("nan"), 1.0).to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
+    def _save_checkpoint(self, model, trial) -> None:
+        self.check_weights_finite()  # before the checkpoint folder is made
+        super()._save_checkpoint(model, trial)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self.check_weights_finite()
         if "loss" in logs:
             logs = {**logs, "nonfinite_losses": self.nonfinite_losses, "skipped_steps": self.skipped_steps}
         super().log(logs, start_time)
