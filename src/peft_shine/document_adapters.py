@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 
 from peft_shine.adapter_store import GENERATION_LOCK, add_adapters, discard_adapters, evaluation_mode
-from peft_shine.chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
+from peft_shine.chunking import MAX_DOCUMENT_TOKENS, ChunkingError, TextChunk, check_chunk_sizes, chunk_document
 from peft_shine.composition import CombinedLora, LoraAccumulator, check_rule
 from peft_shine.contexts import DEFAULT_BATCH_SIZE, MAX_BATCH_TOKENS, context_sha256, left_pad, pad_token_id
 from peft_shine.export import peft_state_dict
@@ -52,12 +52,15 @@ class ChunkingConfig:
             sum truncated to ``rank``); ``"mean"`` and ``"cat"`` keep every chunk's rank. With the shipped
             hypernetwork the sum garbles answers from two chunks on (docs/evaluation.md), the mean does not.
         rank: the rank budget of ``"svd"`` (at most ``chunks × lora_rank`` of each document).
+        max_document_tokens: the longest document read, in tokens (default `chunking.MAX_DOCUMENT_TOKENS`,
+            131,072); a longer one raises `ChunkingError` before any encoding. Raise it for longer documents.
     """
 
     chunk_tokens: int | None = None
     overlap_tokens: int = 0
     combine: str = "mean"
     rank: int | None = None
+    max_document_tokens: int = MAX_DOCUMENT_TOKENS
 
 
 def as_chunking_config(value: ChunkingConfig | Mapping | bool | int) -> ChunkingConfig:
@@ -69,10 +72,10 @@ def as_chunking_config(value: ChunkingConfig | Mapping | bool | int) -> Chunking
     if isinstance(value, int) and not isinstance(value, bool):
         return ChunkingConfig(chunk_tokens=value)
     if isinstance(value, Mapping):
-        unknown = set(value) - {"chunk_tokens", "overlap_tokens", "combine", "rank"}
+        unknown = set(value) - {"chunk_tokens", "overlap_tokens", "combine", "rank", "max_document_tokens"}
         if unknown:
             raise ChunkingError(f"Unknown chunking options {sorted(unknown)}; known: chunk_tokens, overlap_tokens, "
-                                f"combine, rank.")
+                                f"combine, rank, max_document_tokens.")
         return ChunkingConfig(**value)
     raise ChunkingError(f"chunking must be a ChunkingConfig, a dict, True or a chunk size, got {value!r}.")
 
@@ -85,6 +88,9 @@ def resolve_chunking(shine, value: ChunkingConfig | Mapping | bool | int) -> Chu
     if config.chunk_tokens is None:
         config = replace(config, chunk_tokens=window if positions is None else min(window, positions - slots))
     check_chunk_sizes(config.chunk_tokens, config.overlap_tokens)
+    limit = config.max_document_tokens
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ChunkingError(f"max_document_tokens must be a positive number of tokens, got {limit!r}.")
     if config.chunk_tokens > window:
         raise ChunkingError(f"chunk_tokens={config.chunk_tokens} is longer than this hypernetwork's "
                             f"max_context_length ({window}), the longest context it reads at once.")
@@ -100,7 +106,8 @@ def resolve_chunking(shine, value: ChunkingConfig | Mapping | bool | int) -> Chu
 
 def plan_documents(shine, texts: Sequence[str], config: ChunkingConfig) -> list[list[TextChunk]]:
     """Chunk every document and check the rank budget against each one's concatenated rank (before any work)."""
-    plans = [chunk_document(shine.tokenizer, text, config.chunk_tokens, config.overlap_tokens) for text in texts]
+    plans = [chunk_document(shine.tokenizer, text, config.chunk_tokens, config.overlap_tokens,
+                            config.max_document_tokens, index) for index, text in enumerate(texts)]
     for index, plan in enumerate(plans):
         try:
             check_rule(config.combine, config.rank, len(plan) * shine.config.lora_rank)
