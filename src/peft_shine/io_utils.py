@@ -382,12 +382,26 @@ def remove_stale_temporaries(target: str | Path, *, min_age_s: float = STALE_AGE
 
 
 def read_mapping(path: str | os.PathLike | None) -> dict[str, Any]:
-    """The JSON or YAML (``.yaml``/``.yml``) mapping in ``path``; an empty dict without a path."""
+    """The JSON or YAML (``.yaml``/``.yml``) mapping in ``path``; an empty dict without a path. Every failure names
+    the file and its cause: missing, a folder, not UTF-8, not valid JSON/YAML, not a mapping."""
     if path is None:
         return {}
-    text = Path(path).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
-    if data is None and Path(path).suffix in (".yaml", ".yml"):
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; pass a JSON or YAML file.")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file {path}; pass an existing JSON or YAML file.")
+    is_yaml = path.suffix in (".yaml", ".yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+    try:
+        data = yaml.safe_load(text) if is_yaml else json.loads(text)
+    except (ValueError, yaml.YAMLError) as error:
+        kind = "YAML" if is_yaml else "JSON"
+        raise ValueError(f"{path} is not valid {kind}: {' '.join(str(error).split())}.") from None
+    if data is None and is_yaml:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping (key: value pairs), not {type(data).__name__}.")

@@ -58,9 +58,15 @@ def read_context(args: argparse.Namespace) -> tuple[str, str]:
         return args.context, "--context"
     if args.context_file is not None:
         path = Path(args.context_file)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; pass a UTF-8 text file to --context-file")
         if not path.is_file():
             raise FileNotFoundError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
-        return path.read_text(encoding="utf-8"), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); pass --context-file "
+                             f"a UTF-8 text file") from None
 
     record = load_sample_context()[0]
     return record.context, f"the bundled sample context ({record.title}); pass --context or --context-file"

@@ -25,6 +25,7 @@ from transformers import HfArgumentParser
 
 from peft_shine.base_models import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options
+from peft_shine.save_targets import check_hypernetwork_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from peft_shine.training.plots import plot_losses
     from peft_shine.training.recipe import train
 
+    check_hypernetwork_folder(args.output)  # a foreign folder is refused before any data, model or teacher work
     trainer = train(args)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history
