@@ -62,14 +62,17 @@ def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tupl
 
 @contextmanager
 def _quiet_loading_report() -> Iterator[None]:
-    """Silence transformers' loading report while loading: `_check_complete` raises its own, clearer error."""
-    report = logging.getLogger("transformers.utils.loading_report")
-    previous = report.level
-    report.setLevel(logging.ERROR)
+    """Silence transformers' loading report (logged by ``modeling_utils``) while loading: `_check_complete` raises
+    its own, clearer error naming the tensors."""
+    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils", "transformers.utils.loading_report")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        report.setLevel(previous)
+        for logger, level in zip(loggers, previous):
+            logger.setLevel(level)
 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:

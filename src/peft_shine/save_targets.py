@@ -109,8 +109,8 @@ def _is_previous_save(folder: Path, kind: str) -> bool:
 def _refusal(target: Path, foreign: list[str], what: str) -> TargetExistsError:
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     return TargetExistsError(
-        f"{target} already exists and holds files peft-shine did not write ({shown}); saving the {what} there could "
-        f"destroy them, so nothing was written. Choose a new or empty folder, or pass overwrite=True (--overwrite on "
+        f"{target} already exists and is not a previous peft-shine {what} folder ({shown}); saving the {what} there "
+        f"could destroy what it holds, so nothing was written. Choose a new or empty folder, or pass overwrite=True (--overwrite on "
         f"the command line) to write the {what} files into it and keep everything else."
     )
 
@@ -141,8 +141,8 @@ def write_mode(target: str | Path, *, extra_names: Iterable[str] = (), overwrite
     if not foreign and _is_previous_save(target, kind):
         return "replace"
     if not overwrite:
-        raise _refusal(target, foreign or [f"{', '.join(sorted(e.name for e in entries))}: not a peft-shine {what} "
-                                           f"save (no peft-shine marker)"], what)
+        raise _refusal(target, foreign or [f"{', '.join(sorted(e.name for e in entries))}, without the peft-shine "
+                                           f"marker"], what)
     return "merge"
 
 
