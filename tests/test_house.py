@@ -111,7 +111,8 @@ def test_every_error_is_a_shine_error_of_its_builtin_kind() -> None:
     kinds = {"ContextError": ValueError, "UnsupportedModelError": ValueError, "BaseModelMismatchError": ValueError,
              "DemoError": ValueError, "CheckpointError": OSError, "TargetExistsError": FileExistsError,
              "AdapterSaveError": OSError, "PullError": OSError, "HubError": RuntimeError,
-             "AdapterStateError": RuntimeError, "ChunkingError": ValueError, "CompositionError": ValueError}
+             "AdapterStateError": RuntimeError, "ChunkingError": ValueError, "CompositionError": ValueError,
+             "NonFiniteWeightsError": FloatingPointError}
     assert set(errors.__all__) == {*kinds, "ShineError"}
     for name, builtin in kinds.items():
         error = getattr(errors, name)

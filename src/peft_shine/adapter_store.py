@@ -214,11 +214,12 @@ def _frozen_linear(weight: torch.Tensor) -> nn.Linear:
     return linear.eval()
 
 
-def discard_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: list[str]) -> PeftModel | None:
+def discard_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: list[str], *,
+                     like_peft: bool = False) -> PeftModel | None:
     """Remove every trace of the named adapters, whole or half-added (an add that failed midway): their configs and
     every per-adapter entry of every LoRA layer in the base, in one pass. The active adapters that remain stay
-    active, else the first remaining name in sorted order (peft's choice); when none is left the base is unwrapped
-    and ``None`` returned."""
+    active, else the last one added (``like_peft``: the first name in sorted order, what peft's ``delete_adapter``
+    picks); when none is left the base is unwrapped and ``None`` returned."""
     peft_model = peft_model or shared_peft_model(base_lm)
     if peft_model is None:
         return None
@@ -234,7 +235,8 @@ def discard_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: li
         peft_model.unload()
         forget_shared(base_lm)
         return None
-    active = [name for name in peft_model.active_adapters if name in remaining] or sorted(remaining)[:1]  # as peft
+    active = [name for name in peft_model.active_adapters if name in remaining] or \
+        (sorted(remaining)[:1] if like_peft else remaining[-1:])
     if len(active) == 1:
         peft_model.set_adapter(active[0])
     else:
@@ -256,7 +258,7 @@ def delete_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: lis
     if peft_model is None:
         return None
     present = [name for name in dict.fromkeys(names) if name in peft_model.peft_config]
-    return discard_adapters(base_lm, peft_model, present) if present else peft_model
+    return discard_adapters(base_lm, peft_model, present, like_peft=True) if present else peft_model
 
 
 def _owners(base_lm: nn.Module) -> dict[str, tuple[weakref.ref, torch.Tensor]]:
