@@ -59,3 +59,16 @@ def test_save_pretrained_refuses_non_finite_weights_and_keeps_the_previous_check
         shine.save_pretrained(folder)
     assert (folder / "model.safetensors").read_bytes() == before
     assert json.loads((folder / "config.json").read_text())["model_type"] == "shine"
+
+
+def test_init_from_a_checkpoint_with_non_finite_weights_is_refused(folder):
+    from peft_shine.training.resume import load_hypernetwork_weights
+
+    def poison(tensors):
+        tensors["memory_slots"][1, 2] = float("inf")
+
+    _rewrite(folder, poison)
+    shine = make_shine("llama")
+    with pytest.raises(CheckpointError, match=r"memory_slots.*inf"):
+        load_hypernetwork_weights(shine, folder)
+    assert torch.isfinite(shine.memory_slots).all()
