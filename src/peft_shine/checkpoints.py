@@ -31,9 +31,10 @@ def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tupl
     Loading is strict: a hypernetwork tensor missing from the file, an unexpected one, one of another shape or one
     holding NaN/Inf raises (naming it) instead of being left at its random initialisation or poisoning every
     logit. A folder whose ``config.json`` is not a JSON object, or that holds both a single weights file and a
-    shard index (a stale file: which one is current?), is refused before transformers reads it. A Hub repo is listed first: one holding only pickle
-    weights is refused before transformers is called, and the revision is pinned to its commit, so transformers'
-    automatic safetensors conversion (a pull request opened on the repo with your token) never starts.
+    shard index (a stale file: which one is current?), is refused before transformers reads it
+    (`check_checkpoint_folder`). A Hub repo is listed first: one holding only pickle weights is refused before
+    transformers is called, and the revision is pinned to its commit, so transformers' automatic safetensors
+    conversion (a pull request opened on the repo with your token) never starts.
     """
     folder = Path(path)
     if folder.is_dir():

@@ -17,8 +17,8 @@ under its final name: a reader either sees the complete old content or the compl
 Temporaries are named ``.{target name}.tmp-<pid>-<random>`` (folders being replaced are parked as
 ``.{target name}.old-<pid>-<random>``), so they live on the same file system as the target and are hidden from
 ordinary listings. A process killed mid-write can leave such a temporary behind; it is never mistaken for the
-target, and every later write of the same target deletes it (after restoring a parked old copy, see above) (:func:`remove_stale_temporaries`): a leftover is
-stale as soon as the process named in it is gone (checked on this machine; a writer on another machine sharing the
+target, and every later write of the same target deletes it, after putting a parked old copy back in place
+(:func:`remove_stale_temporaries`): a leftover is stale as soon as the process named in it is gone (checked on this machine; a writer on another machine sharing the
 file system, or in another PID namespace, looks gone too and its save then fails cleanly rather than silently), and
 a leftover without a process id after an hour.
 """

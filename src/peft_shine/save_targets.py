@@ -110,8 +110,8 @@ def _refusal(target: Path, foreign: list[str], what: str) -> TargetExistsError:
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     return TargetExistsError(
         f"{target} already exists and is not a previous peft-shine {what} folder ({shown}); saving the {what} there "
-        f"could destroy what it holds, so nothing was written. Choose a new or empty folder, or pass overwrite=True (--overwrite on "
-        f"the command line) to write the {what} files into it and keep everything else."
+        f"could destroy what it holds, so nothing was written. Choose a new or empty folder, or pass overwrite=True "
+        f"(--overwrite on the command line) to write the {what} files into it and keep everything else."
     )
 
 

@@ -150,7 +150,8 @@ def download(repo_id: str, output: str | Path | None = None, *, revision: str | 
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise TargetExistsError(f"{output} exists and is not empty; choose another output folder, or pass "
                                 f"overwrite=True (--overwrite on the command line).")
-    write_mode(output, overwrite=overwrite, what="download", kind="download")  # refuse a file or a foreign folder before any request
+    # refuse a file or a foreign folder before any request
+    write_mode(output, overwrite=overwrite, what="download", kind="download")
     resolved = resolve_hub_revision(repo_id, revision, token=token)
     with hub_errors("download", repo_id, revision):
         if not hf_constants.HF_HUB_OFFLINE:  # offline, the files come from the cache
