@@ -8,19 +8,16 @@ under its final name: a reader either sees the complete old content or the compl
   target's directory, flush and ``fsync`` it, then ``os.replace`` it over the target.
 * :func:`atomic_save_safetensors` does the same for a ``safetensors`` file.
 * :func:`atomic_directory` builds a whole folder under a hidden temporary name next to the target and swaps it in
-  at the end: one atomic exchange of the two folders where the system has one (Linux ``renameat2`` with
-  ``RENAME_EXCHANGE``), so the target holds the old or the new content at every instant; elsewhere the old folder
-  is renamed aside and the new one into place. A writer killed between those two renames leaves the target
-  missing, the old copy parked as ``.{name}.old-*``: every later write of the target, and
-  :func:`recover_interrupted_swap`, puts that copy back first.
+  at the end: one atomic exchange of the two folders on Linux (``renameat2`` ``RENAME_EXCHANGE``); elsewhere the
+  old folder is parked as ``.{name}.old-*`` and the new one renamed into place, and a writer killed between the
+  two renames is undone by the next write of the target (:func:`recover_interrupted_swap` puts the old copy back).
 
-Temporaries are named ``.{target name}.tmp-<pid>-<random>`` (folders being replaced are parked as
-``.{target name}.old-<pid>-<random>``), so they live on the same file system as the target and are hidden from
-ordinary listings. A process killed mid-write can leave such a temporary behind; it is never mistaken for the
-target, and every later write of the same target deletes it, after putting a parked old copy back in place
-(:func:`remove_stale_temporaries`): a leftover is stale as soon as the process named in it is gone (checked on this machine; a writer on another machine sharing the
-file system, or in another PID namespace, looks gone too and its save then fails cleanly rather than silently), and
-a leftover without a process id after an hour.
+Temporaries are named ``.{target name}.tmp-<pid>-<random>`` (``.old-`` for parked folders), on the target's file
+system and hidden from ordinary listings. One a killed process left behind is never mistaken for the target, and
+every later write of the same target deletes it (:func:`remove_stale_temporaries`): a leftover is stale as soon as
+the process named in it is gone (checked on this machine; a writer on another machine sharing the file system, or
+in another PID namespace, looks gone too and its save then fails cleanly rather than silently), and a leftover
+without a process id after an hour.
 """
 
 from __future__ import annotations
@@ -386,23 +383,18 @@ def read_mapping(path: str | os.PathLike | None) -> dict[str, Any]:
     the file and its cause: missing, a folder, not UTF-8, not valid JSON/YAML, not a mapping."""
     if path is None:
         return {}
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder; pass a JSON or YAML file.")
+    path, kind = Path(path), "YAML" if Path(path).suffix in (".yaml", ".yml") else "JSON"
     if not path.is_file():
-        raise FileNotFoundError(f"no such file {path}; pass an existing JSON or YAML file.")
-    is_yaml = path.suffix in (".yaml", ".yml")
+        raise (IsADirectoryError(f"{path} is a folder; pass a JSON or YAML file.") if path.is_dir() else
+               FileNotFoundError(f"no such file {path}; pass an existing JSON or YAML file."))
     try:
         text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if kind == "YAML" else json.loads(text)
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
-    try:
-        data = yaml.safe_load(text) if is_yaml else json.loads(text)
     except (ValueError, yaml.YAMLError) as error:
-        kind = "YAML" if is_yaml else "JSON"
         raise ValueError(f"{path} is not valid {kind}: {' '.join(str(error).split())}.") from None
-    if data is None and is_yaml:
-        data = {}
+    data = {} if data is None and kind == "YAML" else data
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping (key: value pairs), not {type(data).__name__}.")
     return data

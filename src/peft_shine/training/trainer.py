@@ -41,7 +41,6 @@ from transformers import Trainer, TrainingArguments
 
 from peft_shine.contexts import pad_token_id
 from peft_shine.document_adapters import ChunkingConfig, resolve_chunking
-from peft_shine.errors import NonFiniteWeightsError
 from peft_shine.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 from peft_shine.training.data import (
@@ -69,6 +68,7 @@ from peft_shine.training.long_context_data import (
 )
 from peft_shine.training.resume import load_hypernetwork_weights
 from peft_shine.training.trainer_hub import ShineHubMixin
+from peft_shine.training.weight_guard import NonFiniteWeightsGuard, nonfinite_flag
 
 
 logger = logging.getLogger(__name__)
@@ -203,16 +203,6 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
                                peft_disabled=teacher._peft_disabled, hidden_layers=hidden)
 
 
-def nonfinite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
-    """A 0-d bool tensor on the gradients' device: whether their total norm is NaN/Inf on **any** rank (a max
-    all-reduce when `torch.distributed` is initialised with several ranks; no host sync)."""
-    bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).to(torch.float32)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    return bad > 0
-
-
 @torch.no_grad()
 def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls: bool = True,
                     chunk_combine: str = "mean") -> torch.Tensor:
@@ -259,7 +249,7 @@ def no_adapter_scores(shine: ShineModel, batch: dict[str, torch.Tensor]) -> torc
     return torch.stack([ce.double(), torch.tensor(float(targets.numel()), dtype=torch.float64), kd.double()]).cpu()
 
 
-class ShineTrainer(ShineHubMixin, Trainer):
+class ShineTrainer(NonFiniteWeightsGuard, ShineHubMixin, Trainer):
     """`Trainer` for a `ShineModel` (see the module docstring for what it adds).
 
     Args:
@@ -286,7 +276,6 @@ class ShineTrainer(ShineHubMixin, Trainer):
                          **kwargs)
         self._nonfinite_losses: torch.Tensor | int = 0  # device tensors once counting starts (read at log time)
         self._skipped_steps: torch.Tensor | int = 0
-        self._nonfinite_weights_step: torch.Tensor | None = None  # first step that left NaN/Inf weights (0: none)
 
     @property
     def nonfinite_losses(self) -> int:
@@ -306,31 +295,6 @@ class ShineTrainer(ShineHubMixin, Trainer):
             optimizer.register_step_post_hook(self._flag_nonfinite_weights)
             optimizer._shine_skip_hook = True
         return optimizer
-
-    def _flag_nonfinite_weights(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        """Optimizer post-step hook: remember, on the device (no host sync), whether the step left NaN/Inf in the
-        weights (`check_weights_finite` reads it)."""
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        if params:
-            bad = nonfinite_flag([p.detach() for p in params])
-            if self._nonfinite_weights_step is None:
-                self._nonfinite_weights_step = torch.where(bad, self.state.global_step + 1, 0)
-            else:
-                first = self._nonfinite_weights_step
-                self._nonfinite_weights_step = torch.where((first == 0) & bad, self.state.global_step + 1, first)
-
-    def check_weights_finite(self) -> None:
-        """Raise `NonFiniteWeightsError` naming the first NaN/Inf tensor once an optimizer step left one."""
-        step = int(self._nonfinite_weights_step) if self._nonfinite_weights_step is not None else 0
-        if not step:
-            return
-        shine = self.accelerator.unwrap_model(self.model)
-        name = next((n for n, p in shine.named_parameters() if not torch.isfinite(p.detach()).all()), "a weight")
-        raise NonFiniteWeightsError(
-            f"The optimizer step {step} left NaN/Inf in the hypernetwork's weights ({name}) although its gradients "
-            f"were finite: the update overflowed, usually a learning rate far too high. Training stopped and no "
-            f"checkpoint of those weights was saved; resume from the last checkpoint with a lower learning rate."
-        )
 
     def _skip_nonfinite_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Optimizer pre-step hook: skip a step whose gradient norm is NaN/Inf on any rank (AdamW then leaves each
@@ -380,10 +344,6 @@ class ShineTrainer(ShineHubMixin, Trainer):
             self._nonfinite_losses = self._nonfinite_losses + bad.to(torch.int64)
             loss = loss * torch.where(bad, float("nan"), 1.0).to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
-
-    def _save_checkpoint(self, model, trial) -> None:
-        self.check_weights_finite()  # before the checkpoint folder is made
-        super()._save_checkpoint(model, trial)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         self.check_weights_finite()
