@@ -1,4 +1,4 @@
-"""Damaged hypernetwork checkpoints fail loudly, naming the tensor or the file (issue 27, item 4)."""
+"""Damaged or diverged hypernetwork weights fail loudly, naming the tensor or the file (issue 27, item 4)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import make_shine
-from peft_shine import CheckpointError, ShineModel
+from peft_shine import CheckpointError, NonFiniteWeightsError, ShineModel
+from peft_shine.training.trainer import ShineTrainer
+from test_trainer import random_words, tiny_shine, training_args, word_dataset
 
 
 @pytest.fixture
@@ -72,3 +74,26 @@ def test_init_from_a_checkpoint_with_non_finite_weights_is_refused(folder):
     with pytest.raises(CheckpointError, match=r"memory_slots.*inf"):
         load_hypernetwork_weights(shine, folder)
     assert torch.isfinite(shine.memory_slots).all()
+
+
+class OverflowingSGD(torch.optim.SGD):
+    """Plain SGD whose update overflows float32 (what a learning rate far too high does): finite gradients in,
+    infinite weights out."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    param.add_(param.grad.sign(), alpha=3e38).add_(param.grad.sign(), alpha=3e38)
+
+
+def test_a_step_that_makes_the_weights_non_finite_stops_training_with_a_clear_error(tmp_path):
+    shine = tiny_shine()
+    args = training_args(tmp_path, max_steps=3, logging_steps=1, save_strategy="steps", save_steps=1)
+    optimizer = OverflowingSGD(shine.hypernetwork_parameters(), lr=1.0)
+    trainer = ShineTrainer(shine, args, train_dataset=word_dataset(random_words(12)), optimizers=(optimizer, None))
+    with pytest.raises(NonFiniteWeightsError, match=r"step 1 .*(memory_slots|meta_lora|m2p).*learning rate"):
+        trainer.train()
+    assert trainer.skipped_steps == 0  # the gradients were finite: the pre-step skip did not see it
+    assert not list(tmp_path.glob("checkpoint-*/model.safetensors"))  # no diverged checkpoint was written
