@@ -135,9 +135,8 @@ class AdapterGenerationMixin:
 
     def delete_adapters(self, names: str | Sequence[str]) -> None:
         """Delete adapters of this model (weights and `adapter_info`; another model's on the same base, and unknown
-        names, are skipped), in time linear in their number. Deleting the last adapter
-        on the base unwraps the base LM, which is then plain again (``peft_model`` becomes ``None``; the next
-        `generate_adapter` wraps it anew)."""
+        names, are skipped), in time linear in their number. Deleting the last adapter on the base unwraps the base
+        LM, which is then plain again (``peft_model`` becomes ``None``; the next `generate_adapter` wraps it anew)."""
         names = [names] if isinstance(names, str) else list(names)
         with GENERATION_LOCK:
             names = visible_names(self.base_lm, self, names)
