@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_many_contexts                 # 10 and 100 contexts on a tiny random Llama (seconds)
     python -m benchmarks.bench_many_contexts --with-1000     # also 1,000 contexts
+    python -m benchmarks.bench_many_contexts --delete        # delete_adapters / adapter_scope on 100 to 1,000 adapters
     python -m benchmarks.run --only many_contexts            # the same on the default base, in the benchmark report
 
 Each count runs on a fresh hypernetwork (no adapters yet), so the row measures one call adding ``count`` adapters.
@@ -29,6 +30,28 @@ def many_contexts(shine_factory, counts: list[int], batch_size: int = 16) -> lis
     return rows
 
 
+def delete_many(shine_factory, counts: list[int], batch_size: int = 16) -> list[dict]:
+    """Seconds of ``delete_adapters`` removing ``count`` adapters at once, and of leaving an ``adapter_scope`` that
+    holds ``count`` adapters, per count (adapters generated first, not timed); ``per_adapter_s`` stays flat when the
+    cost is linear."""
+    rows = []
+    for count in counts:
+        shine = shine_factory()
+        contexts = [f"Note {index}: the harbour opens at dawn and closes at dusk." for index in range(count)]
+        names = [f"d{count}-{index}" for index in range(count)]
+        shine.generate_adapter(contexts, adapter_names=names, batch_size=batch_size)
+        started = time.perf_counter()
+        shine.delete_adapters(names)
+        deleted = time.perf_counter() - started
+        with shine.adapter_scope() as scoped:
+            shine.generate_adapter(contexts, adapter_names=names, batch_size=batch_size)
+            scoped.extend(names)
+            started = time.perf_counter()
+        scope = time.perf_counter() - started
+        rows.append({"adapters": count, "delete_s": deleted, "scope_exit_s": scope, "per_adapter_s": deleted / count})
+    return rows
+
+
 def tiny_shine():
     """A fresh hypernetwork on a tiny random Llama (built in code, no download) with a character tokenizer."""
     import string
@@ -53,8 +76,12 @@ def tiny_shine():
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--with-1000", action="store_true", help="also time 1,000 contexts")
+    parser.add_argument("--delete", action="store_true", help="time deleting 100 to 1,000 adapters instead")
     args = parser.parse_args(argv)
-    rows = many_contexts(tiny_shine, [10, 100, 1000] if args.with_1000 else [10, 100])
+    if args.delete:
+        rows = delete_many(tiny_shine, [100, 200, 400, 1000])
+    else:
+        rows = many_contexts(tiny_shine, [10, 100, 1000] if args.with_1000 else [10, 100])
     print(json.dumps(rows, indent=1))
     return rows
 

@@ -67,6 +67,24 @@ def test_a_readme_of_someone_else_is_kept(shine, tmp_path):
     assert (project / "adapter_model.safetensors").is_file()
 
 
+def test_both_writers_follow_one_card_rule_and_mark_the_folder(shine, tmp_path):
+    """The PeftModel's save_pretrained marks the weights peft wrote (save_adapter may then replace the folder), and
+    either writer replaces our unchanged card but keeps an edited one."""
+    folder = tmp_path / "out" / "beta"
+    shine.peft_model.save_pretrained(tmp_path / "out", selected_adapters=["beta"])
+    first = card_of(folder)
+    shine.save_adapter(folder, "beta")  # a marked folder of ours: replaced, not refused
+    assert card_of(folder) == first
+    (folder / "README.md").write_text("# my notes on beta\n")
+    shine.peft_model.save_pretrained(tmp_path / "out", selected_adapters=["beta"])
+    assert (folder / "README.md").read_text() == "# my notes on beta\n"
+    shine.save_adapter(folder, "beta")
+    assert (folder / "README.md").read_text() == "# my notes on beta\n"
+    (folder / "README.md").unlink()
+    shine.peft_model.save_pretrained(tmp_path / "out", selected_adapters=["beta"])
+    assert card_of(folder) == first
+
+
 def test_a_card_of_a_chunked_adapter_lists_its_chunks(tmp_path):
     from peft_shine import ChunkingConfig
 

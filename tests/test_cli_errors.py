@@ -127,3 +127,74 @@ def build_parser_flag(flag: str) -> bool:
     from peft_shine.cli import build_parser
 
     return build_parser().parse_args(["demo", flag]).allow_local_paths
+
+
+# ---------------------------------------------------------------------------------------------- issue 27, item 8
+
+
+def test_a_missing_local_hypernetwork_folder_is_named_as_missing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for source in ("./missing-hn", str(tmp_path / "nothere" / "hn")):
+        assert main(["chat", "--hypernetwork", source, "--context", "x", "--question", "q"]) == 2
+        line = _one_line_error(capsys, "chat")
+        assert "no such folder" in line and source in line and "huggingface.co" not in line
+
+
+def test_an_unknown_repo_offline_says_offline(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["chat", "--hypernetwork", "someone/missing-hn", "--context", "x", "--question", "q"]) == 2
+    line = _one_line_error(capsys, "chat")
+    assert "someone/missing-hn" in line and "offline" in line and "not a local folder" in line
+
+
+def test_a_context_file_that_is_a_folder_is_named_a_folder(tmp_path, capsys):
+    assert main(["chat", "--context-file", str(tmp_path), "--question", "q"]) == 2
+    line = _one_line_error(capsys, "chat")
+    assert "is a folder" in line and str(tmp_path) in line
+
+
+def test_missing_training_data_is_a_missing_file_not_an_unreachable_hub(run_folder, tmp_path, capsys):
+    code = main(["train", "--stage", "pretrain", "--data", str(tmp_path / "missing.jsonl"), "--base",
+                 str(run_folder / "base"), "--config", str(run_folder / "config.json"), "--output",
+                 str(tmp_path / "out")])
+    assert code == 2
+    line = _one_line_error(capsys, "train")
+    assert "no such file" in line and "missing.jsonl" in line and "Couldn't reach" not in line
+
+
+@pytest.mark.parametrize(("content", "cause"), [(b"\xff\xfe{}", "not UTF-8"), (b'{"a": ', "not valid JSON"),
+                                                (b"[1, 2]", "mapping")])
+def test_bad_config_and_card_files_are_named_with_their_cause(run_folder, tmp_path, capsys, content, cause):
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(content)
+    code = main(["train", "--stage", "pretrain", "--data", str(run_folder / "texts.jsonl"), "--base",
+                 str(run_folder / "base"), "--config", str(bad), "--output", str(tmp_path / "out")])
+    assert code == 2
+    line = _one_line_error(capsys, "train")
+    assert str(bad) in line and cause in line
+    make_shine("llama").save_pretrained(tmp_path / "hn")
+    assert main(["card", str(tmp_path / "hn"), "--card", str(bad)]) == 2
+    line = _one_line_error(capsys, "card")
+    assert str(bad) in line and cause in line
+
+
+def test_shine_card_advice_names_a_way_it_accepts(run_folder, tmp_path, capsys):
+    ShineModel.from_base_model(str(run_folder / "base"), lora_rank=2).save_pretrained(tmp_path / "hn")  # a local base
+    assert main(["card", str(tmp_path / "hn")]) == 2
+    line = _one_line_error(capsys, "card")
+    assert "'base_model: <org/name>' line in the --card file of shine card" in line  # not a --base-model flag
+
+
+def test_train_refuses_a_foreign_output_folder_before_any_work(run_folder, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code = main(["train", "--stage", "pretrain", "--data", str(run_folder / "texts.jsonl"), "--base",
+                 str(run_folder / "base"), "--config", str(run_folder / "config.json"), "--output", str(output),
+                 "--max-steps", "1", "--eval-fraction", "0", "--objective", "kd"])
+    assert code == 2
+    assert "not a SHINE hypernetwork" in _one_line_error(capsys, "train")
+    assert sorted(p.name for p in output.iterdir()) == ["config.json"]  # no teacher-cache/, nothing trained

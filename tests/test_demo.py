@@ -292,3 +292,27 @@ def test_browser_generates_an_adapter_and_chats(app):
         finally:
             browser.close()
     assert all((ARTIFACTS / name).stat().st_size > 10_000 for name in ("demo.png", "demo-compare.png"))
+
+
+def test_pasted_text_is_bounded_like_uploads_before_any_model_work():
+    from peft_shine.demo.engine import MAX_UPLOAD_BYTES, Session
+    from peft_shine.errors import DemoError
+
+    engine = DemoEngine()
+    try:
+        with pytest.raises(DemoError, match="larger than 1 MB"):
+            engine.generate(Session(), "The archive holds maps. " * (MAX_UPLOAD_BYTES // 20))
+        assert engine.hypernetworks == {}  # refused before the hypernetwork was even loaded
+    finally:
+        engine.close()
+
+
+def test_a_text_over_the_demo_token_limit_is_refused_naming_it(app):
+    from peft_shine.demo.engine import MAX_CONTEXT_TOKENS, Session
+
+    text = "Room 7 holds maps of the coast. " * (MAX_CONTEXT_TOKENS // 6)
+    with pytest.raises(Exception, match=f"at most {MAX_CONTEXT_TOKENS:,} tokens"):
+        app[1].generate(Session(), text)
+    status = new_session(app)
+    with pytest.raises(AppError, match=f"at most {MAX_CONTEXT_TOKENS:,} tokens"):
+        status.predict(text, api_name="/generate")

@@ -188,7 +188,7 @@ def test_every_error_is_a_shine_error_of_its_builtin_kind() -> None:
              "AdapterStateError": RuntimeError, "ChunkingError": ValueError, "CompositionError": ValueError,
              "ConfigError": ValueError, "DataError": ValueError, "ArgumentError": TypeError,
              "ModelStateError": RuntimeError, "AdapterNotFoundError": KeyError, "MissingFileError": FileNotFoundError,
-             "StorageError": OSError}
+             "StorageError": OSError, "NonFiniteWeightsError": FloatingPointError}
     assert set(errors.__all__) == {*kinds, "ShineError"}
     for name, builtin in kinds.items():
         error = getattr(errors, name)

@@ -81,7 +81,7 @@ def test_evaluation_with_chunked_adapters_reads_contexts_longer_than_the_window(
     results = run_evaluation(shine, records, conditions, tmp_path / "chunked", progress=False, max_new_tokens=2,
                              adapter_batch_size=2, chunking=ChunkingConfig(chunk_tokens=200, combine="mean"))
     assert results["settings"]["chunking"] == {"chunk_tokens": 200, "overlap_tokens": 0, "combine": "mean",
-                                               "rank": None}
+                                               "rank": None, "max_document_tokens": 131_072}
     assert {row["condition"] for row in results["predictions"]} == set(conditions)
     assert shine.peft_model is None  # the chunked adapters were removed afterwards
     with pytest.raises(ValueError, match="other settings"):  # chunking is part of what a resumed run must match

@@ -65,3 +65,19 @@ def test_incomplete_or_malformed_repos_fail_in_one_line_and_write_nothing(repo, 
                     repo_id="tester/hn")
     assert "not a valid SHINE config" in _pull_error(capsys, "tester/hn", "--output", str(tmp_path / "a"))
     assert not (tmp_path / "a").exists()
+
+
+def test_the_size_limit_message_uses_readable_units(repo):
+    _, tmp_path = repo
+    size = (tmp_path / "hn" / "model.safetensors").stat().st_size + (tmp_path / "hn" / "config.json").stat().st_size
+    with pytest.raises(PullError, match=rf"would download {size / 1024:.1f} KiB \(2 files\), more than the "
+                                        rf"1,000 bytes limit"):
+        download("tester/hn", tmp_path / "out", max_bytes=1000)
+
+
+def test_files_in_sub_folders_are_checked_like_the_rest(repo, capsys):
+    api, tmp_path = repo
+    api.upload_file(path_or_fileobj=b"\x00" * 16, path_in_repo="model-extra/part-of-2.safetensors", repo_id="tester/hn")
+    error = _pull_error(capsys, "tester/hn", "--output", str(tmp_path / "out"))
+    assert "model-extra/part-of-2.safetensors" in error and "not a readable safetensors file" in error
+    assert not (tmp_path / "out").exists()

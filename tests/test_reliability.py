@@ -104,7 +104,7 @@ def test_generate_adapter_never_crashes_on_arbitrary_text(text):
     try:
         model = shine.generate_adapter(text)
     except ContextError as error:
-        assert "empty" in str(error) or "max_context_length" in str(error) or "no tokens" in str(error)
+        assert any(cause in str(error) for cause in ("empty", "max_context_length", "no tokens", "no visible text"))
     else:
         assert "default" in model.peft_config
 

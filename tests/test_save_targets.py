@@ -213,5 +213,55 @@ def test_stale_temporaries_of_a_dead_writer_go_at_once_a_live_ones_stay(tmp_path
     (tmp_path / f".adapter.tmp-{os.getpid()}-0123abcd").mkdir()  # this process: maybe another thread's save
     (tmp_path / ".adapter.tmp-0123abcd").mkdir()  # no process recorded, fresh: kept for an hour
     removed = remove_stale_temporaries(target)
-    assert sorted(p.name for p in removed) == [f".adapter.old-{dead_pid}-0123abcd", f".adapter.tmp-{dead_pid}-0123abcd"]
+    assert [p.name for p in removed] == [f".adapter.tmp-{dead_pid}-0123abcd"]
+    assert target.is_dir()  # the dead writer's parked old folder is put back in place (issue 27), not deleted
     assert _siblings(target) == [".adapter.tmp-0123abcd", f".adapter.tmp-{os.getpid()}-0123abcd"]
+
+
+SWAP_KILLER = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from conftest import make_shine
+    from peft_shine import io_utils
+    shine = make_shine("llama", seed=1, lora_scale=0.05)
+    shine.generate_adapter({context!r})
+    io_utils.exchange_paths = lambda first, second: False  # a system without an atomic exchange: two renames
+    real_rename = os.rename
+    def rename(source, destination):
+        real_rename(source, destination)
+        if ".old-" in str(destination):  # killed right after parking the old folder, before the second rename
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.rename = rename
+    shine.save_adapter({target!r})
+""")
+
+
+def test_a_kill_between_the_two_renames_of_a_swap_is_undone_by_the_next_write(shine, tmp_path):
+    from peft_shine.storage.io_utils import recover_interrupted_swap
+
+    target = tmp_path / "adapter"
+    shine.save_adapter(target)
+    before = _snapshot(target)
+    code = SWAP_KILLER.format(tests=str(Path(__file__).parent), context=CONTEXT, target=str(target))
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == -signal.SIGKILL
+    parked = [p for p in tmp_path.iterdir() if p.name.startswith(".adapter.old-")]
+    assert not target.exists() and len(parked) == 1
+    assert recover_interrupted_swap(target) == target  # what every later write does first
+    assert _snapshot(target) == before
+    target.rename(parked[0])  # the state the kill left, again
+    shine.save_adapter(target)  # the next save restores the parked folder, then replaces it as a previous save
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert _siblings(target) == [] and len(load_file(target / "adapter_model.safetensors")) == 2 * 7 * 2
+
+
+def test_the_folder_swap_is_one_atomic_exchange_here(tmp_path):
+    from peft_shine.storage.io_utils import exchange_paths
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "old").write_text("old")
+    (tmp_path / "b" / "new").write_text("new")
+    if not exchange_paths(tmp_path / "b", tmp_path / "a"):
+        pytest.skip("no renameat2(RENAME_EXCHANGE) on this system or file system: the two-rename path is used")
+    assert (tmp_path / "a" / "new").read_text() == "new" and (tmp_path / "b" / "old").read_text() == "old"

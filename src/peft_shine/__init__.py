@@ -31,6 +31,7 @@ __all__ = [
     "LoraWeights",
     "MissingFileError",
     "ModelStateError",
+    "NonFiniteWeightsError",
     "PullError",
     "ShineConfig",
     "ShineError",
@@ -48,7 +49,7 @@ __all__ = [
 
 _ERRORS = ("AdapterNotFoundError", "AdapterSaveError", "AdapterStateError", "ArgumentError", "BaseModelMismatchError",
            "CheckpointError", "ChunkingError", "CompositionError", "ConfigError", "ContextError", "DataError",
-           "DemoError", "HubError", "MissingFileError", "ModelStateError", "PullError", "ShineError", "StorageError",
+           "DemoError", "HubError", "MissingFileError", "ModelStateError", "NonFiniteWeightsError", "PullError", "ShineError", "StorageError",
            "TargetExistsError", "UnsupportedModelError")
 _HOMES = {
     "AutoShineModel": "peft_shine.auto",

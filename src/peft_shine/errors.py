@@ -97,6 +97,10 @@ class DemoError(ShineError, ValueError):
     """A problem to show the demo's user as is (its message names no server path and no secret)."""
 
 
+class NonFiniteWeightsError(ShineError, FloatingPointError):
+    """An optimizer step left NaN/Inf in the hypernetwork's weights; training stopped (no such checkpoint saved)."""
+
+
 __all__ = [
     "AdapterNotFoundError",
     "AdapterSaveError",
@@ -113,6 +117,7 @@ __all__ = [
     "HubError",
     "MissingFileError",
     "ModelStateError",
+    "NonFiniteWeightsError",
     "PullError",
     "ShineError",
     "StorageError",

@@ -36,9 +36,10 @@ from peft_shine.hypernetwork.losses import teacher_kl, weighted_answer_loss
 from peft_shine.hypernetwork.m2p import M2PTransformer
 from peft_shine.loading import ShineLoadingMixin, check_plain_base, check_tokenizer, first_device, place_hypernetwork
 from peft_shine.storage.base_models import renamed_argument
+from peft_shine.storage.checkpoints import check_finite
 from peft_shine.storage.io_utils import staged_files
 from peft_shine.storage.revisions import HubOrigin
-from peft_shine.storage.save_targets import check_hypernetwork_folder
+from peft_shine.storage.save_targets import HYPERNETWORK_WEIGHTS, check_hypernetwork_folder
 
 
 BASE_PREFIX = "base_lm."
@@ -309,16 +310,20 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
     def save_pretrained(self, save_directory, *args, state_dict: dict | None = None, overwrite: bool = False,
                         **kwargs) -> None:
         """Save config + hypernetwork weights (safetensors); the base LM is never included. Each file is written
-        atomically: a crash mid-save leaves the previous checkpoint readable. Other files in the folder are kept; a
-        file path, or a folder whose ``config.json`` belongs to another model, is refused unless ``overwrite=True``
-        (see `peft_shine.storage.save_targets.check_hypernetwork_folder`)."""
+        atomically: a crash mid-save leaves the previous checkpoint readable. Weight files of an earlier save that
+        this one does not write (a single file now saved in shards, or the reverse) are removed; other files are
+        kept. A file path, or a folder whose ``config.json`` belongs to another model, is refused unless
+        ``overwrite=True`` (see `peft_shine.storage.save_targets.check_hypernetwork_folder`); weights holding NaN/Inf are
+        refused with a `CheckpointError` naming the tensor."""
         check_hypernetwork_folder(save_directory, overwrite=overwrite)
         if state_dict is None:
             state_dict = {name: p for name, p in self.named_parameters() if not name.startswith(BASE_PREFIX)}
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(BASE_PREFIX)}
+        check_finite(state_dict, f"Not saved to {save_directory}")  # a diverged model must not replace a good one
         push = kwargs.pop("push_to_hub", False)
         hub_options = {k: kwargs.pop(k) for k in ("repo_id", "private", "token", "commit_message") if k in kwargs}
-        with staged_files(save_directory) as staging:  # each file replaced atomically; other files kept
+        # each file replaced atomically; stale weight files (single file <-> shards, index) removed; others kept
+        with staged_files(save_directory, replaces=HYPERNETWORK_WEIGHTS) as staging:
             super().save_pretrained(staging, *args, state_dict=state_dict, **kwargs)
         if push:  # through our push_to_hub, which writes the SHINE model card
             repo_id = hub_options.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))

@@ -47,6 +47,19 @@ class TextChunk:
         return len(self.token_ids)
 
 
+MAX_DOCUMENT_TOKENS = 131_072  # default cap on one chunked document: each chunk is an encoder pass and adds rank
+
+
+def check_document_length(num_tokens: int, limit: int, index: int = 0) -> None:
+    """Raise `ChunkingError` when a document of ``num_tokens`` tokens exceeds ``limit``, naming both and the fix."""
+    if num_tokens > limit:
+        raise ChunkingError(
+            f"Document {index} has {num_tokens:,} tokens, more than the limit of {limit:,} tokens per document "
+            f"(chunking max_document_tokens; every chunk costs an encoder pass, and 'cat' adds its rank to the "
+            f"adapter). Split the document, or raise the limit: chunking={{'max_document_tokens': {num_tokens}}}."
+        )
+
+
 def check_chunk_sizes(chunk_tokens: int, overlap_tokens: int = 0) -> None:
     """Validate a chunk size and overlap (``chunk_tokens >= 1``, ``0 <= overlap_tokens <= chunk_tokens // 2``)."""
     for name, value in (("chunk_tokens", chunk_tokens), ("overlap_tokens", overlap_tokens)):
@@ -112,13 +125,15 @@ def chunk_token_ranges(levels: Sequence[int], chunk_tokens: int, overlap_tokens:
     return ranges
 
 
-def chunk_document(tokenizer: PreTrainedTokenizerBase, text: str, chunk_tokens: int,
-                   overlap_tokens: int = 0) -> list[TextChunk]:
-    """Cut ``text`` into `TextChunk` s of at most ``chunk_tokens`` tokens (see the module docstring).
+def chunk_document(tokenizer: PreTrainedTokenizerBase, text: str, chunk_tokens: int, overlap_tokens: int = 0,
+                   max_tokens: int = MAX_DOCUMENT_TOKENS, index: int = 0) -> list[TextChunk]:
+    """Cut ``text`` (document ``index`` of a call) into `TextChunk` s of at most ``chunk_tokens`` tokens (see the
+    module docstring).
 
     Raises:
         ContextError: the text is empty, whitespace only, or produces no tokens.
-        ChunkingError: bad sizes, or a tokenizer that cannot report character offsets (a "fast" tokenizer can).
+        ChunkingError: bad sizes, more than ``max_tokens`` tokens (`check_document_length`), or a tokenizer that
+            cannot report character offsets (a "fast" tokenizer can).
     """
     check_chunk_sizes(chunk_tokens, overlap_tokens)
     if not isinstance(text, str) or not text.strip():
@@ -129,6 +144,7 @@ def chunk_document(tokenizer: PreTrainedTokenizerBase, text: str, chunk_tokens: 
     ids, offsets = list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
     if not ids:
         raise ContextError("The document produced no tokens with this tokenizer.")
+    check_document_length(len(ids), max_tokens, index)
     chunks = []
     for start, end in chunk_token_ranges(cut_levels(text, offsets), chunk_tokens, overlap_tokens):
         piece = text[offsets[start][0]:offsets[end - 1][1]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,9 @@ def as_context_list(contexts: str | Sequence[str]) -> list[str]:
             raise ContextError(f"Context {index} is a {type(text).__name__}, not a str; decode or convert it first.")
         if not text.strip():
             raise ContextError(f"Context {index} is empty or whitespace only; pass the text the adapter should learn.")
+        if not has_visible_text(text):
+            raise ContextError(f"Context {index} has no visible text (only whitespace, zero-width or control "
+                               f"characters such as U+200B); pass the text the adapter should learn.")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as error:
@@ -32,6 +36,12 @@ def as_context_list(contexts: str | Sequence[str]) -> list[str]:
             ) from None
         result.append(text)
     return result
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` holds a character that is not whitespace, a control character or an invisible format
+    character (zero-width space U+200B, joiners, word joiner U+2060, byte-order mark U+FEFF: Unicode Cc/Cf)."""
+    return any(not char.isspace() and unicodedata.category(char) not in ("Cc", "Cf") for char in text)
 
 
 def context_sha256(text: str) -> str:

@@ -18,7 +18,7 @@ from peft_shine.adapters.names import verify_saved_adapter
 from peft_shine.hypernetwork.layout import ModuleSpec, find_decoder_layers, is_conv1d, target_layer_modules
 from peft_shine.hypernetwork.lora_binding import LoraWeights
 from peft_shine.storage.io_utils import atomic_save_safetensors
-from peft_shine.storage.save_targets import guarded_directory
+from peft_shine.storage.save_targets import adapter_marker, guarded_directory
 
 
 def peft_target_modules(base_lm: nn.Module, specs: list[ModuleSpec]) -> list[str]:
@@ -70,16 +70,18 @@ def write_adapter_folder(peft_model: PeftModel, adapter_name: str, path: str | P
                  overwrite: bool = False, expected_tensors: int | None = None) -> Path:
     """Write one adapter as a flat, standard peft LoRA folder (loads as ``"default"``), atomically.
 
-    ``path`` follows `peft_shine.storage.save_targets`: a missing folder is created, a previous adapter folder is replaced,
-    a file or a folder holding anything else is refused (`TargetExistsError`) unless ``overwrite=True``, which
-    writes only the adapter's files into it. The written weights are read back and compared with the adapter's
+    ``path`` follows `peft_shine.storage.save_targets`: a missing folder is created, a previous adapter folder
+    (marked by `save_targets.adapter_marker` in the weights' metadata) is replaced, a file or any other folder is
+    refused (`TargetExistsError`) unless ``overwrite=True``, which writes only the adapter's files into it. A
+    ``README.md`` the user edited is kept either way. The written weights are read back and compared with the adapter's
     layers (and ``expected_tensors``, when given) before anything lands in ``path`` (`AdapterSaveError`).
     """
     path = Path(path)
     with guarded_directory(path, extra_names=list(extra_files or {}), overwrite=overwrite) as tmp:
         peft_model.peft_config[adapter_name].save_pretrained(tmp)
         state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
-        atomic_save_safetensors(state, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        card = (extra_files or {}).get("README.md")
+        atomic_save_safetensors(state, tmp / "adapter_model.safetensors", metadata=adapter_marker(card))
         verify_saved_adapter(tmp / "adapter_model.safetensors", peft_model, adapter_name, expected_tensors)
         for name, content in (extra_files or {}).items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2)

@@ -16,9 +16,18 @@ from peft_shine.adapters.cards import attach_card_writer, card_files
 from peft_shine.adapters.contexts import as_context_list, tokenize_left_padded
 from peft_shine.adapters.export import lora_config, write_adapter_folder
 from peft_shine.adapters.names import module_path_parts, validate_adapter_names
-from peft_shine.adapters.pipeline import ChunkingConfig, generate
-from peft_shine.adapters.store import GENERATION_LOCK, delete_adapters, forget_shared, tuner_layers
-from peft_shine.errors import AdapterNotFoundError, AdapterStateError, ArgumentError, ConfigError, ModelStateError
+from peft_shine.adapters.pipeline import ChunkingConfig, generate, wants_chunking
+from peft_shine.adapters.store import (
+    GENERATION_LOCK,
+    check_owned,
+    claim_names,
+    delete_adapters,
+    forget_shared,
+    record_owner,
+    tuner_layers,
+    visible_names,
+)
+from peft_shine.errors import AdapterStateError, ArgumentError, ConfigError, ModelStateError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 
 
@@ -98,10 +107,11 @@ class AdapterGenerationMixin:
         if batch_size is not None:
             _check_batch_size(batch_size)
         validate_adapter_names(names, len(texts), self._base_layout()[1])
-        if chunking not in (None, False) and truncation:
+        if wants_chunking(chunking) and truncation:
             raise ConfigError("Pass either chunking (read the whole context) or truncation (keep its start).")
         with GENERATION_LOCK:
             self.check_base_model_state()
+            claim_names(self.base_lm, self, names)  # another model's adapter on the same base is never replaced
             try:
                 generated = generate(self, texts, names, truncation=truncation, batch_size=batch_size,
                                      chunking=chunking)
@@ -110,14 +120,17 @@ class AdapterGenerationMixin:
                 raise
             self.peft_model = generated.peft_model
             self._remember_lora_layer()
+            record_owner(self.base_lm, self, names)
             self.adapter_info.update(generated.records)
             return attach_card_writer(self, self.peft_model)
 
     def delete_adapters(self, names: str | Sequence[str]) -> None:
-        """Delete generated adapters (weights and `adapter_info`). Deleting the last one unwraps the base LM, which
-        is then plain again (``peft_model`` becomes ``None``; the next `generate_adapter` wraps it anew)."""
+        """Delete adapters of this model (weights and `adapter_info`; another model's on the same base, and unknown
+        names, are skipped), in time linear in their number. Deleting the last adapter on the base unwraps the base
+        LM, which is then plain again (``peft_model`` becomes ``None``; the next `generate_adapter` wraps it anew)."""
         names = [names] if isinstance(names, str) else list(names)
         with GENERATION_LOCK:
+            names = visible_names(self.base_lm, self, names)
             for name in names:
                 self.adapter_info.pop(name, None)
             self.peft_model = delete_adapters(self.base_lm, self.peft_model, names)
@@ -186,11 +199,12 @@ class AdapterGenerationMixin:
         Nothing is ever deleted that peft-shine did not write: a previous adapter folder at ``path`` is replaced, but
         an existing file, or a folder holding anything else (source files, ``.git``, sub-folders), raises
         `peft_shine.storage.save_targets.TargetExistsError`. ``overwrite=True`` writes the adapter's files into such a
-        folder and keeps everything else (see `peft_shine.storage.save_targets`).
+        folder and keeps everything else (see `peft_shine.storage.save_targets`). Only an adapter this model
+        generated, with the weights it generated, or one no model generated (composed), is saved; another model's on
+        the same base raises `AdapterNotFoundError` (a `KeyError`), changed weights `AdapterSaveError`.
         """
-        if self.peft_model is None or adapter_name not in self.peft_model.peft_config:
-            available = list(self.peft_model.peft_config) if self.peft_model is not None else []
-            raise AdapterNotFoundError(f"No generated adapter named {adapter_name!r}; available: {available}.")
+        with GENERATION_LOCK:
+            check_owned(self.base_lm, self.peft_model, self, adapter_name)  # not another model's; unchanged
         count = 2 * self.config.num_base_layers * len(self.config.module_specs)  # A and B per module and layer
         return write_adapter_folder(self.peft_model, adapter_name, path, card_files(self, adapter_name, path),
                                     overwrite=overwrite, expected_tensors=count)

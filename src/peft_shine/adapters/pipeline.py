@@ -38,7 +38,13 @@ from peft import LoraConfig, PeftModel
 from tqdm.auto import tqdm
 from transformers.utils import logging as transformers_logging
 
-from peft_shine.adapters.chunking import ChunkingError, TextChunk, check_chunk_sizes, chunk_document
+from peft_shine.adapters.chunking import (
+    MAX_DOCUMENT_TOKENS,
+    ChunkingError,
+    TextChunk,
+    check_chunk_sizes,
+    chunk_document,
+)
 from peft_shine.adapters.combine import CombinedLora, LoraAccumulator, check_rule
 from peft_shine.adapters.contexts import (
     DEFAULT_BATCH_SIZE,
@@ -67,12 +73,21 @@ class ChunkingConfig:
             sum truncated to ``rank``); ``"mean"`` and ``"cat"`` keep every chunk's rank. With the shipped
             hypernetwork the sum garbles answers from two chunks on (docs/evaluation.md), the mean does not.
         rank: the rank budget of ``"svd"`` (at most ``chunks × lora_rank`` of each document).
+        max_document_tokens: the longest document read, in tokens (default `chunking.MAX_DOCUMENT_TOKENS`);
+            a longer one raises `ChunkingError` before any encoding. Raise it for longer documents.
     """
 
     chunk_tokens: int | None = None
     overlap_tokens: int = 0
     combine: str = "mean"
     rank: int | None = None
+    max_document_tokens: int = MAX_DOCUMENT_TOKENS
+
+
+def wants_chunking(value: object) -> bool:
+    """Whether a ``chunking=`` argument asks for chunking: anything but ``None`` / ``False`` (``0`` is a chunk size,
+    refused by `resolve_chunking`, not "no chunking")."""
+    return value is not None and value is not False
 
 
 def as_chunking_config(value: ChunkingConfig | Mapping | bool | int) -> ChunkingConfig:
@@ -84,10 +99,10 @@ def as_chunking_config(value: ChunkingConfig | Mapping | bool | int) -> Chunking
     if isinstance(value, int) and not isinstance(value, bool):
         return ChunkingConfig(chunk_tokens=value)
     if isinstance(value, Mapping):
-        unknown = set(value) - {"chunk_tokens", "overlap_tokens", "combine", "rank"}
+        unknown = set(value) - {"chunk_tokens", "overlap_tokens", "combine", "rank", "max_document_tokens"}
         if unknown:
             raise ChunkingError(f"Unknown chunking options {sorted(unknown)}; known: chunk_tokens, overlap_tokens, "
-                                f"combine, rank.")
+                                f"combine, rank, max_document_tokens.")
         return ChunkingConfig(**value)
     raise ChunkingError(f"chunking must be a ChunkingConfig, a dict, True or a chunk size, got {value!r}.")
 
@@ -100,6 +115,9 @@ def resolve_chunking(shine, value: ChunkingConfig | Mapping | bool | int) -> Chu
     if config.chunk_tokens is None:
         config = replace(config, chunk_tokens=window if positions is None else min(window, positions - slots))
     check_chunk_sizes(config.chunk_tokens, config.overlap_tokens)
+    limit = config.max_document_tokens
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ChunkingError(f"max_document_tokens must be a positive number of tokens, got {limit!r}.")
     if config.chunk_tokens > window:
         raise ChunkingError(f"chunk_tokens={config.chunk_tokens} is longer than this hypernetwork's "
                             f"max_context_length ({window}), the longest context it reads at once.")
@@ -115,7 +133,8 @@ def resolve_chunking(shine, value: ChunkingConfig | Mapping | bool | int) -> Chu
 
 def plan_documents(shine, texts: Sequence[str], config: ChunkingConfig) -> list[list[TextChunk]]:
     """Chunk every document and check the rank budget against each one's concatenated rank (before any work)."""
-    plans = [chunk_document(shine.tokenizer, text, config.chunk_tokens, config.overlap_tokens) for text in texts]
+    plans = [chunk_document(shine.tokenizer, text, config.chunk_tokens, config.overlap_tokens,
+                            config.max_document_tokens, index) for index, text in enumerate(texts)]
     for index, plan in enumerate(plans):
         try:
             check_rule(config.combine, config.rank, len(plan) * shine.config.lora_rank)
@@ -158,7 +177,7 @@ def plan_generation(shine, texts: Sequence[str], *, truncation: bool = False, ba
     """Tokenize every context once (or chunk it) and plan the encoder passes; raises before any encoding."""
     if shine.tokenizer is None:
         raise ModelStateError("No tokenizer attached: pass tokenizer= to from_pretrained / attach_base_model.")
-    if chunking in (None, False):
+    if not wants_chunking(chunking):
         rows = context_token_ids(shine.tokenizer, list(texts), shine.config.max_context_length, truncation)
         passes = plan_batches([len(ids) for ids in rows], batch_size or DEFAULT_BATCH_SIZE,
                               shine.config.num_memory_slots)

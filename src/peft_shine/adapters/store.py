@@ -8,7 +8,14 @@ created, filling exactly the per-adapter entries peft filled for the first (chec
 entries, this falls back to peft's own, slower path). The result is the same `PeftModel` state, tested against peft.
 
 Several `ShineModel`s may share one base object: they share its `PeftModel` (one adapter namespace per base), and
-`all_adapters_disabled` switches off every peft tuner layer in the base, whoever attached it, while encoding.
+`all_adapters_disabled` switches off every peft tuner layer in the base, whoever attached it, while encoding. Each
+model owns the adapters it generated: the base records the owner of every generated name and a fingerprint of its
+weights (`claim_names`, `record_owner`), so a second model refuses a name the first holds, and a model saves,
+deletes and describes only its own adapters (and those no model generated, e.g. composed ones), whose weights must
+still be the ones it generated (`check_owned`).
+
+Deleting adapters removes their entries from every LoRA layer in one pass (`discard_adapters`): linear in their
+number, where peft's ``delete_adapter`` walks every module and every remaining adapter per name.
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from peft_shine.errors import AdapterStateError
+from peft_shine.errors import AdapterNotFoundError, AdapterSaveError, AdapterStateError
 
 
 GENERATION_LOCK = threading.RLock()  # serialises adapter generation and deletion on shared bases, across threads
 _SHARED_ATTRIBUTE = "_peft_shine_peft_model"  # a weak reference on the base object to its PeftModel
+_OWNERS_ATTRIBUTE = "_peft_shine_adapter_owners"  # on the base: adapter name -> (weak ref to its model, fingerprint)
 
 
 def modules_outside_tuners(model: nn.Module) -> list[nn.Module]:
@@ -206,16 +214,19 @@ def _frozen_linear(weight: torch.Tensor) -> nn.Linear:
     return linear.eval()
 
 
-def discard_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: list[str]) -> PeftModel | None:
+def discard_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: list[str], *,
+                     like_peft: bool = False) -> PeftModel | None:
     """Remove every trace of the named adapters, whole or half-added (an add that failed midway): their configs and
-    every per-adapter entry of every LoRA layer in the base. Another adapter stays active; when none is left the
-    base is unwrapped and ``None`` returned."""
+    every per-adapter entry of every LoRA layer in the base, in one pass. The active adapters that remain stay
+    active, else the last one added (``like_peft``: the first name in sorted order, what peft's ``delete_adapter``
+    picks); when none is left the base is unwrapped and ``None`` returned."""
     peft_model = peft_model or shared_peft_model(base_lm)
     if peft_model is None:
         return None
-    layers = tuner_layers(base_lm)
+    layers, owners = tuner_layers(base_lm), base_lm.__dict__.get(_OWNERS_ATTRIBUTE, {})
     for name in names:
         peft_model.peft_config.pop(name, None)
+        owners.pop(name, None)
         for layer in layers:
             for attr in _adapter_entries(layer, name):
                 del getattr(layer, attr)[name]
@@ -224,31 +235,101 @@ def discard_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: li
         peft_model.unload()
         forget_shared(base_lm)
         return None
-    active = peft_model.active_adapters
-    peft_model.set_adapter(next((name for name in active if name in remaining), remaining[-1]))  # one name
+    active = [name for name in peft_model.active_adapters if name in remaining] or \
+        (sorted(remaining)[:1] if like_peft else remaining[-1:])
+    if len(active) == 1:
+        peft_model.set_adapter(active[0])  # PeftModel.set_adapter takes one name, never a list
+    else:  # several stay active together: the LoRA model takes the list
+        peft_model.base_model.set_adapter(active)
     return peft_model
 
 
 def forget_shared(base_lm: nn.Module) -> None:
-    """Drop the base's reference to its shared `PeftModel` (after the last adapter is deleted or it was unloaded)."""
-    if _SHARED_ATTRIBUTE in base_lm.__dict__:
-        object.__delattr__(base_lm, _SHARED_ATTRIBUTE)
+    """Drop the base's reference to its shared `PeftModel` (after the last adapter is deleted or it was unloaded)
+    and the owners of its adapters."""
+    for attribute in (_SHARED_ATTRIBUTE, _OWNERS_ATTRIBUTE):
+        if attribute in base_lm.__dict__:
+            object.__delattr__(base_lm, attribute)
 
 
 def delete_adapters(base_lm: nn.Module, peft_model: PeftModel | None, names: list[str]) -> PeftModel | None:
-    """Delete the named adapters; when none is left, unwrap the base (plain again) and return ``None``."""
+    """Delete the named adapters (unknown names are skipped) in one pass over the LoRA layers; when none is left,
+    unwrap the base (plain again) and return ``None``."""
     if peft_model is None:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft warns when the active adapter goes
-        for name in names:
-            if name in peft_model.peft_config:
-                peft_model.delete_adapter(name)
-    if peft_model.peft_config:
-        return peft_model
-    peft_model.unload()
-    forget_shared(base_lm)
-    return None
+    present = [name for name in dict.fromkeys(names) if name in peft_model.peft_config]
+    return discard_adapters(base_lm, peft_model, present, like_peft=True) if present else peft_model
+
+
+def _owners(base_lm: nn.Module) -> dict[str, tuple[weakref.ref, torch.Tensor]]:
+    owners = base_lm.__dict__.get(_OWNERS_ATTRIBUTE)
+    if owners is None:
+        owners = {}
+        object.__setattr__(base_lm, _OWNERS_ATTRIBUTE, owners)
+    return owners
+
+
+def owner_of(base_lm: nn.Module, name: str) -> nn.Module | None:
+    """The live `ShineModel` that generated adapter ``name`` on this base, if any."""
+    entry = base_lm.__dict__.get(_OWNERS_ATTRIBUTE, {}).get(name)
+    return entry[0]() if entry is not None else None
+
+
+def owned_names(base_lm: nn.Module, owner: nn.Module) -> list[str]:
+    """The adapters on this base that ``owner`` generated, in the order they were added."""
+    return [name for name, (ref, _) in base_lm.__dict__.get(_OWNERS_ATTRIBUTE, {}).items() if ref() is owner]
+
+
+def claim_names(base_lm: nn.Module, owner: nn.Module, names: list[str]) -> None:
+    """Raise `AdapterStateError` when another live `ShineModel` on the same base holds one of ``names``."""
+    taken = [name for name in names if owner_of(base_lm, name) not in (None, owner)]
+    if taken:
+        raise AdapterStateError(
+            f"Adapter name(s) {', '.join(repr(name) for name in taken)} belong to another ShineModel on the same base "
+            f"model: generating here would replace its weights. Pass other adapter_names=..., or delete them with "
+            f"that model's delete_adapters first."
+        )
+
+
+def fingerprint(layers: list[BaseTunerLayer], name: str) -> torch.Tensor:
+    """A cheap summary of adapter ``name``'s LoRA factors (shape and sum of each), to notice replaced weights."""
+    values = [(float(factor[name].weight.shape[0]), factor[name].weight.detach().double().sum())
+              for layer in layers for factor in (layer.lora_A, layer.lora_B) if name in factor]
+    return torch.tensor([[rows, float(total)] for rows, total in values], dtype=torch.float64)
+
+
+def record_owner(base_lm: nn.Module, owner: nn.Module, names: list[str]) -> None:
+    """Record ``owner`` as the model that generated ``names`` and the fingerprint of their weights."""
+    layers, owners = tuner_layers(base_lm), _owners(base_lm)
+    for name in names:
+        owners.pop(name, None)  # re-inserted last: `owned_names` keeps the order of generation
+        owners[name] = (weakref.ref(owner), fingerprint(layers, name))
+
+
+def visible_names(base_lm: nn.Module, owner: nn.Module, names: list[str]) -> list[str]:
+    """``names`` without those another live `ShineModel` generated (an adapter nobody generated, such as one made
+    by `compose_adapters` or loaded through peft, is visible to every model)."""
+    return [name for name in names if owner_of(base_lm, name) in (None, owner)]
+
+
+def check_owned(base_lm: nn.Module, peft_model: PeftModel | None, owner: nn.Module, name: str) -> None:
+    """Raise `AdapterNotFoundError` unless adapter ``name`` is on the base and not another model's, `AdapterSaveError` when
+    ``owner`` generated it and its weights changed since (replaced through peft, or by hand)."""
+    loaded = list(peft_model.peft_config) if peft_model is not None else []
+    if name not in loaded or owner_of(base_lm, name) not in (None, owner):
+        whose = " (it belongs to another ShineModel on the same base)" if name in loaded else ""
+        raise AdapterNotFoundError(f"No generated adapter named {name!r} on this model{whose}; available: "
+                                   f"{visible_names(base_lm, owner, loaded)}.")
+    entry = base_lm.__dict__.get(_OWNERS_ATTRIBUTE, {}).get(name)
+    if entry is None:
+        return
+    current = fingerprint(tuner_layers(base_lm), name)
+    if current.shape != entry[1].shape or not torch.equal(current, entry[1]):
+        raise AdapterSaveError(
+            f"Adapter {name!r} no longer holds the weights this model generated (changed since, through peft or by "
+            f"hand); nothing was saved. Generate it again, or save the changed adapter with peft's "
+            f"peft_model.save_pretrained."
+        )
 
 
 def wrap_base(base_lm: nn.Module, config: LoraConfig, adapter_name: str, *, low_cpu_mem_usage: bool = False,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from peft_shine.cli.defaults import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
-from peft_shine.errors import MissingFileError
+from peft_shine.errors import ConfigError, DataError, MissingFileError
 
 
 MAX_HISTORY_TURNS = 4  # earlier exchanges kept in the prompt
@@ -62,9 +62,15 @@ def read_context(args: argparse.Namespace) -> tuple[str, str]:
         return args.context, "--context"
     if args.context_file is not None:
         path = Path(args.context_file)
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; pass a UTF-8 text file to --context-file")
         if not path.is_file():
             raise MissingFileError(f"no such file {path}; pass an existing UTF-8 text file to --context-file")
-        return path.read_text(encoding="utf-8"), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); pass --context-file "
+                            f"a UTF-8 text file") from None
 
     from peft_shine.qa_data import load_sample_context  # the bundled data, read only when no context is given
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,9 +120,9 @@ def run_card(args: argparse.Namespace) -> int:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise MissingFileError(f"{config_path} is missing; pass a hypernetwork folder written by save_pretrained")
-    fields = hypernetwork_card_fields(json.loads(config_path.read_text(encoding="utf-8")), read_mapping(args.card))
+    fields = hypernetwork_card_fields(read_mapping(config_path), read_mapping(args.card))
     if args.eval_results:
-        results = json.loads(Path(args.eval_results).read_text(encoding="utf-8"))
+        results = read_mapping(args.eval_results)
         fields["eval_results"] = eval_rows(results, args.eval_dataset, dataset_id=args.eval_dataset_id)
     card = render_hypernetwork_card(repo_id=args.repo_id or folder.resolve().name, **fields)
     atomic_write_text(folder / "README.md", str(card))

@@ -92,7 +92,7 @@ def check_paths(args: argparse.Namespace) -> None:
     files = [value for value in [*data, args.eval_data] if value and value.lower().endswith(DATA_SUFFIXES)]
     for value in files:
         if not Path(value).is_file():
-            raise MissingFileError(f"no such data file {value}; pass an existing file, a bundled name such as "
+            raise MissingFileError(f"no such file {value}; pass an existing data file, a bundled name such as "
                                     f"'wikitext' or 'squad:train', or a Hub dataset id")
     if args.config and not Path(args.config).is_file():
         raise MissingFileError(f"no such --config file {args.config}")
@@ -102,9 +102,11 @@ def run(args: argparse.Namespace) -> int:
     """Run ``shine train`` (every process of a multi-process launch runs it)."""
     check_paths(args)
     # the training stack (datasets, accelerate) is the optional [train] extra: loaded only to train
+    from peft_shine.storage.save_targets import check_hypernetwork_folder  # with torch: loaded to train only
     from peft_shine.training.plots import plot_losses
     from peft_shine.training.recipe import train
 
+    check_hypernetwork_folder(args.output)  # a foreign folder is refused before any data, model or teacher work
     trainer = train(args)
     if trainer.is_world_process_zero():
         history = trainer.state.log_history

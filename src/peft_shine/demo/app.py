@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 
 from peft_shine.adapters.contexts import ContextError
-from peft_shine.demo.engine import DemoEngine, DemoError, Session, read_context_file, scrub
+from peft_shine.demo.engine import MAX_UPLOAD_BYTES, DemoEngine, DemoError, Session, read_context_file, scrub
 from peft_shine.demo.hub import on_space, resolve_token
 from peft_shine.qa_data import load_qa_records, load_sample_context
 
@@ -188,6 +188,7 @@ def build_main_row() -> dict[str, Any]:
         with gr.Column(scale=5, elem_id="context-column"):
             gr.Markdown("### 1 · Context", elem_classes="column-title")
             context = gr.Textbox(label="Context", lines=12, max_lines=20, elem_id="context",
+                                 max_length=MAX_UPLOAD_BYTES,  # bounded like uploads (checked again by the engine)
                                  placeholder="Paste a text here (a paragraph, notes, a README…) or upload a file.")
             with gr.Row():
                 upload = gr.UploadButton("Upload .txt / .md", file_types=[".txt", ".md"], size="md")

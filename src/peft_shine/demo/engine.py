@@ -35,7 +35,8 @@ DEFAULT_KEY = "default"
 UNTRAINED_LABEL = "untrained (randomly initialised)"
 FOLDER_NAME = "shine-adapter"
 ZIP_NAME = f"{FOLDER_NAME}.zip"
-MAX_UPLOAD_BYTES = 1_000_000
+MAX_UPLOAD_BYTES = 1_000_000  # an uploaded file, and text pasted into the context box
+MAX_CONTEXT_TOKENS = 32_768  # the demo's document limit (the library's is chunking.MAX_DOCUMENT_TOKENS)
 MAX_CHAT_TURNS = 4  # earlier turns are dropped from the prompt to keep CPU answers fast
 _PATH_PATTERN = re.compile(r"(?<![\w.:/\\-])(?:~|[A-Za-z]:)?(?:[/\\][\w.@+-]+){2,}[/\\]?")
 
@@ -148,12 +149,18 @@ class DemoEngine:
     def generate(self, session: Session, context: str) -> tuple[Session, Adapter]:
         """Generate ``session``'s adapter from ``context`` (replacing its previous one) and package it as a zip.
 
-        Raises `peft_shine.ContextError` for empty, non-string or too long contexts."""
+        Raises `peft_shine.ContextError` for empty, non-string or invisible contexts, `DemoError` for a text over
+        `MAX_UPLOAD_BYTES` (like an upload) or `MAX_CONTEXT_TOKENS`, before any encoding."""
         as_context_list(context)  # clear ContextError before any model work
+        check_text_size(context)
         with self._lock:
             loaded = self.hypernetwork(session.hypernetwork)
             shine, name = loaded.model, f"s{uuid.uuid4().hex[:16]}"
             tokens = len(shine.tokenizer(context, add_special_tokens=False).input_ids)
+            if tokens > MAX_CONTEXT_TOKENS:
+                raise DemoError(f"The text has {tokens:,} tokens; this demo reads at most {MAX_CONTEXT_TOKENS:,} "
+                                f"tokens per context. Shorten it, or run peft-shine yourself: generate_adapter(text, "
+                                f"chunking={{'max_document_tokens': ...}}) raises the library's limit.")
             chunking = True if tokens > shine.config.max_context_length else None  # long text: chunk-wise
             started = time.perf_counter()
             shine.generate_adapter(context, adapter_names=name, chunking=chunking)
@@ -269,6 +276,13 @@ def message_text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
     return "" if content is None else str(content)
+
+
+def check_text_size(text: str) -> None:
+    """Refuse pasted text larger than an upload may be (`MAX_UPLOAD_BYTES` of UTF-8)."""
+    if len(text) > MAX_UPLOAD_BYTES or len(text.encode("utf-8", errors="replace")) > MAX_UPLOAD_BYTES:
+        raise DemoError(f"The text is larger than {MAX_UPLOAD_BYTES // 1_000_000} MB, the limit for uploads too; "
+                        f"contexts are much shorter (at most {MAX_CONTEXT_TOKENS:,} tokens here).")
 
 
 def read_context_file(path: str | Path) -> str:

@@ -51,7 +51,7 @@ class RunOptions:
     sft: SFTConfig = field(default_factory=SFTConfig)
     seed: int = 0  # initialisation of the SFT adapters
     recall_max_new_tokens: int = DEFAULT_RECALL_MAX_NEW_TOKENS  # cap on a recall task's budget
-    chunking: Any = None  # a `document_adapters.ChunkingConfig`: SHINE adapters of long contexts made chunk-wise
+    chunking: Any = None  # a `peft_shine.ChunkingConfig`: SHINE adapters of long contexts made chunk-wise
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.adapter_batch_size, self.max_new_tokens, self.recall_max_new_tokens) < 1:

@@ -200,7 +200,8 @@ def render_folder_adapter_card(
 
 
 def is_adapter_card(text: str) -> bool:
-    """Whether ``text`` (a README.md) is an adapter card peft-shine rendered, which a new save may replace."""
+    """Whether ``text`` (a README.md) is an adapter card peft-shine rendered (whether a save may replace one is
+    `peft_shine.storage.save_targets.card_is_ours`)."""
     return ADAPTER_CARD_MARKER in text
 
 
@@ -221,7 +222,9 @@ def check_hub_model_id(base_model: str) -> None:
     if not hub_id or Path(base_model).expanduser().is_dir():
         raise ConfigError(f"The card's base_model must be a Hub model id like 'HuggingFaceTB/SmolLM2-135M-Instruct', "
                           f"not a local path ({base_model!r}): pass model_card_fields={{'base_model': '<org/name>'}} "
-                          f"(--base-model on the command line), or record the Hub id in the config.")
+                          f"(on the command line: a 'base_model: <org/name>' line in the --card file of shine card / "
+                          f"shine push hypernetwork; --base-model of shine push adapter), or record the Hub id in the "
+                          f"config.")
 
 
 def _card_data(base_model: str, library: str, license: str | None, tags: list[str],  # noqa: A002

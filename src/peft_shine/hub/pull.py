@@ -3,8 +3,9 @@ and the checks it passes before a pull is reported done.
 
 Only the files a checkpoint needs are fetched (`PULL_PATTERNS`: configs, safetensors weights and the card), never
 arbitrary JSON or Markdown; their total size is checked against a limit before any byte is downloaded; the
-downloaded folder must hold a parseable config and every weights file it needs, each with a readable header; and it
-is written into place only then (a failed pull leaves local files unchanged).
+downloaded folder must hold a parseable config and every weights file it needs, and every downloaded file (in
+sub-folders too) must parse (JSON) or have a readable header (safetensors); it is written into place only then (a
+failed pull leaves local files unchanged).
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ MAX_PULL_BYTES = 20 * 2**30  # 20 GiB; `download(max_bytes=...)` changes it
 
 
 
+def readable_size(size: int) -> str:
+    """``size`` bytes in the largest binary unit that keeps it at one or more (``"1,000 bytes"``, ``"339.1 KiB"``)."""
+    if size < 1024:
+        return f"{size:,} bytes"
+    for unit in ("KiB", "MiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:,.1f} {unit}"
+    return f"{size / 1024:,.1f} GiB"
+
+
 def pull_size(repo_id: str, revision: str | None, token: Any, max_bytes: int) -> int:
     """Total size of the files `PULL_PATTERNS` selects in the repo; raise `PullError` above ``max_bytes``."""
     info = HfApi(token=token).model_info(repo_id, revision=revision, files_metadata=True)
@@ -42,18 +54,19 @@ def pull_size(repo_id: str, revision: str | None, token: Any, max_bytes: int) ->
              if any(fnmatch.fnmatch(s.rfilename, pattern) for pattern in PULL_PATTERNS)}
     total = sum(sizes.values())
     if total > max_bytes:
-        raise PullError(f"{repo_id} would download {total / 2**30:.1f} GiB ({len(sizes)} files), more than the "
-                        f"{max_bytes / 2**30:.1f} GiB limit; nothing was downloaded. Pass max_bytes= to allow it.")
+        raise PullError(f"{repo_id} would download {readable_size(total)} ({len(sizes)} files), more than the "
+                        f"{readable_size(max_bytes)} limit; nothing was downloaded. Pass max_bytes= to allow it.")
     return total
 
 
-def _read_json(path: Path, repo_id: str) -> dict:
+def _read_json(path: Path, repo_id: str, name: str | None = None) -> dict:
+    name = name or path.name
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise PullError(f"{repo_id}: {path.name} is not valid JSON ({error}); nothing was written.") from error
+        raise PullError(f"{repo_id}: {name} is not valid JSON ({error}); nothing was written.") from error
     if not isinstance(value, dict):
-        raise PullError(f"{repo_id}: {path.name} does not hold a JSON object; nothing was written.")
+        raise PullError(f"{repo_id}: {name} does not hold a JSON object; nothing was written.")
     return value
 
 
@@ -70,8 +83,19 @@ def _check_weights(folder: Path, names: list[str], repo_id: str) -> None:
                             f"written.") from error
 
 
+def _check_every_file(folder: Path, repo_id: str) -> None:
+    """Every downloaded file, in sub-folders too, passes the checks of its kind: JSON parses, safetensors reads."""
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.suffix == ".json":
+            _read_json(path, repo_id, name)
+        elif path.suffix == ".safetensors":
+            _check_weights(folder, [name], repo_id)
+
+
 def verify_pulled(folder: Path, repo_id: str) -> str:
     """Check a downloaded snapshot and return its kind: ``"adapter"``, ``"hypernetwork"`` or ``"model"``."""
+    _check_every_file(folder, repo_id)
     if (folder / "adapter_config.json").is_file():
         _read_json(folder / "adapter_config.json", repo_id)
         _check_weights(folder, ["adapter_model.safetensors"], repo_id)
@@ -126,14 +150,15 @@ def download(repo_id: str, output: str | Path | None = None, *, revision: str | 
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise TargetExistsError(f"{output} exists and is not empty; choose another output folder, or pass "
                                 f"overwrite=True (--overwrite on the command line).")
-    write_mode(output, overwrite=overwrite, what="download")  # refuse a file or a foreign folder before any request
+    # refuse a file or a foreign folder before any request
+    write_mode(output, overwrite=overwrite, what="download", kind="download")
     resolved = resolve_hub_revision(repo_id, revision, token=token)
     with hub_errors("download", repo_id, revision):
         if not hf_constants.HF_HUB_OFFLINE:  # offline, the files come from the cache
             pull_size(repo_id, getattr(resolved, "resolved", None) or resolved, token, max_bytes)
         snapshot = Path(snapshot_download(repo_id, revision=resolved, allow_patterns=PULL_PATTERNS, token=token))
     kind = verify_pulled(snapshot, repo_id)
-    with guarded_directory(output, overwrite=overwrite, what="download") as tmp:
+    with guarded_directory(output, overwrite=overwrite, what="download", kind="download") as tmp:
         for source in sorted(snapshot.rglob("*")):
             if source.is_file():
                 (tmp / source.relative_to(snapshot)).parent.mkdir(parents=True, exist_ok=True)

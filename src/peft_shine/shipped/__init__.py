@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import constants as hub_constants
 from transformers import AutoConfig
 
 from peft_shine.auto import AutoShineModel
-from peft_shine.errors import CheckpointError, ShineError
+from peft_shine.errors import CheckpointError, ConfigError, MissingFileError, ShineError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.modeling_shine import ShineModel
 from peft_shine.storage.base_models import DEFAULT_BASE_MODEL, resolve_base_model_path
@@ -45,6 +46,26 @@ class LoadedHypernetwork:
     origin: str = ""  # where it came from, in words, with the reason for a fallback (the demo shows it)
 
 
+def _source_config(source: str, local: Path):
+    """The config of a folder or Hub repo ``source``; a path that is no folder, or a repo offline mode cannot find,
+    raises `MissingFileError` saying so (not "could not connect to huggingface.co")."""
+    if local.exists() and not local.is_dir():
+        raise ConfigError(f"{source} is a file; pass a hypernetwork folder (save_pretrained output) or a Hub "
+                          f"repo id.")
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+    if not local.is_dir() and looks_like_path:
+        raise MissingFileError(f"no such folder {source}; pass an existing hypernetwork folder or a Hub repo id "
+                               f"(org/name).")
+    try:
+        return AutoConfig.from_pretrained(resolve_base_model_path(source))
+    except OSError as error:
+        if local.is_dir() or not hub_constants.HF_HUB_OFFLINE:
+            raise
+        raise MissingFileError(f"{source} is not a local folder, and offline (HF_HUB_OFFLINE=1) the Hub cache holds "
+                               f"no repo of that name; pass an existing folder, or go online once to download "
+                               f"it.") from error
+
+
 def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: str = DEFAULT_BASE_MODEL,
                       allow_untrained: bool = True, hub_repo: str | None = None,
                       **base_options: Any) -> LoadedHypernetwork:
@@ -70,7 +91,7 @@ def load_hypernetwork(source: str | os.PathLike | None = None, *, base_model: st
     else:
         source = str(source)
         local = Path(source).expanduser()
-        config = AutoConfig.from_pretrained(resolve_base_model_path(source))
+        config = _source_config(source, local)
         if config.model_type == ShineConfig.model_type:
             hub_id = None if local.is_dir() else source
             return LoadedHypernetwork(AutoShineModel.from_pretrained(source, **base_options), f"trained hypernetwork {local.name}",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import HfApi
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -24,21 +28,27 @@ def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tupl
     """Call ``loader(path, *args, **kwargs)`` (a `from_pretrained`) reading safetensors only unless
     ``allow_pickle``; turn damaged or unsafe checkpoints into a `CheckpointError` that names the file and the fix.
 
-    Loading is strict: a hypernetwork tensor missing from the file, an unexpected one or one of another shape
-    raises instead of being left at its random initialisation. A Hub repo is listed first: one holding only pickle
-    weights is refused before transformers is called, and the revision is pinned to its commit, so transformers'
-    automatic safetensors conversion (a pull request opened on the repo with your token) never starts.
+    Loading is strict: a hypernetwork tensor missing from the file, an unexpected one, one of another shape or one
+    holding NaN/Inf raises (naming it) instead of being left at its random initialisation or poisoning every
+    logit. A folder whose ``config.json`` is not a JSON object, or that holds both a single weights file and a
+    shard index (a stale file: which one is current?), is refused before transformers reads it
+    (`check_checkpoint_folder`). A Hub repo is listed first: one holding only pickle weights is refused before
+    transformers is called, and the revision is pinned to its commit, so transformers' automatic safetensors
+    conversion (a pull request opened on the repo with your token) never starts.
     """
     folder = Path(path)
     if folder.is_dir():
+        check_checkpoint_folder(folder)
         refuse_pickle_only_folder(folder, allow_pickle)
     elif not allow_pickle:
         kwargs = {**kwargs, "revision": refuse_pickle_only_repo(str(path), kwargs.get("revision"),
                                                                 kwargs.get("token"))}
     if not allow_pickle:
         kwargs = {**kwargs, "use_safetensors": True}
-    try:
-        model, info = loader(path, *args, **{**kwargs, "output_loading_info": True})
+    try:  # shapes are compared by `_check_complete`, which names the tensor (transformers' own error does not)
+        with _quiet_loading_report():
+            model, info = loader(path, *args, **{**kwargs, "output_loading_info": True,
+                                                 "ignore_mismatched_sizes": True})
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         if isinstance(error, CheckpointError) or not _looks_damaged(error):
             raise
@@ -47,14 +57,70 @@ def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tupl
             f"(for example an interrupted download or copy); download or save it again."
         ) from error
     _check_complete(path, info)
+    check_finite(model.state_dict(), f"The hypernetwork weights in {path}")
     return model
+
+
+@contextmanager
+def _quiet_loading_report() -> Iterator[None]:
+    """Silence transformers' loading report (logged by ``modeling_utils``) while loading: `_check_complete` raises
+    its own, clearer error naming the tensors."""
+    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils", "transformers.utils.loading_report")]
+    previous = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, previous):
+            logger.setLevel(level)
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise `CheckpointError` naming the first floating-point tensor of ``tensors`` that holds NaN or Inf."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all():
+            kind = "nan" if torch.isnan(tensor).any() else "inf"
+            raise CheckpointError(
+                f"{what}: tensor {name} holds non-finite values ({kind}); every output would be NaN. The training "
+                f"diverged or the file is corrupted: use an earlier checkpoint, or train again with a lower "
+                f"learning rate."
+            )
+
+
+def check_checkpoint_folder(folder: Path) -> None:
+    """Refuse a checkpoint folder whose ``config.json`` is not a JSON object, that also holds a peft adapter, or
+    that holds both a single weights file and a shard index (a stale file of an earlier save: transformers would
+    silently read one of them)."""
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise CheckpointError(f"{config} is not valid UTF-8 JSON ({error}); save the checkpoint again.") from None
+        if not isinstance(value, dict):
+            raise CheckpointError(f"{config} holds a JSON {type(value).__name__}, not a JSON object of config fields; "
+                                  f"the file was replaced or damaged. Save the checkpoint again.")
+    if config.is_file() and (folder / "adapter_config.json").is_file():
+        raise CheckpointError(
+            f"{folder} holds a peft adapter (adapter_config.json) beside the hypernetwork: transformers would try to "
+            f"load it onto the hypernetwork. Move adapter_config.json and adapter_model.safetensors to a folder of "
+            f"their own."
+        )
+    if (folder / "model.safetensors").is_file() and (folder / "model.safetensors.index.json").is_file():
+        raise CheckpointError(
+            f"{folder} holds both model.safetensors and model.safetensors.index.json (shards): one is left over from "
+            f"an earlier save and it is unclear which is current. Delete the stale one, or save the checkpoint again "
+            f"(peft-shine saves remove it)."
+        )
 
 
 def _check_complete(path: str | os.PathLike, info: dict[str, Any]) -> None:
     """Raise unless every hypernetwork tensor was read from the checkpoint, with its shape, and nothing else."""
     missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith("base_lm."))
     unexpected = sorted(info.get("unexpected_keys", ()))
-    mismatched = sorted(str(entry[0]) for entry in info.get("mismatched_keys", ()))
+    mismatched = sorted(f"{entry[0]} {list(entry[1])} instead of {list(entry[2])}" if len(entry) == 3 else str(entry[0])
+                        for entry in info.get("mismatched_keys", ()))
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"The hypernetwork weights in {path} do not match its config.json: missing {missing[:4]} "

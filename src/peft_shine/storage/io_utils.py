@@ -8,25 +8,30 @@ under its final name: a reader either sees the complete old content or the compl
   target's directory, flush and ``fsync`` it, then ``os.replace`` it over the target.
 * :func:`atomic_save_safetensors` does the same for a ``safetensors`` file.
 * :func:`atomic_directory` builds a whole folder under a hidden temporary name next to the target and swaps it in
-  at the end (rename the old folder aside, rename the new one into place, delete the old one).
+  at the end: one atomic exchange of the two folders on Linux (``renameat2`` ``RENAME_EXCHANGE``); elsewhere the
+  old folder is parked as ``.{name}.old-*`` and the new one renamed into place, and a writer killed between the
+  two renames is undone by the next write of the target (:func:`recover_interrupted_swap` puts the old copy back).
 
-Temporaries are named ``.{target name}.tmp-<pid>-<random>`` (folders being replaced are parked as
-``.{target name}.old-<pid>-<random>``), so they live on the same file system as the target and are hidden from
-ordinary listings. A process killed mid-write can leave such a temporary behind; it is never mistaken for the
-target, and every later write of the same target deletes it (:func:`remove_stale_temporaries`): a leftover is
-stale as soon as the process named in it is gone (checked on this machine; a writer on another machine sharing the
-file system, or in another PID namespace, looks gone too and its save then fails cleanly rather than silently), and
-a leftover without a process id after an hour.
+Temporaries are named ``.{target name}.tmp-<pid>-<random>`` (``.old-`` for parked folders), on the target's file
+system and hidden from ordinary listings. One a killed process left behind is never mistaken for the target, and
+every later write of the same target deletes it (:func:`remove_stale_temporaries`): a leftover is stale as soon as
+the process named in it is gone (checked on this machine; a writer on another machine sharing the file system, or
+in another PID namespace, looks gone too and its save then fails cleanly rather than silently), and a leftover
+without a process id after an hour.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fnmatch
 import json
 import os
 import re
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +50,7 @@ __all__ = [
     "atomic_save_safetensors",
     "atomic_write_bytes",
     "atomic_write_text",
+    "recover_interrupted_swap",
     "remove_stale_temporaries",
     "staged_files",
 ]
@@ -152,10 +158,35 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+
+
+def exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``). Returns False, changing
+    nothing, where the system or the file system has no such call; other failures raise `OSError`."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28)
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise StorageError(code, os.strerror(code), str(second))
+
+
 def _swap_into_place(new_dir: Path, target: Path) -> None:
-    """Move ``new_dir`` to ``target``; an existing ``target`` is parked aside first and restored on failure."""
+    """Move ``new_dir`` to ``target``: exchanged atomically with an existing ``target`` (then deleted), or, where the
+    system cannot exchange, ``target`` parked aside first (restored on failure, or by the next write after a crash)."""
     if not (target.exists() or target.is_symlink()):
         os.rename(new_dir, target)
+        return
+    if exchange_paths(new_dir, target):  # ``new_dir`` now holds the old content
+        _fsync_path(target.parent)
+        _remove(new_dir)
         return
     parked = _sibling_name(target, _OLD_TAG)
     os.rename(target, parked)
@@ -168,15 +199,36 @@ def _swap_into_place(new_dir: Path, target: Path) -> None:
     _remove(parked)
 
 
+def recover_interrupted_swap(target: str | Path) -> Path | None:
+    """Undo a folder swap a killed writer left half done: when ``target`` is missing and a writer that is gone
+    parked the old folder as ``.{name}.old-*``, rename the newest such copy back to ``target``. Returns ``target``
+    when it was restored, else ``None`` (a live writer's parked copy is never touched)."""
+    target = Path(target).absolute()
+    if target.exists() or target.is_symlink():
+        return None
+    prefix = f".{target.name}{_OLD_TAG}"
+    try:
+        parked = [path for path in target.parent.iterdir()
+                  if path.name.startswith(prefix) and _writer_is_gone(path.name) is not False]
+        newest = max(parked, key=lambda path: path.lstat().st_mtime, default=None)
+        if newest is None:
+            return None
+        os.rename(newest, target)
+    except OSError:  # no parent folder, or another process restored it first
+        return None
+    _fsync_path(target.parent)
+    return target
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path, *, fsync: bool = True) -> Iterator[Path]:
     """Build a directory under a temporary name and swap it into place as ``target`` on success.
 
     Yields a fresh, empty temporary directory created next to ``target`` (same file system, hidden name
     ``.{name}.tmp-<random>``); fill it inside the ``with`` block. On normal exit its files are ``fsync``-ed and it
-    replaces ``target``: an existing ``target`` is renamed aside, the new folder renamed into place, then the old one
-    deleted, so ``target`` is only missing for the instant between two renames; if the second rename fails the old
-    folder is put back. If the block raises, the temporary directory is deleted and ``target`` is left untouched.
+    replaces ``target`` (`_swap_into_place`: one atomic exchange on Linux; elsewhere two renames, after which a
+    crash is undone by the next write). If the block raises, the temporary directory is deleted and ``target`` is
+    left untouched.
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -196,12 +248,14 @@ def atomic_directory(target: str | Path, *, fsync: bool = True) -> Iterator[Path
 
 
 @contextlib.contextmanager
-def staged_files(directory: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+def staged_files(directory: str | Path, *, fsync: bool = True, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
     """Write files into a hidden temporary folder, then move each one into ``directory`` with ``os.replace``.
 
     Unlike `atomic_directory`, other files already in ``directory`` are kept (a Trainer checkpoint folder, a user's
-    output folder). Each file is atomic: a reader sees the complete old or the complete new version, never a partial
-    one. If the block raises, nothing in ``directory`` changes.
+    output folder), except the files matching a ``replaces`` pattern that this write did not produce (the stale
+    shards of a sharded checkpoint now saved whole, say): they are removed right after the new files are in place.
+    Each file is atomic: a reader sees the complete old or the complete new version, never a partial one. If the
+    block raises, nothing in ``directory`` changes.
     """
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
@@ -210,6 +264,7 @@ def staged_files(directory: str | Path, *, fsync: bool = True) -> Iterator[Path]
     try:
         with _plain_os_errors():
             yield temp_dir
+        written = set()
         for source in sorted(temp_dir.rglob("*")):
             if source.is_file():
                 destination = directory / source.relative_to(temp_dir)
@@ -218,6 +273,11 @@ def staged_files(directory: str | Path, *, fsync: bool = True) -> Iterator[Path]
                 if fsync:
                     _fsync_path(source)
                 os.replace(source, destination)
+                written.add(destination.name)
+        for stale in sorted(directory.iterdir()):
+            if stale.name not in written and any(fnmatch.fnmatchcase(stale.name, p) for p in replaces) \
+                    and stale.is_file() and not stale.is_symlink():
+                stale.unlink()
         if fsync:
             _fsync_path(directory)
     finally:
@@ -303,6 +363,7 @@ def remove_stale_temporaries(target: str | Path, *, min_age_s: float = STALE_AGE
     paths removed.
     """
     target = Path(target).absolute()
+    recover_interrupted_swap(target)  # a parked old folder goes back in place, not to the bin
     prefixes = tuple(f".{target.name}{tag}" for tag in (_TMP_TAG, _OLD_TAG))
     try:
         candidates = [path for path in target.parent.iterdir() if path.name.startswith(prefixes)]
@@ -320,13 +381,22 @@ def remove_stale_temporaries(target: str | Path, *, min_age_s: float = STALE_AGE
 
 
 def read_mapping(path: str | os.PathLike | None) -> dict[str, Any]:
-    """The JSON or YAML (``.yaml``/``.yml``) mapping in ``path``; an empty dict without a path."""
+    """The JSON or YAML (``.yaml``/``.yml``) mapping in ``path``; an empty dict without a path. Every failure names
+    the file and its cause: missing, a folder, not UTF-8, not valid JSON/YAML, not a mapping."""
     if path is None:
         return {}
-    text = Path(path).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
-    if data is None and Path(path).suffix in (".yaml", ".yml"):
-        data = {}
+    path, kind = Path(path), "YAML" if Path(path).suffix in (".yaml", ".yml") else "JSON"
+    if not path.is_file():
+        raise (ConfigError(f"{path} is a folder; pass a JSON or YAML file.") if path.is_dir() else
+               MissingFileError(f"no such file {path}; pass an existing JSON or YAML file."))
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if kind == "YAML" else json.loads(text)
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+    except (ValueError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path} is not valid {kind}: {' '.join(str(error).split())}.") from None
+    data = {} if data is None and kind == "YAML" else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping (key: value pairs), not {type(data).__name__}.")
     return data

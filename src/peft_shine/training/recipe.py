@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ import datasets
 from transformers import HfArgumentParser
 from transformers.trainer_utils import IntervalStrategy
 
-from peft_shine.errors import ConfigError, DataError
+from peft_shine.errors import ConfigError, DataError, MissingFileError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.loading import FP32, Placement, resolve_placement
 from peft_shine.modeling_shine import ShineModel
@@ -81,12 +82,27 @@ def load_texts(source: str, column: str, held_back: Sequence = ()) -> list[str]:
             check_text_data_file(path)  # one clear line for empty, binary or malformed files
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     else:
+        check_dataset_source(source)
         dataset = datasets.load_dataset(source, split="train")
     if QA_COLUMNS.issubset(dataset.column_names):
 
         records = without_articles([QARecord.from_dict(row, index=i) for i, row in enumerate(dataset)], held_back)
         return list(dict.fromkeys(record.context for record in records))
     return texts_from_column(dataset, column)
+
+
+def check_dataset_source(source: str) -> None:
+    """A ``--data`` that is not a file must be a Hub dataset id: a folder, or a missing path (a file suffix, a
+    path separator) is named as such instead of being looked up on the Hub."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{source} is a folder; pass a data file ({', '.join(sorted(TEXT_FORMATS))}), a "
+                          f"bundled name or a Hub dataset id.")
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+    suffix = path.suffixes[-2] if path.suffix == ".gz" and len(path.suffixes) > 1 else path.suffix
+    if looks_like_path or suffix in TEXT_FORMATS:
+        raise MissingFileError(f"no such file {source}; pass an existing data file, a bundled name "
+                               f"({', '.join(sorted(BUNDLED_TEXTS))}) or a Hub dataset id.")
 
 
 def without_articles(records: list, held_back: list) -> list:

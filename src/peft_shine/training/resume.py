@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from peft_shine.errors import ConfigError, MissingFileError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.modeling_shine import ShineModel
+from peft_shine.storage.checkpoints import check_checkpoint_folder, check_finite
 
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None
     Raises:
         FileNotFoundError: if the folder has no ``model.safetensors``.
         ValueError: if the checkpoint was built for another base LM or hypernetwork size.
+        CheckpointError: a stale shard index beside the file, or a tensor holding NaN/Inf (named).
     """
     folder = Path(checkpoint)
     weights = folder / "model.safetensors"
@@ -34,7 +36,10 @@ def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None
                    if getattr(saved, name) != getattr(model.config, name)}
     if differences:
         raise ConfigError(f"{folder} does not fit this hypernetwork; (checkpoint, model) differ in {differences}.")
-    model.load_state_dict(load_file(str(weights), device="cpu"))
+    check_checkpoint_folder(folder)
+    state = load_file(str(weights), device="cpu")
+    check_finite(state, f"The hypernetwork weights in {folder}")
+    model.load_state_dict(state)
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "config.json", "model.safetensors")

@@ -15,7 +15,9 @@ checkpoints, resume, logging — is the stock loop):
   differ) skips the same steps. A fused AdamW (``adamw_torch_fused``, the default optimizer on recent torch) skips
   on the device through its ``found_inf`` input (no host sync at all); any other optimizer reads the flag once per
   optimizer step and drops the gradients. Both are counted (``nonfinite_losses``, ``skipped_steps`` in the
-  training logs, read only when logging). The learning-rate schedule still advances;
+  training logs, read only when logging). The learning-rate schedule still advances. A step whose finite gradients
+  still leave NaN/Inf in the weights (an overflowing update) is noticed by a post-step flag, read when logging or
+  saving: training stops with `NonFiniteWeightsError` naming the tensor, before such a checkpoint is written;
 * chunked contexts (``chunk_tokens``): stage-2 single-QA contexts of several paragraphs cut by the inference
   chunker, the chunk LoRAs of each example combined by ``chunk_combine`` (`training.long_context_data`);
 * evaluation: held-out loss with the generated adapter (``eval_loss``), with no adapter
@@ -67,6 +69,7 @@ from peft_shine.training.long_context_data import (
 )
 from peft_shine.training.resume import load_hypernetwork_weights
 from peft_shine.training.trainer_hub import ShineHubMixin
+from peft_shine.training.weight_guard import NonFiniteWeightsGuard, nonfinite_flag
 
 
 logger = logging.getLogger(__name__)
@@ -201,16 +204,6 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
                                peft_disabled=teacher._peft_disabled, hidden_layers=hidden)
 
 
-def nonfinite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
-    """A 0-d bool tensor on the gradients' device: whether their total norm is NaN/Inf on **any** rank (a max
-    all-reduce when `torch.distributed` is initialised with several ranks; no host sync)."""
-    bad = (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).to(torch.float32)
-    if torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-    return bad > 0
-
-
 @torch.no_grad()
 def held_out_losses(shine: ShineModel, batch: dict[str, torch.Tensor], controls: bool = True,
                     chunk_combine: str = "mean") -> torch.Tensor:
@@ -257,7 +250,7 @@ def no_adapter_scores(shine: ShineModel, batch: dict[str, torch.Tensor]) -> torc
     return torch.stack([ce.double(), torch.tensor(float(targets.numel()), dtype=torch.float64), kd.double()]).cpu()
 
 
-class ShineTrainer(ShineHubMixin, Trainer):
+class ShineTrainer(NonFiniteWeightsGuard, ShineHubMixin, Trainer):
     """`Trainer` for a `ShineModel` (see the module docstring for what it adds).
 
     Args:
@@ -300,6 +293,7 @@ class ShineTrainer(ShineHubMixin, Trainer):
         optimizer = super().create_optimizer(model)
         if not getattr(optimizer, "_shine_skip_hook", False):
             optimizer.register_step_pre_hook(self._skip_nonfinite_step)
+            optimizer.register_step_post_hook(self._flag_nonfinite_weights)
             optimizer._shine_skip_hook = True
         return optimizer
 
@@ -353,6 +347,7 @@ class ShineTrainer(ShineHubMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self.check_weights_finite()
         if "loss" in logs:
             logs = {**logs, "nonfinite_losses": self.nonfinite_losses, "skipped_steps": self.skipped_steps}
         super().log(logs, start_time)
