@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from peft_shine import AutoShineModel, ShineModel, base_models
 from peft_shine.cli import build_parser, main
+from peft_shine.cpu_features import auto_dtype
 from peft_shine.loading import (
     CONFIG_FIELDS,
     Placement,
@@ -262,7 +263,7 @@ def test_a_command_asked_for_cuda_without_one_fails_in_one_line(tmp_path, capsys
 
 def test_placement_defaults_and_refusals():
     if not torch.cuda.is_available():
-        assert resolve_placement() == Placement("cpu", torch.float32)
+        assert resolve_placement() == Placement("cpu", auto_dtype("cpu"))
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_placement("cuda")
     assert resolve_placement("cpu", "bf16") == Placement("cpu", BF16)

@@ -35,6 +35,7 @@ from peft_shine.base_models import load_base_model as load_base
 from peft_shine.base_models import progress_bars_off, renamed_argument
 from peft_shine.checkpoints import load_checkpoint_safely
 from peft_shine.configuration_shine import ShineConfig
+from peft_shine.cpu_features import auto_dtype
 from peft_shine.errors import BaseModelMismatchError
 
 
@@ -74,15 +75,11 @@ class Placement:
         return f"{self.device}, {str(self.dtype).removeprefix('torch.')}"
 
 
-def cuda_bf16_available() -> bool:
-    """A CUDA device is visible and supports bf16."""
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
 def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bool = False) -> Placement:
     """Turn ``--device``/``--dtype`` into a `Placement`. ``auto`` device: CUDA when available, else CPU. ``auto``
-    dtype: bf16 on CUDA with bf16 support (or when ``prefer_bf16``, e.g. a training config asking for bf16), else
-    fp32. An unusable device raises `ValueError` naming it."""
+    dtype: `cpu_features.auto_dtype` (bf16 on CUDA with bf16 support or on a CPU with fast bf16 matrix products,
+    detected at run time), or bf16 when ``prefer_bf16`` (e.g. a training config asking for bf16), else fp32. An
+    unusable device raises `ValueError` naming it."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device != SPREAD:
@@ -92,9 +89,8 @@ def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bo
             raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, mps, {SPREAD}).") from error
         if parsed.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {device}: no CUDA device is available here (use --device cpu).")
-    on_gpu = device != "cpu"
     if dtype == "auto":
-        chosen = torch.bfloat16 if (on_gpu and cuda_bf16_available()) or prefer_bf16 else torch.float32
+        chosen = torch.bfloat16 if prefer_bf16 else auto_dtype("cuda" if device == SPREAD else device)
     else:
         chosen = DTYPES[dtype]
     return Placement(device, chosen)
