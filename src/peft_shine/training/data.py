@@ -47,13 +47,13 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from peft_shine.contexts import left_pad
+from peft_shine.losses import IGNORE_INDEX
 from peft_shine.prompting import answer_system_message
 from peft_shine.qa_data import QARecord
 
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 RECONSTRUCTION_INSTRUCTION = "Repeat the text."
 COMPLETION_INSTRUCTION = "Continue the text from the start."
 TEXT_SEPARATOR = "\n\n"
