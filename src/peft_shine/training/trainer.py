@@ -92,8 +92,8 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
         examples = build_qa_examples(data, tokenizer, args.max_context_length, mode=args.qa_mode,
                                      num_distractors=args.num_distractors, seed=seed)
     distill = (args.distills if distill is None else distill) and teacher is not None
-    dataset = tokenize_examples(examples, tokenizer, args.max_context_length, args.max_conversation_length,
-                                keep_raw=distill)
+    dataset = with_lengths(tokenize_examples(examples, tokenizer, args.max_context_length,
+                                             args.max_conversation_length, keep_raw=distill), args)
     if not distill:
         return dataset
     hidden = (hidden_layer_indices(teacher.config.num_base_layers, args.hidden_layers)
@@ -101,6 +101,18 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
     return add_teacher_targets(dataset, teacher.base_lm, tokenizer, top_k=args.kd_top_k,
                                batch_size=args.teacher_batch_size, cache_dir=teacher_cache,
                                peft_disabled=teacher._peft_disabled, hidden_layers=hidden)
+
+
+def with_lengths(dataset, args: ShineTrainingArguments):
+    """``dataset`` with a length column (context + conversation tokens: the positions both passes pad) when the
+    sampler groups by length (``train_sampling_strategy: group_by_length``), so a batch of several contexts holds
+    contexts of similar lengths and little padding; unchanged otherwise."""
+    if args.train_sampling_strategy not in ("group_by_length", "batch_rebalance") \
+            or args.length_column_name in dataset.column_names:
+        return dataset
+    lengths = [len(context) + len(conversation)
+               for context, conversation in zip(dataset["context_input_ids"], dataset["input_ids"])]
+    return dataset.add_column(args.length_column_name, lengths)
 
 
 def nonfinite_flag(grads: list[torch.Tensor]) -> torch.Tensor:
