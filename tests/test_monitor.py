@@ -14,6 +14,7 @@ from peft_shine.training.trainer import ShineTrainer
 from test_contrastive import _batch
 from test_trainer import tiny_shine, training_args, word_dataset
 
+
 WORDS = ["abcab", "dcba", "bbbcccd", "cadda"]
 
 
