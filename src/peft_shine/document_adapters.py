@@ -103,7 +103,7 @@ def plan_documents(shine, texts: Sequence[str], config: ChunkingConfig) -> list[
     plans = [chunk_document(shine.tokenizer, text, config.chunk_tokens, config.overlap_tokens) for text in texts]
     for index, plan in enumerate(plans):
         try:
-            check_rule(config.combine, config.rank, len(plan) * shine.config.lora_rank)
+            check_rule(config.combine, config.rank, len(plan) * shine.config.exported_rank)
         except ValueError as error:
             raise type(error)(f"Document {index} ({len(plan)} chunks): {error}") from None
     return plans
@@ -128,7 +128,7 @@ def encode_documents(shine, plans: Sequence[Sequence[TextChunk]], config: Chunki
     in. A progress bar counts the chunks when there is more than one pass (transformers' progress-bar setting
     applies: ``transformers.utils.logging.disable_progress_bar()`` hides it)."""
     flat = [(doc, chunk) for doc, plan in enumerate(plans) for chunk in plan]
-    rank, rows = shine.config.lora_rank, chunks_per_pass(shine, config, batch_size)
+    rank, rows = shine.config.exported_rank, chunks_per_pass(shine, config, batch_size)
     pad_id, device = pad_token_id(shine.tokenizer), shine.memory_slots.device
     accumulators: dict[int, LoraAccumulator] = {}
     quiet = len(flat) <= rows or not transformers_logging.is_progress_bar_enabled()

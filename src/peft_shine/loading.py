@@ -25,6 +25,7 @@ import inspect
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from peft_shine.checkpoints import load_checkpoint_safely
 from peft_shine.configuration_shine import ShineConfig
 from peft_shine.cpu_features import auto_dtype
 from peft_shine.errors import BaseModelMismatchError
+from peft_shine.lora_head import new_tensor_prefixes
 
 
 BASE_OPTIONS = ("dtype", "device_map", "token", "cache_dir", "attn_implementation")
@@ -174,14 +176,24 @@ class ShineLoadingMixin:
         ``allow_pickle=True`` (they can run code when unpickled: only for files you trust). A truncated or
         corrupted checkpoint raises `CheckpointError` and no model is returned. `ShineConfig` fields override the
         saved config (``max_context_length=2048``), as in transformers; any other unknown keyword raises `TypeError`.
+        ``bias_lora_rank=`` / ``generated_gate_init=`` turn the bias LoRA / gate on for a checkpoint saved without
+        them: their tensors start where the function is unchanged (`peft_shine.lora_head`).
         """
         base_options, checkpoint = split_options(kwargs, "from_pretrained", CHECKPOINT_OPTIONS | CONFIG_FIELDS)
         for shared in ("token", "cache_dir"):
             if shared in base_options:
                 checkpoint[shared] = base_options[shared]
+        new_tensors = ()
+        if checkpoint.keys() & {"bias_lora_rank", "generated_gate_init"}:  # a feature turned on at load time
+            saved = ShineConfig.from_pretrained(pretrained_model_name_or_path, **{
+                k: v for k, v in checkpoint.items() if k in CHECKPOINT_OPTIONS and k not in ("config", "_from_auto")})
+            requested = {name: checkpoint.get(name, getattr(saved, name))
+                          for name in ("bias_lora_rank", "generated_gate_init")}
+            new_tensors = new_tensor_prefixes(saved, SimpleNamespace(**requested))
         with progress_bars_off():  # a few MB of hypernetwork weights: no bar (the base's own load keeps one)
             model = load_checkpoint_safely(super().from_pretrained, pretrained_model_name_or_path, args,
-                                           {**checkpoint, "dtype": hypernetwork_dtype}, allow_pickle=allow_pickle)
+                                           {**checkpoint, "dtype": hypernetwork_dtype}, allow_pickle=allow_pickle,
+                                           new_tensors=new_tensors)
         if base_model is None and load_base_model:
             base_model, loaded_tokenizer = load_base(model.config.base_model_name_or_path,
                                                      revision=model.config.base_model_revision, **base_options)

@@ -37,6 +37,7 @@ from peft_shine.io_utils import staged_files
 from peft_shine.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
 from peft_shine.loading import ShineLoadingMixin, check_plain_base, check_tokenizer, first_device, place_hypernetwork
 from peft_shine.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
+from peft_shine.lora_head import GeneratedLoraHead
 from peft_shine.losses import (
     LossWeights,
     contrastive_nce,
@@ -91,6 +92,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         self.m2p = M2PTransformer(layers, config.num_memory_slots, hidden, depth=config.m2p_num_layers,
                                   num_heads=config.m2p_num_heads, ffn_dim=config.m2p_ffn_dim,
                                   input_norm=config.m2p_input_norm)
+        self.generated_head = GeneratedLoraHead(config.module_shapes, layers, config.bias_lora_rank,
+                                                config.generated_gate_init)  # bias LoRA and gate (lora_head.py)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._binder: LoraBinder | None = None
         self.peft_model: PeftModel | None = None  # the base's shared PeftModel holding the generated adapters
@@ -112,6 +115,12 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
             for a, b in zip(module.meta_lora_A, module.meta_lora_B):
                 init.normal_(a, std=math.sqrt(self.config.meta_lora_init_scale))
                 init.zeros_(b)  # the meta-LoRA is an exact no-op at initialisation
+        elif isinstance(module, GeneratedLoraHead):  # init.* skips tensors loaded from a checkpoint
+            for a, b in zip(module.bias_A, module.bias_B):
+                init.normal_(a, std=math.sqrt(self.config.meta_lora_init_scale))
+                init.zeros_(b)
+            if module.gate is not None:
+                init.constant_(module.gate, module.gate_init)
         elif isinstance(module, M2PTransformer):
             init.zeros_(module.layer_embedding)
             init.zeros_(module.slot_embedding)
@@ -212,7 +221,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         """Context ids → `LoraWeights` with one LoRA per context (differentiable)."""
         grid = self.m2p(self.encode(context_input_ids, context_attention_mask))
         pairs = slice_parameter_grid(grid, self.config.module_specs, self.config.lora_rank)
-        return LoraWeights(pairs, scale=self.config.lora_scale)
+        return LoraWeights(self.generated_head(pairs, self.config.lora_scale), scale=self.config.lora_scale)
 
     # ------------------------------------------------------------------ pass 2
     @contextmanager

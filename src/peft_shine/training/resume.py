@@ -9,7 +9,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from peft_shine.configuration_shine import ShineConfig
-from peft_shine.modeling_shine import ShineModel
+from peft_shine.lora_head import new_tensor_prefixes
+from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,14 @@ def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None
                    if getattr(saved, name) != getattr(model.config, name)}
     if differences:
         raise ValueError(f"{folder} does not fit this hypernetwork; (checkpoint, model) differ in {differences}.")
-    model.load_state_dict(load_file(str(weights), device="cpu"))
+    new_tensors = new_tensor_prefixes(saved, model.config)  # features the checkpoint was saved without
+    result = model.load_state_dict(load_file(str(weights), device="cpu"), strict=not new_tensors)
+    if new_tensors:
+        missing = [key for key in result.missing_keys if not key.startswith(BASE_PREFIX)]
+        unexpected = [key for key in missing if not key.startswith(new_tensors)] + list(result.unexpected_keys)
+        if unexpected:
+            raise ValueError(f"{folder} does not fit this hypernetwork: missing or unexpected {unexpected[:4]}.")
+        model.generated_head.preserve_function(missing)
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "config.json", "model.safetensors")
