@@ -111,3 +111,28 @@ def test_contrastive_objective_widens_the_context_specific_gap_more_than_cross_e
     assert contrastive["term_after"] < plain["term_after"]
     assert contrastive["gap"] > plain["gap"]
     assert contrastive["eval_own_adapter_top1"] >= plain["eval_own_adapter_top1"]
+
+
+@pytest.mark.parametrize("name", ["smollm2-ablation-contrastive-cpu.yaml", "smollm2-stage1-squad-cpu-bf16.yaml"])
+def test_the_recipes_parse_and_pick_the_base_dtype_at_run_time(name, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from peft_shine.cli import build_parser
+    from peft_shine.cpu_features import cpu_has_fast_bf16
+    from peft_shine.io_utils import read_mapping
+    from peft_shine.training.recipe import training_arguments, training_placement
+
+    path = Path(__file__).parents[1] / "configs" / name
+    args = build_parser().parse_args(["train", "--stage", "instruct", "--data", "x", "--output", str(tmp_path),
+                                      "--config", str(path), "--objective", "ce+contrastive"])
+    config = read_mapping(path)
+    parsed = training_arguments(args, {k: v for k, v in config.items() if k not in ("model", "base_dtype")})
+    assert parsed.per_device_train_batch_size >= 4 and parsed.train_sampling_strategy == "group_by_length"
+    assert parsed.loss_weights(30).contrastive > 0
+    for decision, dtype in (("1", torch.bfloat16), ("0", torch.float32)):
+        monkeypatch.setenv("SHINE_CPU_BF16", decision)
+        cpu_has_fast_bf16.cache_clear()
+        assert training_placement(args, config).dtype == dtype
+    cpu_has_fast_bf16.cache_clear()
+    args.dtype = "fp32"  # the flag wins over the file
+    assert training_placement(args, config).dtype == torch.float32

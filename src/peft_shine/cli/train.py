@@ -51,10 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, help="output folder (checkpoints, final model, loss.png)")
     parser.add_argument("--config", default=None, help="JSON or YAML file of training arguments (+ 'model')")
     parser.add_argument("--init-from", default=None, help="stage-1 checkpoint folder to start stage 2 from")
-    parser.add_argument("--objective", choices=["ce", "kd", "kd+ce", "kd+hidden", "kd+ce+hidden"],
+    objectives = ["ce", "kd", "kd+ce", "kd+hidden", "kd+ce+hidden"]  # training.arguments.OBJECTIVES (not imported:
+    parser.add_argument("--objective", choices=[*objectives, *(o + "+contrastive" for o in objectives)],  # fast help)
                         default=None, help="answer-pass loss: gold cross-entropy (default), distillation from the "
-                        "base model with the context in its prompt, or both; '+hidden' adds hidden-state matching "
-                        "(see docs/training.md)")
+                        "base model with the context in its prompt, or both; '+hidden' adds hidden-state matching, "
+                        "'+contrastive' the in-batch contrastive term (see docs/training.md)")
     parser.add_argument("--teacher-answers", action="store_true", default=None,
                         help="instruct: train on the teacher's own greedy answers instead of the gold ones")
     parser.add_argument("--max-steps", type=int, default=None)
