@@ -162,7 +162,7 @@ def test_build_dataset_adds_targets_only_for_distilling_objectives(tmp_path):
 
 def test_lora_ceiling_fits_one_context_below_the_untrained_generator():
     from peft_shine.evaluation.ceiling import ceiling_table
-    from peft_shine.training.data import ShineDataCollator
+    from peft_shine.training.collate import ShineDataCollator
 
     shine = tiny_shine()
     dataset = kd_dataset(shine, random_words(2, length=10))
@@ -243,7 +243,7 @@ def test_teacher_hidden_targets_are_the_teacher_states_on_the_answer_positions(t
 
 
 def test_kd_hidden_objective_adds_the_hidden_term_and_trains_only_the_hypernetwork(tmp_path):
-    from peft_shine.training.data import ShineDataCollator
+    from peft_shine.training.collate import ShineDataCollator
 
     weights = {o: training_args(tmp_path, objective=o, hidden_weight=0.5, hidden_layers=2).loss_weights(30)
                for o in ("kd", "kd+ce", "kd+hidden", "kd+ce+hidden")}

@@ -34,7 +34,8 @@ from peft_shine.layout import find_decoder_layers
 from peft_shine.lora_binding import capture_layer_outputs
 from peft_shine.losses import labelled_positions
 from peft_shine.prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
-from peft_shine.training.data import IGNORE_INDEX, conversation_turns, right_pad
+from peft_shine.training.collate import right_pad
+from peft_shine.training.data import IGNORE_INDEX, conversation_turns
 
 
 TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")

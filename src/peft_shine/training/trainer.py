@@ -40,8 +40,8 @@ from peft_shine.contexts import pad_token_id
 from peft_shine.document_adapters import ChunkingConfig, resolve_chunking
 from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 from peft_shine.training.arguments import ShineTrainingArguments
+from peft_shine.training.collate import ShineDataCollator
 from peft_shine.training.data import (
-    ShineDataCollator,
     as_qa_records,
     build_pretraining_examples,
     build_qa_examples,
