@@ -84,7 +84,7 @@ def _hypernetwork_gradient(base_dtype: torch.dtype, tokenizer) -> tuple[torch.Te
 def test_a_bf16_base_trains_the_hypernetwork_in_the_fp32_direction(tokenizer):
     (fp32, moved32), (bf16, moved16) = (_hypernetwork_gradient(dtype, tokenizer) for dtype in (torch.float32, BF16))
     assert moved32 == moved16 and sum(moved32) > 3  # the same parameters move
-    # measured: cosine 0.998-0.9999 over seeds 0-4; an SGD update is the gradient, so the updates agree as well
+    # measured: cosine 0.993-0.9998 over seeds 0-4 (M2P under bf16 autocast); an SGD update is the gradient
     assert F.cosine_similarity(fp32, bf16, dim=0) > 0.99
     assert 0.9 < (bf16.norm() / fp32.norm()).item() < 1.1
 
@@ -93,8 +93,8 @@ def test_a_bf16_base_trains_the_hypernetwork_in_the_fp32_direction(tokenizer):
 def test_a_generated_adapters_effect_survives_a_bf16_base():
     """The generated LoRA is scaled by 1e-3: a single bf16 add of a delta under half a bf16 ulp is rounded away, but
     over the activations the rounding is unbiased, so the adapter's effect on the answer logits survives. Measured on
-    12 SQuAD sample questions with the shipped hypernetwork: cosine of the effect (adapter − no adapter logits)
-    bf16 vs fp32 0.995-0.9999, answer cross-entropy within 0.13 nats."""
+    12 SQuAD sample questions with the shipped hypernetwork (M2P under bf16 autocast): cosine of the effect (adapter −
+    no adapter logits) bf16 vs fp32 0.994-0.9998, answer cross-entropy within 0.05 nats."""
     from peft_shine.prompting import answer_system_message
     from peft_shine.qa_data import bundled_path
     from peft_shine.shipped import load_hypernetwork
@@ -119,4 +119,4 @@ def test_a_generated_adapters_effect_survives_a_bf16_base():
     for (adapter32, plain32, targets), (adapter16, plain16, _) in zip(results[torch.float32], results[BF16]):
         effect = F.cosine_similarity((adapter32 - plain32).flatten(), (adapter16 - plain16).flatten(), dim=0)
         assert effect > 0.99
-        assert abs(F.cross_entropy(adapter32, targets) - F.cross_entropy(adapter16, targets)) < 0.2
+        assert abs(F.cross_entropy(adapter32, targets) - F.cross_entropy(adapter16, targets)) < 0.1

@@ -218,8 +218,14 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         return inputs_embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
     def generate_lora(self, context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor | None = None):
-        """Context ids → `LoraWeights` with one LoRA per context (differentiable)."""
-        grid = self.m2p(self.encode(context_input_ids, context_attention_mask))
+        """Context ids → `LoraWeights` with one LoRA per context (differentiable). With a bf16 base the M2P runs under
+        bf16 autocast (its fp32 master weights cast per product; the grid comes back in the hypernetwork's dtype):
+        its products are then as fast as the base's, and the LoRA is cast to bf16 in the hooks anyway."""
+        states = self.encode(context_input_ids, context_attention_mask)
+        fast = self.base_lm.dtype == torch.bfloat16 and states.dtype == torch.float32
+        with torch.autocast(states.device.type, dtype=torch.bfloat16, enabled=fast):
+            grid = self.m2p(states)
+        grid = grid.to(states.dtype)
         pairs = slice_parameter_grid(grid, self.config.module_specs, self.config.lora_rank)
         return LoraWeights(self.generated_head(pairs, self.config.lora_scale), scale=self.config.lora_scale)
 
