@@ -1,7 +1,7 @@
 """bf16 against fp32 base weights on a CPU: seconds per training example of the stage-1 and stage-2 recipes at 1 and
 2 threads, and the latency of `generate_adapter` and of answering, every pair timed in turns.
 
-    python -m benchmarks.bench_bf16 [--quick] [--hypernetwork DIR] [--output benchmarks/results/bf16.json]
+    python -m benchmarks.bench_bf16 [--quick] [--repeats N] [--hypernetwork DIR] [--output benchmarks/results/bf16.json]
 
 The hypernetwork stays fp32 in both (master weights); only the frozen base LM changes dtype. Whether bf16 pays
 depends on the CPU's bf16 matrix units (`peft_shine.cpu_features`), recorded with the results.
@@ -80,11 +80,11 @@ def inference_seconds(models: dict, repeats: int, new_tokens: int = 16) -> dict:
             "answer_speedup": seconds["answer_fp32"] / seconds["answer_bf16"]}
 
 
-def bf16_vs_fp32(hypernetwork: str | None = None, quick: bool = False) -> dict:
+def bf16_vs_fp32(hypernetwork: str | None = None, quick: bool = False, repeats: int = 3) -> dict:
     """The whole comparison (one model per dtype, both from ``hypernetwork`` or the shipped one)."""
     models = {name: load_hypernetwork(hypernetwork, dtype=dtype).model for name, dtype in DTYPES.items()}
     threads = torch.get_num_threads()
-    repeats = 1 if quick else 3
+    repeats = 1 if quick else repeats
     recipes = {"stage1": (64, 64, 1)} if quick else RECIPES
     try:
         result = {"cpu_bf16_flags": bf16_flags(), "matmul_speedup": bf16_matmul_speedup(512),
@@ -100,9 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short recipe, one repeat (smoke test)")
     parser.add_argument("--hypernetwork", default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up round)")
     parser.add_argument("--output", default="benchmarks/results/bf16.json")
     args = parser.parse_args(argv)
-    result = {"machine": machine_info(), **bf16_vs_fp32(args.hypernetwork, args.quick)}
+    result = {"machine": machine_info(), **bf16_vs_fp32(args.hypernetwork, args.quick, args.repeats)}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
