@@ -49,6 +49,19 @@ def test_the_probe_decides_without_an_override(decide_bf16, monkeypatch):
     assert cpu_has_fast_bf16() is False  # no bf16 flag: never bf16, whatever a probe would say
 
 
+def test_inference_also_asks_the_one_row_product(decide_bf16, monkeypatch):
+    """A CPU with AVX-512 BF16 but no AMX: bf16 products of many rows twice as fast, the one-row product (decoding)
+    slower. Training takes bf16, answering keeps fp32."""
+    decide_bf16("")
+    monkeypatch.setattr(cpu_features, "bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(cpu_features, "bf16_matmul_speedup", lambda rows=256, **_: 0.5 if rows == 1 else 2.0)
+    assert cpu_has_fast_bf16("training") and not cpu_has_fast_bf16("inference")
+    assert auto_dtype("cpu", "training") == BF16 and auto_dtype("cpu") == torch.float32
+    assert resolve_placement("cpu", workload="training").dtype == BF16 and resolve_placement("cpu").dtype != BF16
+    with pytest.raises(ValueError, match="workload"):
+        cpu_has_fast_bf16("serving")
+
+
 def test_cpu_flags_are_read_from_proc_cpuinfo():
     flags = cpu_features.cpu_flags()
     assert isinstance(flags, frozenset)

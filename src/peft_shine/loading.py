@@ -77,10 +77,11 @@ class Placement:
         return f"{self.device}, {str(self.dtype).removeprefix('torch.')}"
 
 
-def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bool = False) -> Placement:
+def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bool = False,
+                      workload: str = "inference") -> Placement:
     """Turn ``--device``/``--dtype`` into a `Placement`. ``auto`` device: CUDA when available, else CPU. ``auto``
-    dtype: `cpu_features.auto_dtype` (bf16 on CUDA with bf16 support or on a CPU with fast bf16 matrix products,
-    detected at run time), or bf16 when ``prefer_bf16`` (e.g. a training config asking for bf16), else fp32. An
+    dtype: `cpu_features.auto_dtype` (bf16 on CUDA with bf16 support or on a CPU with fast bf16 matrix products for
+    ``workload``, detected at run time), or bf16 when ``prefer_bf16`` (e.g. a training config asking for bf16), else fp32. An
     unusable device raises `ValueError` naming it."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -92,7 +93,7 @@ def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bo
         if parsed.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {device}: no CUDA device is available here (use --device cpu).")
     if dtype == "auto":
-        chosen = torch.bfloat16 if prefer_bf16 else auto_dtype("cuda" if device == SPREAD else device)
+        chosen = torch.bfloat16 if prefer_bf16 else auto_dtype("cuda" if device == SPREAD else device, workload)
     else:
         chosen = DTYPES[dtype]
     return Placement(device, chosen)

@@ -22,7 +22,8 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
                              f"or {SPREAD} (spread over every visible GPU)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="the base LM's dtype: auto (bf16 on a GPU that supports it or a CPU with fast bf16 matrix "
-                             "products, detected at run time; else fp32); the hypernetwork's own weights stay fp32")
+                             "products for this command's work, detected at run time; else fp32); the "
+                             "hypernetwork's own weights stay fp32")
 
 
 def placement_from_args(args: argparse.Namespace, prefer_bf16: bool = False) -> Placement:

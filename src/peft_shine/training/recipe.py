@@ -133,7 +133,8 @@ def training_placement(args: argparse.Namespace, config: dict[str, Any]) -> Plac
     else bf16 where the device multiplies bf16 fast or when the config sets ``bf16: true``)."""
     dtype = getattr(args, "dtype", "auto")
     placement = resolve_placement(getattr(args, "device", "auto"), config.get("base_dtype", "auto") if dtype == "auto"
-                                  else dtype, prefer_bf16=str(config.get("bf16", "")).lower() == "true")
+                                  else dtype, prefer_bf16=str(config.get("bf16", "")).lower() == "true",
+                                  workload="training")
     if placement.device not in ("cpu", "cuda"):
         raise ValueError(f"shine train --device {placement.device}: use cpu or cuda (accelerate launch places one "
                          f"process per GPU).")
