@@ -70,6 +70,16 @@ def markdown(results: dict) -> str:
         parts += ["**Long documents: peak memory of chunked generation against the base's prefill** (MiB over the "
                   "loaded model, fresh process each; chunked cells: peak / peak minus the returned adapter)", "",
                   long_context_table(results["long_context"])]
+    if "bf16" in results:
+        bf16 = results["bf16"]
+        parts += [f"**bf16 against fp32 base weights** (CPU bf16 flags {bf16['cpu_bf16_flags'] or 'none'}, one "
+                  f"matmul {bf16['matmul_speedup']:.2f}× faster; timed in turns)", "",
+                  table(bf16["training"], ["recipe", "threads", "context_tokens", "conversation_tokens",
+                                           "contexts_per_step", "fp32_s_per_example", "bf16_s_per_example",
+                                           "speedup"]), "",
+                  table([bf16["inference"]], ["generate_adapter_fp32_s", "generate_adapter_bf16_s",
+                                              "generate_adapter_speedup", "answer_fp32_s", "answer_bf16_s",
+                                              "answer_speedup"]), ""]
     if "chunk_batch" in results:
         parts += ["**Chunks per encoder pass** (chunked `generate_adapter`, seconds, timed in turns)", "",
                   table(results["chunk_batch"], ["tokens", "chunks_per_pass", "threads", "seconds", "vs_fastest"]), ""]

@@ -16,6 +16,7 @@ from peft_shine.shipped import load_hypernetwork
 
 from . import (
     bench_answering,
+    bench_bf16,
     bench_breakdown,
     bench_effects,
     bench_finetune,
@@ -44,6 +45,7 @@ def sections(shine, args) -> list[tuple[str, object]]:
         ("serving", lambda: bench_serving.rows_latency(shine, [1, 4] if quick else [1, 8, 32], 8, 1 if quick else 3)),
         ("break_even", lambda: bench_serving.break_even(shine, [256] if quick else [256, 512, 1024, 2048, 4096], 8,
                                                         1 if quick else 3)),
+        ("bf16", lambda: bench_bf16.bf16_vs_fp32(hypernetwork, quick)),
         ("training_step", lambda: bench_training.training_step_ratio(shine, 256, 96, repeats)),
         ("finetune", lambda: bench_finetune.finetune_vs_adapter(shine, 1 if quick else 3, 3 if quick else 100)),
         ("effects", lambda: {"logits_only_at_labels": bench_effects.logits_only_at_labels(shine, 96, repeats),

@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("SHINE_CPU_BF16", "0")  # --dtype auto means fp32 in tests on every CPU; bf16 tests ask for it
 
 from tiny_models import FAMILIES, make_char_tokenizer, make_tiny_lm  # noqa: E402
 

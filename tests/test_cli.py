@@ -93,11 +93,12 @@ def test_parser_defaults_are_the_library_values():
     from peft_shine.evaluation import conditions
     from peft_shine.loading import DTYPES, SPREAD
     from peft_shine.shipped import DEFAULT_HUB_REPO
+    from peft_shine.training.arguments import OBJECTIVES
 
-    library = (DEFAULT_BASE_MODEL, DEFAULT_HUB_REPO, tuple(DTYPES), SPREAD, tuple(conditions.CONDITIONS),
+    library = (OBJECTIVES, DEFAULT_BASE_MODEL, DEFAULT_HUB_REPO, tuple(DTYPES), SPREAD, tuple(conditions.CONDITIONS),
                tuple(conditions.DEFAULT_CONDITIONS), tuple(conditions.RECALL_CONDITIONS),
                conditions.DEFAULT_RECALL_MAX_NEW_TOKENS, conditions.RECALL_MARGIN)
-    shown = (cli_defaults.DEFAULT_BASE_MODEL, cli_defaults.DEFAULT_HUB_REPO, cli_defaults.DTYPE_NAMES,
+    shown = (cli_defaults.OBJECTIVES, cli_defaults.DEFAULT_BASE_MODEL, cli_defaults.DEFAULT_HUB_REPO, cli_defaults.DTYPE_NAMES,
              cli_defaults.SPREAD, cli_defaults.CONDITIONS, cli_defaults.DEFAULT_CONDITIONS,
              cli_defaults.RECALL_CONDITIONS, cli_defaults.DEFAULT_RECALL_MAX_NEW_TOKENS, cli_defaults.RECALL_MARGIN)
     assert library == shown
@@ -110,7 +111,7 @@ def test_env_reports_versions_cpu_features_devices_and_caches(capsys):
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     for label in ("python:", "torch:", "transformers:", "peft:", "accelerate:", "cpu features:", "bf16 matmul on cpu:",
-                  "cuda:", "hf hub cache:"):
+                  "dtype auto on cpu:", "cuda:", "hf hub cache:"):
         assert f"- {label}" in out, label
     assert str(embedded_base_path()) in out and peft_shine.__version__ in out
     flags = cpu_flags()

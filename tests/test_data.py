@@ -9,11 +9,11 @@ import torch
 
 from peft_shine.prompting import ANSWER_SYSTEM_PROMPT, answer_system_message, build_prompt
 from peft_shine.qa_data import load_qa_records
+from peft_shine.training.collate import ShineDataCollator
 from peft_shine.training.data import (
     COMPLETION_INSTRUCTION,
     IGNORE_INDEX,
     RECONSTRUCTION_INSTRUCTION,
-    ShineDataCollator,
     build_pretraining_examples,
     build_qa_examples,
     completion_prefix,

@@ -30,6 +30,7 @@ from peft_shine.loading import (
     split_options,
 )
 from peft_shine.shipped import load_hypernetwork
+from peft_shine.storage.cpu_features import auto_dtype
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
 from peft_shine.training.recipe import build_model, training_placement
 from peft_shine.training.trainer import ShineTrainer, ShineTrainingArguments, nonfinite_flag
@@ -262,7 +263,7 @@ def test_a_command_asked_for_cuda_without_one_fails_in_one_line(tmp_path, capsys
 
 def test_placement_defaults_and_refusals():
     if not torch.cuda.is_available():
-        assert resolve_placement() == Placement("cpu", torch.float32)
+        assert resolve_placement() == Placement("cpu", auto_dtype("cpu"))
         with pytest.raises(ValueError, match="no CUDA"):
             resolve_placement("cuda")
     assert resolve_placement("cpu", "bf16") == Placement("cpu", BF16)

@@ -7,13 +7,14 @@ import random
 import pytest
 import torch
 
+from peft_shine.hypernetwork.layout import find_decoder_layers
+from peft_shine.hypernetwork.lora_binding import capture_layer_outputs
 from peft_shine.hypernetwork.losses import hidden_l1, per_context_mean, topk_kl
 from peft_shine.qa_data import QARecord
 from peft_shine.training.data import RECONSTRUCTION_INSTRUCTION, tokenize_examples
 from peft_shine.training.distillation import (
     add_teacher_targets,
     answer_hidden,
-    capture_hidden,
     encode_teacher,
     hidden_layer_indices,
     teacher_topk,
@@ -161,7 +162,7 @@ def test_build_dataset_adds_targets_only_for_distilling_objectives(tmp_path):
 
 def test_lora_ceiling_fits_one_context_below_the_untrained_generator():
     from peft_shine.evaluation.ceiling import ceiling_table
-    from peft_shine.training.data import ShineDataCollator
+    from peft_shine.training.collate import ShineDataCollator
 
     shine = tiny_shine()
     dataset = kd_dataset(shine, random_words(2, length=10))
@@ -228,7 +229,7 @@ def test_teacher_hidden_targets_are_the_teacher_states_on_the_answer_positions(t
     example = tokenize_examples(word_examples(words[:1]), shine.tokenizer, 32, 64, keep_raw=True)[0]
     teacher = encode_teacher(example, shine.tokenizer)
     labels = torch.tensor([teacher["teacher_labels"]])
-    with torch.no_grad(), capture_hidden(shine.base_lm, layers) as captured:
+    with torch.no_grad(), capture_layer_outputs(find_decoder_layers(shine.base_lm)[1], layers) as captured:
         shine.base_lm(input_ids=torch.tensor([teacher["teacher_input_ids"]]))
     expected = answer_hidden(captured, layers, labels)
     stored = torch.tensor(dataset[0]["teacher_hidden"])
@@ -236,19 +237,19 @@ def test_teacher_hidden_targets_are_the_teacher_states_on_the_answer_positions(t
     torch.testing.assert_close(stored, expected.half().float())
     # the student (no context, no adapter) is not the teacher on those positions: the term has work to do
     student = torch.tensor([example["input_ids"]])
-    with torch.no_grad(), capture_hidden(shine.base_lm, layers) as captured:
+    with torch.no_grad(), capture_layer_outputs(find_decoder_layers(shine.base_lm)[1], layers) as captured:
         shine.base_lm(input_ids=student)
     assert hidden_l1(answer_hidden(captured, layers, torch.tensor([example["labels"]])), stored).min() > 1e-3
 
 
 def test_kd_hidden_objective_adds_the_hidden_term_and_trains_only_the_hypernetwork(tmp_path):
-    from peft_shine.training.data import ShineDataCollator
+    from peft_shine.training.collate import ShineDataCollator
 
-    weights = {o: (training_args(tmp_path, objective=o, hidden_weight=0.5).loss_weights,
-                   training_args(tmp_path, objective=o, hidden_weight=0.5).hidden_matching_weight)
+    weights = {o: training_args(tmp_path, objective=o, hidden_weight=0.5, hidden_layers=2).loss_weights(30)
                for o in ("kd", "kd+ce", "kd+hidden", "kd+ce+hidden")}
-    assert weights == {"kd": ((0.0, 1.0), 0.0), "kd+ce": ((1.0, 1.0), 0.0), "kd+hidden": ((0.0, 1.0), 0.5),
-                       "kd+ce+hidden": ((1.0, 1.0), 0.5)}
+    assert {o: (w.ce, w.kd, w.hidden, w.hidden_layers) for o, w in weights.items()} == {
+        "kd": (0.0, 1.0, 0.0, ()), "kd+ce": (1.0, 1.0, 0.0, ()), "kd+hidden": (0.0, 1.0, 0.5, (14, 29)),
+        "kd+ce+hidden": (1.0, 1.0, 0.5, (14, 29))}
     shine = tiny_shine()
     dataset, _ = kd_hidden_dataset(shine, random_words(4))
     batch = ShineDataCollator(shine.tokenizer.pad_token_id)([dataset[i] for i in range(4)])

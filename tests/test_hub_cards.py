@@ -57,6 +57,7 @@ def test_hypernetwork_card_with_all_fields() -> None:
     assert data.datasets == ["rajpurkar/squad", "Salesforce/wikitext"]
     metrics = {(result.metric_name, result.metric_value) for result in data.eval_results}
     assert metrics == {("F1 (adapter)", 0.5312), ("EM (adapter)", 0.41)}  # the baselines are not the model's results
+    assert {result.metric_type for result in data.eval_results} == {"f1", "exact_match"}  # ids the Hub knows
     assert {result.dataset_type for result in data.eval_results} == {"rajpurkar/squad"}
 
     text = card.text

@@ -55,6 +55,8 @@ def test_quickstart_command_runs_end_to_end(tmp_path, capsys):
     assert main(["quickstart", "--output", str(tmp_path / "qs"), "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert "Adapter generated in" in out and "question only" in out and "context in prompt" in out
+    assert out.count("adapter of an unrelated context") == 5  # the control beside the adapter, for every question
+    assert "adapter of an unrelated context" in out.splitlines()[-2]  # in the F1 line too
     assert "UNTRAINED" in out or "trained hypernetwork" in out
     assert {p.name for p in (tmp_path / "qs").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
 

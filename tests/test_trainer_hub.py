@@ -4,6 +4,7 @@ hypernetwork's files (against the loopback Hub server)."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 
 from huggingface_hub import HfApi, ModelCard
 
@@ -22,7 +23,8 @@ def test_trainer_saves_json_args_and_pushes_a_shine_repo(hub_env: FakeHub, tmp_p
                          hub_model_id=REPO, hub_strategy="every_save")
     trainer = ShineTrainer(shine, args, train_dataset=word_dataset(random_words(8)))
     trainer.train()
-    trainer.push_to_hub(license="mit", datasets="tiny/words")
+    future = trainer.push_to_hub(license="mit", datasets="tiny/words", blocking=False)
+    assert isinstance(future, Future) and future.result(timeout=60).oid  # blocking=False: a future of the commit
 
     for folder in (tmp_path / "run", tmp_path / "run" / "checkpoint-2"):
         assert not (folder / "training_args.bin").exists(), folder

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from peft_shine.training.collate import ShineDataCollator
 from peft_shine.training.data import (
-    ShineDataCollator,
     build_pretraining_examples,
     build_qa_examples,
     tokenize_examples,

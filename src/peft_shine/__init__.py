@@ -29,6 +29,7 @@ __all__ = [
     "DemoError",
     "HubError",
     "LoraWeights",
+    "LossWeights",
     "MissingFileError",
     "ModelStateError",
     "NonFiniteWeightsError",
@@ -55,10 +56,11 @@ _HOMES = {
     "AutoShineModel": "peft_shine.auto",
     "ChunkingConfig": "peft_shine.adapters.pipeline",
     "LoraWeights": "peft_shine.hypernetwork.lora_binding",
+    "LossWeights": "peft_shine.hypernetwork.losses",
     "ShineConfig": "peft_shine.hypernetwork.configuration_shine",
     "ShineModel": "peft_shine.modeling_shine",
     "ShineTrainer": "peft_shine.training.trainer",  # transformers' Trainer is heavy: loaded on first use
-    "ShineTrainingArguments": "peft_shine.training.trainer",
+    "ShineTrainingArguments": "peft_shine.training.arguments",  # with the training stack, on first use
     "compose_adapters": "peft_shine.adapters.compose",
     "return_large_allocations_to_os": "peft_shine.adapters.memory",
     **dict.fromkeys(_ERRORS, "peft_shine.errors"),

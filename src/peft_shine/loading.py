@@ -25,6 +25,7 @@ import inspect
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -33,9 +34,11 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_shine.errors import ArgumentError, BaseModelMismatchError, ConfigError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
+from peft_shine.hypernetwork.lora_head import new_tensor_prefixes
 from peft_shine.storage.base_models import load_base_model as load_base
 from peft_shine.storage.base_models import progress_bars_off, renamed_argument
 from peft_shine.storage.checkpoints import load_checkpoint_safely
+from peft_shine.storage.cpu_features import auto_dtype
 
 
 BASE_OPTIONS = ("dtype", "device_map", "token", "cache_dir", "attn_implementation")
@@ -74,15 +77,12 @@ class Placement:
         return f"{self.device}, {str(self.dtype).removeprefix('torch.')}"
 
 
-def cuda_bf16_available() -> bool:
-    """A CUDA device is visible and supports bf16."""
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-
-
-def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bool = False) -> Placement:
+def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bool = False,
+                      workload: str = "inference") -> Placement:
     """Turn ``--device``/``--dtype`` into a `Placement`. ``auto`` device: CUDA when available, else CPU. ``auto``
-    dtype: bf16 on CUDA with bf16 support (or when ``prefer_bf16``, e.g. a training config asking for bf16), else
-    fp32. An unusable device raises `ValueError` naming it."""
+    dtype: `cpu_features.auto_dtype` (bf16 on CUDA with bf16 support or on a CPU with fast bf16 matrix products for
+    ``workload``, detected at run time), or bf16 when ``prefer_bf16`` (e.g. a training config asking for bf16), else fp32. An
+    unusable device raises `ValueError` naming it."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device != SPREAD:
@@ -92,9 +92,8 @@ def resolve_placement(device: str = "auto", dtype: str = "auto", prefer_bf16: bo
             raise ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:N, mps, {SPREAD}).") from error
         if parsed.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {device}: no CUDA device is available here (use --device cpu).")
-    on_gpu = device != "cpu"
     if dtype == "auto":
-        chosen = torch.bfloat16 if (on_gpu and cuda_bf16_available()) or prefer_bf16 else torch.float32
+        chosen = torch.bfloat16 if prefer_bf16 else auto_dtype("cuda" if device == SPREAD else device, workload)
     else:
         chosen = DTYPES[dtype]
     return Placement(device, chosen)
@@ -178,14 +177,24 @@ class ShineLoadingMixin:
         ``allow_pickle=True`` (they can run code when unpickled: only for files you trust). A truncated or
         corrupted checkpoint raises `CheckpointError` and no model is returned. `ShineConfig` fields override the
         saved config (``max_context_length=2048``), as in transformers; any other unknown keyword raises `TypeError`.
+        ``bias_lora_rank=`` / ``generated_gate_init=`` turn the bias LoRA / gate on for a checkpoint saved without
+        them: their tensors start where the function is unchanged (`peft_shine.hypernetwork.lora_head`).
         """
         base_options, checkpoint = split_options(kwargs, "from_pretrained", CHECKPOINT_OPTIONS | CONFIG_FIELDS)
         for shared in ("token", "cache_dir"):
             if shared in base_options:
                 checkpoint[shared] = base_options[shared]
+        new_tensors = ()
+        if checkpoint.keys() & {"bias_lora_rank", "generated_gate_init"}:  # a feature turned on at load time
+            saved = ShineConfig.from_pretrained(pretrained_model_name_or_path, **{
+                k: v for k, v in checkpoint.items() if k in CHECKPOINT_OPTIONS and k not in ("config", "_from_auto")})
+            requested = {name: checkpoint.get(name, getattr(saved, name))
+                          for name in ("bias_lora_rank", "generated_gate_init")}
+            new_tensors = new_tensor_prefixes(saved, SimpleNamespace(**requested))
         with progress_bars_off():  # a few MB of hypernetwork weights: no bar (the base's own load keeps one)
             model = load_checkpoint_safely(super().from_pretrained, pretrained_model_name_or_path, args,
-                                           {**checkpoint, "dtype": hypernetwork_dtype}, allow_pickle=allow_pickle)
+                                           {**checkpoint, "dtype": hypernetwork_dtype}, allow_pickle=allow_pickle,
+                                           new_tensors=new_tensors)
         if base_model is None and load_base_model:
             base_model, loaded_tokenizer = load_base(model.config.base_model_name_or_path,
                                                      revision=model.config.base_model_revision, **base_options)

@@ -32,7 +32,16 @@ from peft_shine.errors import BaseModelMismatchError, ConfigError, ModelStateErr
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.hypernetwork.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
 from peft_shine.hypernetwork.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
-from peft_shine.hypernetwork.losses import teacher_kl, weighted_answer_loss
+from peft_shine.hypernetwork.lora_head import GeneratedLoraHead
+from peft_shine.hypernetwork.losses import (
+    LossWeights,
+    contrastive_nce,
+    hidden_l1,
+    labelled_positions,
+    per_context_mean,
+    teacher_kl,
+    training_loss,
+)
 from peft_shine.hypernetwork.m2p import M2PTransformer
 from peft_shine.loading import ShineLoadingMixin, check_plain_base, check_tokenizer, first_device, place_hypernetwork
 from peft_shine.storage.base_models import renamed_argument
@@ -48,12 +57,14 @@ BASE_PREFIX = "base_lm."
 @dataclass
 class ShineOutput(ModelOutput):
     """Output of `ShineModel.forward`: the answer-pass loss, the number of labelled tokens, and (detached) the summed
-    cross-entropy and, with teacher targets, the summed distillation KL over those tokens."""
+    cross-entropy and, with teacher targets, the summed distillation KL over those tokens; with the contrastive
+    term, its mean over the conversations."""
 
     loss: torch.Tensor | None = None
     num_label_tokens: torch.Tensor | None = None
     ce_sum: torch.Tensor | None = None
     kd_sum: torch.Tensor | None = None
+    contrastive: torch.Tensor | None = None
 
 
 class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
@@ -81,6 +92,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         self.m2p = M2PTransformer(layers, config.num_memory_slots, hidden, depth=config.m2p_num_layers,
                                   num_heads=config.m2p_num_heads, ffn_dim=config.m2p_ffn_dim,
                                   input_norm=config.m2p_input_norm)
+        self.generated_head = GeneratedLoraHead(config.module_shapes, layers, config.bias_lora_rank,
+                                                config.generated_gate_init)  # bias LoRA and gate (lora_head.py)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._binder: LoraBinder | None = None
         self.peft_model: PeftModel | None = None  # the base's shared PeftModel holding the generated adapters
@@ -102,6 +115,17 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
             for a, b in zip(module.meta_lora_A, module.meta_lora_B):
                 init.normal_(a, std=math.sqrt(self.config.meta_lora_init_scale))
                 init.zeros_(b)  # the meta-LoRA is an exact no-op at initialisation
+        # the head's tensors are reached through their own containers: transformers skips a module without
+        # parameters of its own (the head without a gate), and init.* skips tensors loaded from a checkpoint
+        elif module is self.generated_head.bias_A:
+            for a in module:
+                init.normal_(a, std=math.sqrt(self.config.meta_lora_init_scale))
+        elif module is self.generated_head.bias_B:
+            for b in module:
+                init.zeros_(b)
+        elif isinstance(module, GeneratedLoraHead):
+            if module.gate is not None:
+                init.constant_(module.gate, module.gate_init)
         elif isinstance(module, M2PTransformer):
             init.zeros_(module.layer_embedding)
             init.zeros_(module.slot_embedding)
@@ -181,7 +205,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         base, slots = self.base_lm, self.config.num_memory_slots
         _, layers = find_decoder_layers(base)
         with self._peft_disabled(), self._binder.bind(self.meta_lora()), \
-                capture_layer_outputs(layers, slots) as states:
+                capture_layer_outputs(layers, last_positions=slots) as states:
             base.base_model(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids,
                             use_cache=False)
         return stack_layer_states(states, self.memory_slots.device, self.memory_slots.dtype)
@@ -199,10 +223,16 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         return inputs_embeds, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
     def generate_lora(self, context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor | None = None):
-        """Context ids → `LoraWeights` with one LoRA per context (differentiable)."""
-        grid = self.m2p(self.encode(context_input_ids, context_attention_mask))
+        """Context ids → `LoraWeights` with one LoRA per context (differentiable). With a bf16 base the M2P runs under
+        bf16 autocast (its fp32 master weights cast per product; the grid comes back in the hypernetwork's dtype):
+        its products are then as fast as the base's, and the LoRA is cast to bf16 in the hooks anyway."""
+        states = self.encode(context_input_ids, context_attention_mask)
+        fast = self.base_lm.dtype == torch.bfloat16 and states.dtype == torch.float32
+        with torch.autocast(states.device.type, dtype=torch.bfloat16, enabled=fast):
+            grid = self.m2p(states)
+        grid = grid.to(states.dtype)
         pairs = slice_parameter_grid(grid, self.config.module_specs, self.config.lora_rank)
-        return LoraWeights(pairs, scale=self.config.lora_scale)
+        return LoraWeights(self.generated_head(pairs, self.config.lora_scale), scale=self.config.lora_scale)
 
     # ------------------------------------------------------------------ pass 2
     @contextmanager
@@ -218,8 +248,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         there), ``targets`` those labels in batch order and ``keep`` the ``(batch, length)`` mask of the positions."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        keep = torch.zeros_like(labels, dtype=torch.bool)
-        keep[:, :-1] = labels[:, 1:] != -100
+        keep = labelled_positions(labels)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         with self.apply_lora(lora) as base:
             logits = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -237,40 +266,61 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         num_items_in_batch: int | torch.Tensor | None = None,
         teacher_topk_ids: torch.Tensor | None = None,
         teacher_topk_logprobs: torch.Tensor | None = None,
-        loss_weights: tuple[float, float] = (1.0, 0.0),
+        loss_weights: LossWeights | tuple[float, float] = (1.0, 0.0),
         context_chunk_owner: torch.Tensor | None = None,
         chunk_combine: str = "mean",
+        teacher_hidden: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> ShineOutput:
         """Training loss: generate a LoRA from each context, then score the answer pass on the conversation
         **without** the context, over tokens whose label is not -100 (assistant tokens).
 
-        ``loss_weights = (ce, kd)``. With ``kd == 0`` (the default) the loss is the cross-entropy summed over
-        labelled tokens and divided by ``num_items_in_batch`` (given by `Trainer` under gradient accumulation: the
-        labelled-token count) or by the token count. With ``kd > 0`` and the teacher's top-k targets
-        (``teacher_topk_ids``/``teacher_topk_logprobs``, one row per labelled token in batch order; see
-        `peft_shine.training.distillation`) the loss is ``ce · CE + kd · KL`` **averaged per context** (token mean within a
-        row, summed over rows) and divided by ``num_items_in_batch`` (then: the number of contexts) or the row
-        count. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
+        ``loss_weights``: a `losses.LossWeights` (or the older ``(ce, kd)`` pair); `losses.training_loss` combines
+        the terms. Plain cross-entropy is summed over labelled tokens and divided by ``num_items_in_batch`` (given by
+        `Trainer` under gradient accumulation: the labelled-token count) or by the token count. With a KD weight and
+        the teacher's top-k targets (``teacher_topk_ids``/``teacher_topk_logprobs``, one row per labelled token in
+        batch order; see `peft_shine.training.distillation`), and/or a hidden weight and ``teacher_hidden`` (the
+        teacher's states on ``hidden_layers`` at the same tokens), the loss is **averaged per context** and divided
+        by ``num_items_in_batch`` (then: the number of contexts) or the row count. With a contrastive weight every
+        conversation is also scored, in the same batched answer pass, under the adapters of ``negatives`` other
+        contexts of the batch (the batch rolled by 1..negatives) and `losses.contrastive_nce` asks its own adapter
+        to be the most likely. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
 
         With ``context_chunk_owner`` the context rows are **chunks** (`peft_shine.adapters.chunking`) and
         ``context_chunk_owner[i]`` the document of chunk ``i``: the chunk LoRAs, generated in one batched pass, are
         combined per document by ``chunk_combine`` (`combine.combine_lora_weights`, what
         ``generate_adapter(..., chunking=...)`` does at inference) before the answer pass.
         """
+        weights = LossWeights.of(loss_weights)
         lora = self.generate_lora(context_input_ids, context_attention_mask)
         if context_chunk_owner is not None:
             lora = combine_lora_weights(lora, context_chunk_owner, chunk_combine)
-        logits, targets, keep = self.answer_logits(lora, input_ids, labels, attention_mask)
-        ce = F.cross_entropy(logits.float(), targets, reduction="none")
-        count = targets.new_tensor(targets.numel())
-        kd = None
-        if loss_weights[1]:
+        negatives = min(weights.negatives, lora.num_loras - 1) if weights.contrastive else 0
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        layers = weights.hidden_layers if weights.hidden and teacher_hidden is not None else ()
+        with capture_layer_outputs(find_decoder_layers(self.base_lm)[1], layers) as captured:
+            logits, targets, keep = self.answer_logits(
+                lora.with_others(negatives), *(t.repeat(1 + negatives, 1) for t in (input_ids, labels, attention_mask)))
+        rows = labels.shape[0]
+        token_rows = keep.nonzero()[:, 0]
+        ce_all = F.cross_entropy(logits.float(), targets, reduction="none")
+        own = int(keep[:rows].sum())  # the first block of rows is scored under its own adapters
+        ce, logits, targets = ce_all[:own], logits[:own], targets[:own]
+        kd = hidden = contrastive = None
+        if weights.kd:
             kd = teacher_kl(logits, targets, *(None if t is None else t.to(logits.device)
                                                for t in (teacher_topk_ids, teacher_topk_logprobs)))
-        loss = weighted_answer_loss(ce, kd, keep.nonzero()[:, 0], labels.shape[0], loss_weights, num_items_in_batch)
-        return ShineOutput(loss=loss, num_label_tokens=count, ce_sum=ce.detach().sum(),
-                           kd_sum=None if kd is None else kd.detach().sum())
+        if layers:
+            states = torch.stack([captured[i][:rows][keep[:rows].to(captured[i].device)] for i in layers], dim=1)
+            hidden = hidden_l1(states, teacher_hidden.to(states.device))
+        if negatives:
+            nll = per_context_mean(ce_all, token_rows, rows * (1 + negatives)).view(1 + negatives, rows).T
+            contrastive = contrastive_nce(nll, weights.temperature)
+        loss = training_loss(ce, token_rows[:own], rows, weights, num_items_in_batch, kd, hidden, contrastive)
+        return ShineOutput(loss=loss, num_label_tokens=targets.new_tensor(targets.numel()), ce_sum=ce.detach().sum(),
+                           kd_sum=None if kd is None else kd.detach().sum(),
+                           contrastive=None if contrastive is None else contrastive.detach().mean())
 
     # ------------------------------------------------------------------ checkpointing
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,

@@ -186,7 +186,7 @@ class AdapterGenerationMixin:
     def _base_layout(self) -> tuple[LoraConfig, frozenset[str]]:
         """The adapters' `LoraConfig` and the base's module path parts (names adapters must not take), once per base."""
         if getattr(self, "_adapter_config", None) is None:
-            config = lora_config(self.base_lm, self.config.module_specs, self.config.lora_rank,
+            config = lora_config(self.base_lm, self.config.module_specs, self.config.exported_rank,
                                  self.config.base_model_name_or_path, self.config.base_model_revision)
             self._adapter_config = (config, module_path_parts(self.base_lm))
         return self._adapter_config

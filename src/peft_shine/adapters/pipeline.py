@@ -137,7 +137,7 @@ def plan_documents(shine, texts: Sequence[str], config: ChunkingConfig) -> list[
                             config.max_document_tokens, index) for index, text in enumerate(texts)]
     for index, plan in enumerate(plans):
         try:
-            check_rule(config.combine, config.rank, len(plan) * shine.config.lora_rank)
+            check_rule(config.combine, config.rank, len(plan) * shine.config.exported_rank)
         except ValueError as error:
             raise type(error)(f"Document {index} ({len(plan)} chunks): {error}") from None
     return plans
@@ -223,7 +223,7 @@ def encode_plan(shine, plan: GenerationPlan) -> list[CombinedLora]:
     """Encode the plan's passes and reduce every owner's rows as they come (see the module docstring); one LoRA per
     context, in context order. With chunks, a progress bar counts them when there is more than one pass
     (transformers' progress-bar setting applies: ``transformers.utils.logging.disable_progress_bar()`` hides it)."""
-    rank, pad_id, device = shine.config.lora_rank, pad_token_id(shine.tokenizer), shine.memory_slots.device
+    rank, pad_id, device = shine.config.exported_rank, pad_token_id(shine.tokenizer), shine.memory_slots.device
     open_owners: dict[int, KeepOne | LoraAccumulator] = {}
     done: dict[int, CombinedLora] = {}
     quiet = plan.chunking is None or len(plan.passes) <= 1 or not transformers_logging.is_progress_bar_enabled()

@@ -61,6 +61,7 @@ def environment() -> dict[str, str]:
 
     import peft_shine  # the running package's own version (the installed metadata may describe another checkout)
     from peft_shine.storage.base_models import default_cache_dir, embedded_base_path, embedded_gguf_path  # torch too
+    from peft_shine.storage.cpu_features import auto_dtype  # torch too
 
     flags = cpu_flags()
     info = {"platform": platform.platform(), "python": sys.version.split()[0]}
@@ -71,6 +72,8 @@ def environment() -> dict[str, str]:
     info["cpu capability (torch)"] = torch.backends.cpu.get_cpu_capability()
     info["cpu features"] = ", ".join(flags) or "none of " + ", ".join(CPU_FLAGS)
     info["bf16 matmul on cpu"] = bf16_matmul_note(flags)
+    info["dtype auto on cpu"] = ", ".join(f"{workload} {str(auto_dtype('cpu', workload)).removeprefix('torch.')}"
+                                          for workload in ("training", "inference"))  # the timed probes' decision
     info["cuda"] = (", ".join(f"{i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))
                     if torch.cuda.is_available() else "not available")
     info["cuda bf16"] = str(torch.cuda.is_available() and torch.cuda.is_bf16_supported())

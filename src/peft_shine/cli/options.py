@@ -1,8 +1,10 @@
 """``--device`` and ``--dtype`` (parsed into a `peft_shine.loading.Placement`), shared by every command that loads
 a base LM (quickstart, chat, eval, demo, train).
 
-Defaults: CUDA and bf16 when a CUDA device is available (fp32 on a GPU without bf16: fp16 is never chosen
-silently), otherwise CPU and fp32. ``--dtype`` is the **base LM's** dtype; the hypernetwork's own weights stay
+Defaults: CUDA when a CUDA device is available, otherwise CPU; bf16 where the device multiplies bf16 fast (a GPU with
+bf16, a CPU with bf16 matrix units: detected at run time by
+`peft_shine.storage.cpu_features`), otherwise fp32 (fp16 is
+never chosen silently). ``--dtype`` is the **base LM's** dtype; the hypernetwork's own weights stay
 fp32 (master weights) whatever it says. ``--device auto-map`` spreads a base too large for one GPU over every
 visible GPU (``device_map="auto"``).
 """
@@ -25,7 +27,8 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
                         help=f"where the base LM runs: auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps, "
                              f"or {SPREAD} (spread over every visible GPU)")
     parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_NAMES],
-                        help="the base LM's dtype: auto (bf16 on a GPU that supports it, else fp32); the "
+                        help="the base LM's dtype: auto (bf16 on a GPU that supports it or a CPU with fast bf16 matrix "
+                             "products for this command's work, detected at run time; else fp32); the "
                              "hypernetwork's own weights stay fp32")
 
 

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 from peft_shine.cli.defaults import DEFAULT_BASE_MODEL
 from peft_shine.cli.options import add_device_options, placement_from_args
+from peft_shine.errors import DataError
 
 
 DESCRIPTION = ("Generate an adapter from a bundled, held-out SQuAD paragraph with the shipped hypernetwork, save "
-               "it, and print its answers beside the base model without the context and with the context in the "
-               "prompt, with timings and token F1.")
+               "it, and print its answers beside the base model without the context, with the context in the "
+               "prompt, and an adapter generated from an unrelated paragraph (the wrong-context control), with "
+               "timings and token F1.")
+
+
+WRONG_CONTEXT = "wrong_context"  # the control adapter's name and condition
+WRONG_CONTEXT_LABEL = "adapter of an unrelated context"
+
+
+def unrelated_context(title: str) -> tuple[str, str]:
+    """``(title, context)`` of the first bundled SQuAD-train paragraph of another article than ``title``: the
+    wrong-context control (an adapter of the same kind, carrying nothing about the questions)."""
+    from peft_shine.qa_data import bundled_path  # with the library, when the command runs
+
+    for line in bundled_path("squad_train_sample.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record["title"] != title:
+            return record["title"], record["context"]
+    raise DataError(f"No bundled paragraph of an article other than {title!r}.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``shine quickstart``."""
     # the library (torch, transformers, peft): loaded when the command runs, not to parse it
-    from peft_shine.prompting import COMPARISON, compare_answers
+    from peft_shine.prompting import COMPARISON, build_prompt, compare_answers, generate_answers
     from peft_shine.qa_data import load_sample_context
     from peft_shine.shipped import load_hypernetwork
     from peft_shine.storage.save_targets import write_mode
@@ -58,18 +77,27 @@ def run(args: argparse.Namespace) -> int:
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"Adapter generated in {seconds:.2f} s (one forward pass), {size / 1e6:.1f} MB, saved to {path}/")
 
+    other_title, other = unrelated_context(records[0].title)
+    shine.generate_adapter(other, adapter_names=WRONG_CONTEXT)
+    print(f"Control: an adapter generated the same way from an unrelated paragraph ({other_title}), so the "
+          f"difference between the two adapters is what the context itself contributed.")
     questions = [record.question for record in records]
     comparison = compare_answers(model, shine.tokenizer, questions, context, max_new_tokens=args.max_new_tokens,
                                  timed=True)
+    comparison.answers[WRONG_CONTEXT] = generate_answers(
+        model, shine.tokenizer, [build_prompt(shine.tokenizer, q) for q in questions], [WRONG_CONTEXT] * len(questions),
+        args.max_new_tokens)
+    labels = {"adapter": COMPARISON["adapter"], WRONG_CONTEXT: WRONG_CONTEXT_LABEL,
+              **{c: name for c, name in COMPARISON.items() if c != "adapter"}}
     for index, record in enumerate(records):
         print(f"\nQ: {record.question}   (gold: {record.answers[0]})")
-        for condition, name in COMPARISON.items():
+        for condition, name in labels.items():
             print(f"  {name:32s} {comparison.answers[condition][index]}")
-    short = {condition: name.split(" (")[0] for condition, name in COMPARISON.items()}
+    short = {condition: name.split(" (")[0] for condition, name in labels.items()}
     print("\nAnswer time for all questions: " + ", ".join(
         f"{short[c]} {seconds:.1f} s" for c, seconds in comparison.seconds.items()))
     print(f"Token F1 against the gold answers ({len(records)} questions: a demonstration, not a measurement): "
-          + ", ".join(f"{short[c]} {mean_f1(answers, records):.0f}" for c, answers in comparison.answers.items()))
+          + ", ".join(f"{short[c]} {mean_f1(comparison.answers[c], records):.0f}" for c in labels))
     print("Held-out measurement (349 questions, with the wrong-context control): README, or `shine eval`.")
     return 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from peft_shine.cli.defaults import DEFAULT_BASE_MODEL
+from peft_shine.cli.defaults import DEFAULT_BASE_MODEL, OBJECTIVES
 from peft_shine.cli.options import add_device_options
 from peft_shine.errors import MissingFileError
 
@@ -56,10 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", required=True, help="output folder (checkpoints, final model, loss.png)")
     parser.add_argument("--config", default=None, help="JSON or YAML file of training arguments (+ 'model')")
     parser.add_argument("--init-from", default=None, help="stage-1 checkpoint folder to start stage 2 from")
-    parser.add_argument("--objective", choices=["ce", "kd", "kd+ce", "kd+hidden", "kd+ce+hidden"],
+    parser.add_argument("--objective", choices=OBJECTIVES,
                         default=None, help="answer-pass loss: gold cross-entropy (default), distillation from the "
-                        "base model with the context in its prompt, or both; '+hidden' adds hidden-state matching "
-                        "(see docs/training.md)")
+                        "base model with the context in its prompt, or both; '+hidden' adds hidden-state matching, "
+                        "'+contrastive' the in-batch contrastive term (see docs/training.md)")
     parser.add_argument("--teacher-answers", action="store_true", default=None,
                         help="instruct: train on the teacher's own greedy answers instead of the gold ones")
     parser.add_argument("--max-steps", type=int, default=None,

@@ -25,7 +25,7 @@ from peft_shine.auto import AutoShineModel
 from peft_shine.hypernetwork.lora_binding import LoraWeights
 from peft_shine.hypernetwork.losses import topk_kl
 from peft_shine.qa_data import load_qa_source
-from peft_shine.training.data import ShineDataCollator
+from peft_shine.training.collate import ShineDataCollator
 from peft_shine.training.trainer import ShineTrainingArguments, build_dataset
 
 

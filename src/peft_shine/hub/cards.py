@@ -265,6 +265,9 @@ def _stage(stage: str | Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+HUB_METRIC_IDS = {"f1": "f1", "em": "exact_match"}  # our result keys -> the metric ids the Hub's model-index knows
+
+
 def _eval_results(row: Mapping[str, Any]) -> list[EvalResult]:
     """The ``model-index`` entries (F1 and EM) of one evaluation row."""
     dataset = str(row["dataset"])
@@ -274,7 +277,7 @@ def _eval_results(row: Mapping[str, Any]) -> list[EvalResult]:
             dataset_type=str(row.get("dataset_id") or dataset),
             dataset_name=dataset,
             dataset_split=row.get("split"),
-            metric_type=metric,
+            metric_type=HUB_METRIC_IDS[metric],
             metric_name=f"{metric.upper()} ({row['condition']})",
             metric_value=row[metric],
         )

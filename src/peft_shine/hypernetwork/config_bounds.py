@@ -20,6 +20,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "num_base_layers": (1, 1_024),
     "base_vocab_size": (1, 10_000_000),
     "lora_rank": (1, 1_024),
+    "bias_lora_rank": (0, 1_024),
     "meta_lora_rank": (0, 1_024),
     "num_memory_slots": (1, 1_000_000),
     "m2p_num_layers": (1, 64),
@@ -63,7 +64,8 @@ def _check_modules(targets: Any, shapes: Any, hidden: int) -> None:
 def parameter_count(values: Mapping[str, Any]) -> int:
     """Parameters of the hypernetwork these values describe (memory slots, meta-LoRA, M2P), without allocating."""
     hidden, layers, slots = values["hidden_size"], values["num_base_layers"], values["num_memory_slots"]
-    meta = layers * values["meta_lora_rank"] * sum(i + o for i, o in values["module_shapes"])
+    meta = layers * (values["meta_lora_rank"] + (values.get("bias_lora_rank") or 0)) * sum(
+        i + o for i, o in values["module_shapes"])
     block = 4 * hidden * hidden + 2 * hidden * values["m2p_ffn_dim"] + 10 * hidden
     return slots * hidden + meta + (layers + slots) * hidden + values["m2p_num_layers"] * block
 
@@ -75,6 +77,9 @@ def check_bounds(values: Mapping[str, Any]) -> None:
             _check_int(name, values[name])
     for name in POSITIVE_FLOATS:
         _check_positive_float(name, values.get(name))
+    gate = values.get("generated_gate_init")
+    if gate is not None and (isinstance(gate, bool) or not isinstance(gate, int | float) or not math.isfinite(gate)):
+        raise ConfigError(f"ShineConfig.generated_gate_init must be a finite number or null, got {gate!r}.")
     _check_modules(values.get("target_modules") or [], values.get("module_shapes") or [], values["hidden_size"])
     if all(values.get(name) is not None for name in ("num_memory_slots", "m2p_ffn_dim")):
         count = parameter_count({**values, "module_shapes": values.get("module_shapes") or []})

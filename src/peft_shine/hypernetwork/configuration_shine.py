@@ -45,6 +45,11 @@ class ShineConfig(PretrainedConfig):
         max_context_length (`int`, defaults to 1024): longest context, in tokens, the hypernetwork accepts.
         max_conversation_length (`int`, defaults to 512): longest answer-pass conversation used in training.
         base_fingerprint (`str`): hash of the base LM's shapes; a mismatch on attach raises an error.
+        bias_lora_rank (`int`, defaults to 0): rank of a learned, context-independent bias LoRA added to every
+            generated adapter (the universal part goes there; exported with the generated one as one LoRA of rank
+            `lora_rank + bias_lora_rank`, exact). 0: none.
+        generated_gate_init (`float`, optional): a learned gate per target module multiplying the generated LoRA,
+            starting at this value (0: the generated part starts at exactly zero). `None`: no gate.
     """
 
     model_type = "shine"
@@ -72,6 +77,8 @@ class ShineConfig(PretrainedConfig):
         max_context_length: int = 1024,
         max_conversation_length: int = 512,
         base_fingerprint: str | None = None,
+        bias_lora_rank: int = 0,
+        generated_gate_init: float | None = None,
         **kwargs: Any,
     ) -> None:
         fields = {name: value for name, value in locals().items() if name not in ("self", "kwargs", "__class__")}
@@ -93,6 +100,11 @@ class ShineConfig(PretrainedConfig):
             required_memory_slots(self.module_specs, self.lora_rank, self.hidden_size) if self.module_shapes else 1
         )
         self.base_fingerprint = self.base_fingerprint or self.compute_fingerprint()
+
+    @property
+    def exported_rank(self) -> int:
+        """The rank of an exported adapter: the generated LoRA's plus the learned bias LoRA's (`lora_head`)."""
+        return self.lora_rank + self.bias_lora_rank
 
     @property
     def module_specs(self) -> list[ModuleSpec]:

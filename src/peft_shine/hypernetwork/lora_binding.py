@@ -14,7 +14,7 @@ recomputed, so gradients equal those of a run without checkpointing.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +41,16 @@ class LoraWeights:
     @property
     def num_loras(self) -> int:
         return self.pairs[0][0].shape[0]
+
+    def with_others(self, count: int) -> LoraWeights:
+        """These LoRAs followed by ``count`` copies rolled by 1..``count`` along the LoRA axis: for a batch repeated
+        ``1 + count`` times, block ``n`` scores every row under the LoRA of the ``n``-th context before its own (the
+        in-batch negatives of the contrastive term; differentiable). ``count == 0`` returns ``self``."""
+        if count == 0:
+            return self
+        pairs = [tuple(torch.cat([t] + [t.roll(n, 0) for n in range(1, count + 1)]) for t in pair)
+                 for pair in self.pairs]
+        return LoraWeights(pairs, scale=self.scale)
 
     def delta(self, layer: int, module: int, x: torch.Tensor) -> torch.Tensor:
         """The LoRA contribution for input ``x (batch, ..., in)`` of one module of one layer, computed on ``x``'s
@@ -117,18 +127,25 @@ class LoraBinder:
 
 
 @contextmanager
-def capture_layer_outputs(layers: nn.ModuleList, last_positions: int) -> Iterator[list[torch.Tensor]]:
-    """Collect the residual stream after every decoder layer at the last ``last_positions`` positions.
+def capture_layer_outputs(layers: nn.ModuleList, indices: Sequence[int] | None = None,
+                          last_positions: int | None = None) -> Iterator[dict[int, torch.Tensor]]:
+    """Collect the residual stream after the decoder layers ``indices`` (every layer by default).
 
-    Yields a list that holds, after the forward, one ``(batch, last_positions, hidden)`` tensor per layer.
+    Yields a dict that holds, after the forward, ``{index: (batch, length, hidden)}``: the whole output, or a copy
+    of its last ``last_positions`` positions (a view would keep the whole layer output alive). The last forward
+    inside the block wins. The one capture helper: pass 1's memory states, pass 2's hidden-state term and the
+    teacher's hidden targets all use it.
     """
-    captured: list[torch.Tensor] = []
+    captured: dict[int, torch.Tensor] = {}
 
-    def hook(_module: nn.Module, _inputs: tuple, output) -> None:
-        hidden = output[0] if isinstance(output, tuple) else output
-        captured.append(hidden[:, -last_positions:].clone())  # a view would keep the whole layer output alive
+    def hook_for(index: int):
+        def hook(_module: nn.Module, _inputs: tuple, output) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            captured[index] = hidden if last_positions is None else hidden[:, -last_positions:].clone()
+        return hook
 
-    handles = [layer.register_forward_hook(hook) for layer in layers]
+    chosen = range(len(layers)) if indices is None else indices
+    handles = [layers[i].register_forward_hook(hook_for(i)) for i in chosen]
     try:
         yield captured
     finally:
@@ -136,7 +153,11 @@ def capture_layer_outputs(layers: nn.ModuleList, last_positions: int) -> Iterato
             handle.remove()
 
 
-def stack_layer_states(states: list[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Stack the per-layer ``(batch, slots, hidden)`` captures into ``(batch, layers, slots, hidden)`` on one
-    ``device`` in ``dtype`` (the layers of a base spread by a ``device_map`` leave them on different devices)."""
+def stack_layer_states(states: list[torch.Tensor] | dict[int, torch.Tensor], device: torch.device,
+                       dtype: torch.dtype) -> torch.Tensor:
+    """Stack the per-layer ``(batch, slots, hidden)`` captures (a list, or a dict by layer index) into ``(batch,
+    layers, slots, hidden)`` on one ``device`` in ``dtype`` (the layers of a base spread by a ``device_map`` leave
+    them on different devices)."""
+    if isinstance(states, dict):
+        states = [states[index] for index in sorted(states)]
     return torch.stack([state.to(device=device, dtype=dtype) for state in states], dim=1)

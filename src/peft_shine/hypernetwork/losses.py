@@ -1,4 +1,6 @@
-"""Answer-pass losses beyond cross-entropy: the top-k distillation KL and per-context averaging.
+"""The training loss in one place: cross-entropy, the top-k distillation KL, the hidden-state term and the in-batch
+contrastive term, their weights (`LossWeights`) and how they combine (`training_loss`); also the one labelled-position
+mask (`labelled_positions`) every pass that scores answers uses.
 
 `topk_kl` is KL(teacher ‖ student) over ``top_k + 1`` buckets: the teacher's top-k tokens and one tail bucket
 holding the rest of the probability mass on both sides (teacher tail ``1 − Σ p_topk``, student tail ``1 − Σ q_topk``
@@ -10,12 +12,15 @@ layers at the same answer positions. Where the targets come from: `peft_shine.tr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from peft_shine.errors import ConfigError, DataError
 
 
+IGNORE_INDEX = -100  # label of a position that is not scored
 _TAIL_FLOOR = 1e-6  # smallest tail mass kept inside log(): a teacher sure of its top-k still has a finite tail term
 
 
@@ -87,3 +92,59 @@ def weighted_answer_loss(ce: torch.Tensor, kd: torch.Tensor | None, rows: torch.
         return weights[0] * ce.sum() / denominator
     per_row = per_context_mean(weights[0] * ce + weights[1] * kd, rows, num_rows).sum()
     return per_row / (num_items if num_items is not None else num_rows)
+
+
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The ``(batch, length)`` mask of the positions whose **next** token is labelled (not `IGNORE_INDEX`): where a
+    causal LM's logits are scored against ``labels`` shifted by one."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the training loss's terms: cross-entropy on the gold tokens (``ce``), top-k KL to the in-context
+    teacher (``kd``), hidden-state matching (``hidden``, on ``hidden_layers``) and the in-batch contrastive term
+    (``contrastive``: InfoNCE at ``temperature`` against ``negatives`` other adapters of the batch)."""
+
+    ce: float = 1.0
+    kd: float = 0.0
+    hidden: float = 0.0
+    contrastive: float = 0.0
+    temperature: float = 1.0
+    negatives: int = 1
+    hidden_layers: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, weights: LossWeights | tuple[float, float]) -> LossWeights:
+        """``weights`` as `LossWeights` (a ``(ce, kd)`` pair is the older form)."""
+        return weights if isinstance(weights, LossWeights) else cls(ce=weights[0], kd=weights[1])
+
+
+def contrastive_nce(nll: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-conversation InfoNCE, shape ``(rows,)``, from ``nll (rows, 1 + negatives)``: the mean answer NLL per token
+    of each conversation under its own context's adapter (column 0) and under other contexts' adapters. The scores
+    are ``−nll / temperature``; the loss is ``−log softmax(scores)[0]``, ``log(1 + negatives)`` when every adapter
+    scores alike, towards 0 when the own adapter is far the most likely (and never NaN: finite inputs, finite
+    gradients)."""
+    scores = -nll / temperature
+    return torch.logsumexp(scores, dim=-1) - scores[:, 0]
+
+
+def training_loss(ce: torch.Tensor, rows: torch.Tensor, num_rows: int, weights: LossWeights,
+                  num_items: int | torch.Tensor | None, kd: torch.Tensor | None = None,
+                  hidden: torch.Tensor | None = None, contrastive: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss from per-token ``ce``, ``kd`` and ``hidden`` (``rows[i]``: the row of token ``i``) and the
+    per-row ``contrastive`` term (`contrastive_nce`), normalised for gradient accumulation by ``num_items`` (the
+    accumulated batch's labelled tokens for plain CE, its conversations otherwise; ``None``: this batch's)."""
+    per_token = None if kd is None else weights.kd * kd
+    if hidden is not None:
+        per_token = weights.hidden * hidden if per_token is None else per_token + weights.hidden * hidden
+    loss = weighted_answer_loss(ce, per_token, rows, num_rows, (weights.ce, 1.0), num_items)
+    if contrastive is None or not weights.contrastive:
+        return loss
+    if per_token is not None:  # averaged per context: num_items counts conversations
+        return loss + weights.contrastive * contrastive.sum() / (num_items if num_items is not None else num_rows)
+    share = 1.0 if num_items is None else ce.numel() / num_items  # this batch's share of the accumulated tokens
+    return loss + weights.contrastive * contrastive.mean() * share

@@ -47,6 +47,7 @@ from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_shine.errors import ArgumentError, UnsupportedModelError
+from peft_shine.storage.cpu_features import auto_dtype
 from peft_shine.storage.io_utils import atomic_directory, remove_stale_temporaries
 
 
@@ -297,6 +298,21 @@ def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> str:
     return source
 
 
+def _target_device(device: str | torch.device | None, device_map: str | dict[str, Any] | None) -> str:
+    """The device type a base loaded with ``device`` / ``device_map`` computes on (the first of a map)."""
+    if device is not None:
+        return torch.device(device).type
+    if isinstance(device_map, dict):
+        device_map = next(iter(device_map.values()), "cpu")
+    if device_map in (None, "cpu", "disk"):
+        return "cpu"
+    if isinstance(device_map, int):
+        return "cuda"
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device_map).type
+
+
 def load_base_model(
     name_or_path: str | os.PathLike[str] = DEFAULT_BASE_MODEL,
     revision: str | None = None,
@@ -310,7 +326,8 @@ def load_base_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer in eval mode (never with ``trust_remote_code``).
 
-    ``dtype`` (fp32 by default; ``"auto"``: the checkpoint's), ``device_map``, ``token``, ``attn_implementation``
+    ``dtype`` (fp32 by default; ``"auto"``: bf16 where the device multiplies bf16 fast, else fp32, decided at run
+    time by `peft_shine.storage.cpu_features.auto_dtype`, not the checkpoint's dtype), ``device_map``, ``token``, ``attn_implementation``
     and ``cache_dir`` go to ``AutoModelForCausalLM.from_pretrained`` (``cache_dir`` also holds the embedded default's
     conversion); ``device`` moves a model loaded without ``device_map`` afterwards.
 
@@ -329,6 +346,8 @@ def load_base_model(
     hub_kwargs: dict[str, Any] = {} if Path(path).is_dir() else {"revision": revision, "token": token,
                                                                  "cache_dir": cache_dir}
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False, **hub_kwargs)
+    if isinstance(dtype, str) and dtype == "auto":
+        dtype = auto_dtype(_target_device(device, device_map))
     options = {"device_map": device_map, "attn_implementation": attn_implementation}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, **hub_kwargs,
                                                  **{key: value for key, value in options.items() if value is not None})

@@ -24,17 +24,19 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tuple, kwargs: dict[str, Any],
-                           allow_pickle: bool = False):
+                           allow_pickle: bool = False, new_tensors: tuple[str, ...] = ()):
     """Call ``loader(path, *args, **kwargs)`` (a `from_pretrained`) reading safetensors only unless
     ``allow_pickle``; turn damaged or unsafe checkpoints into a `CheckpointError` that names the file and the fix.
 
     Loading is strict: a hypernetwork tensor missing from the file, an unexpected one, one of another shape or one
     holding NaN/Inf raises (naming it) instead of being left at its random initialisation or poisoning every
-    logit. A folder whose ``config.json`` is not a JSON object, or that holds both a single weights file and a
-    shard index (a stale file: which one is current?), is refused before transformers reads it
-    (`check_checkpoint_folder`). A Hub repo is listed first: one holding only pickle weights is refused before
-    transformers is called, and the revision is pinned to its commit, so transformers' automatic safetensors
-    conversion (a pull request opened on the repo with your token) never starts.
+    logit. The one exception: tensors of a feature the checkpoint was saved without (key prefixes
+    ``new_tensors``) are initialised so the function is unchanged
+    (`hypernetwork.lora_head.GeneratedLoraHead.preserve_function`). A folder whose ``config.json`` is not a JSON
+    object, or that holds both a single weights file and a shard index (a stale file: which one is current?), is
+    refused before transformers reads it (`check_checkpoint_folder`). A Hub repo is listed first: one holding only
+    pickle weights is refused before transformers is called, and the revision is pinned to its commit, so
+    transformers' automatic safetensors conversion (a pull request opened on the repo with your token) never starts.
     """
     folder = Path(path)
     if folder.is_dir():
@@ -56,7 +58,10 @@ def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tupl
             f"Could not read the hypernetwork weights in {path}: {error}. The file is truncated or corrupted "
             f"(for example an interrupted download or copy); download or save it again."
         ) from error
-    _check_complete(path, info)
+    missing = [key for key in info.get("missing_keys", ()) if key.startswith(new_tensors)] if new_tensors else []
+    _check_complete(path, {**info, "missing_keys": [k for k in info.get("missing_keys", ()) if k not in missing]})
+    if missing:
+        model.generated_head.preserve_function(missing)
     check_finite(model.state_dict(), f"The hypernetwork weights in {path}")
     return model
 

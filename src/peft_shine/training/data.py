@@ -40,21 +40,18 @@ import logging
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from peft_shine.adapters.contexts import left_pad
 from peft_shine.errors import ConfigError, DataError, UnsupportedModelError
+from peft_shine.hypernetwork.losses import IGNORE_INDEX
 from peft_shine.prompting import answer_system_message
 from peft_shine.qa_data import QARecord
 
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 RECONSTRUCTION_INSTRUCTION = "Repeat the text."
 COMPLETION_INSTRUCTION = "Continue the text from the start."
 TEXT_SEPARATOR = "\n\n"
@@ -358,45 +355,3 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
         raise DataError(f"Every example was dropped: no first exchange fits max_conversation_length="
                         f"{max_conversation_length}.")
     return kept if keep_raw else kept.remove_columns("dropped_turns")
-
-
-# ---------------------------------------------------------------------------------------------- collator
-
-
-def right_pad(sequences: Sequence[Sequence[int]], pad_id: int, multiple_of: int | None = None) -> torch.Tensor:
-    """Right-pad id lists into a ``(batch, width)`` tensor (width rounded up to ``multiple_of``)."""
-    width = max(len(ids) for ids in sequences)
-    width = -(-width // multiple_of) * multiple_of if multiple_of else width
-    padded = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        padded[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-    return padded
-
-
-@dataclass
-class ShineDataCollator:
-    """Batches tokenised examples for `ShineModel.forward`: contexts **left**-padded (``context_input_ids``,
-    ``context_attention_mask``), conversations **right**-padded (``input_ids``, ``attention_mask``, ``labels``
-    with -100 on padding)."""
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
-        context_ids, context_mask = left_pad([list(f["context_input_ids"]) for f in features], self.pad_token_id)
-        return {"context_input_ids": context_ids, "context_attention_mask": context_mask,
-                **self.conversation_batch(features)}
-
-    def conversation_batch(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
-        """The answer-pass part of a batch: right-padded conversations, their mask, labels and teacher targets."""
-        conversations = [f["input_ids"] for f in features]
-        input_ids = right_pad(conversations, self.pad_token_id, self.pad_to_multiple_of)
-        lengths = torch.tensor([len(ids) for ids in conversations])
-        attention_mask = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
-        labels = right_pad([f["labels"] for f in features], IGNORE_INDEX, self.pad_to_multiple_of)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        for name in ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_hidden"):  # one row per labelled token,
-            if name in features[0]:  # rows in batch order (as forward reads); float columns as float32
-                batch[name] = torch.cat([torch.as_tensor(f[name], dtype=None if name.endswith("ids") else
-                                                         torch.float32) for f in features])
-        return batch

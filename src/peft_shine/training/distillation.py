@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from peft_shine.errors import ConfigError, UnsupportedModelError
 from peft_shine.hypernetwork.layout import find_decoder_layers
+from peft_shine.hypernetwork.lora_binding import capture_layer_outputs
+from peft_shine.hypernetwork.losses import labelled_positions
 from peft_shine.prompting import IN_CONTEXT_TEMPLATE, build_prompt, generate_answers
 from peft_shine.storage.io_utils import atomic_write_text
-from peft_shine.training.data import IGNORE_INDEX, conversation_turns, right_pad
+from peft_shine.training.collate import right_pad
+from peft_shine.training.data import IGNORE_INDEX, conversation_turns
 
 
 TEACHER_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs")
@@ -98,8 +100,7 @@ def teacher_topk(base_lm: PreTrainedModel, input_ids: list[list[int]], labels: l
     ids = right_pad(input_ids, pad_id).to(device)
     mask = right_pad([[1] * len(row) for row in input_ids], 0).to(device)
     label_tensor = right_pad(labels, IGNORE_INDEX).to(device)
-    keep = torch.zeros_like(label_tensor, dtype=torch.bool)
-    keep[:, :-1] = label_tensor[:, 1:] != IGNORE_INDEX
+    keep = labelled_positions(label_tensor)
     logits = base_lm(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep).logits
     logprobs = F.log_softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)
     values, indices = logprobs.topk(top_k, dim=-1)
@@ -112,31 +113,10 @@ def hidden_layer_indices(num_layers: int, count: int) -> list[int]:
     return sorted({max(0, round((i + 1) * num_layers / count) - 1) for i in range(count)})
 
 
-@contextmanager
-def capture_hidden(base_lm: PreTrainedModel, indices: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the residual stream ``(batch, length, hidden)`` after each decoder layer in ``indices``; the last
-    forward inside the block wins (the SHINE answer pass runs after the context pass)."""
-    captured: dict[int, torch.Tensor] = {}
-    _, layers = find_decoder_layers(base_lm)
-
-    def hook_for(index: int):
-        def hook(_module, _inputs, output) -> None:
-            captured[index] = output[0] if isinstance(output, tuple) else output
-        return hook
-
-    handles = [layers[i].register_forward_hook(hook_for(i)) for i in indices]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def answer_hidden(captured: dict[int, torch.Tensor], indices: Sequence[int], labels: torch.Tensor) -> torch.Tensor:
     """The captured states at every position whose next token is labelled, ``(tokens, layers, hidden)`` in batch
     order (the order of the top-k targets and of `ShineModel.answer_logits`)."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    keep = labelled_positions(labels)
     return torch.stack([captured[i][keep.to(captured[i].device)] for i in indices], dim=1)
 
 
@@ -176,7 +156,7 @@ def add_teacher_targets(dataset, base_lm: PreTrainedModel, tokenizer: PreTrained
 
     def targets(batch: dict[str, list]) -> dict[str, list]:
         with peft_disabled() if peft_disabled is not None else torch.no_grad(), \
-                capture_hidden(base_lm, hidden_layers) as captured:
+                capture_layer_outputs(find_decoder_layers(base_lm)[1], hidden_layers) as captured:
             rows = teacher_topk(base_lm, batch["teacher_input_ids"], batch["teacher_labels"], pad_id, top_k)
         result = {"teacher_topk_ids": [ids.tolist() for ids, _ in rows],
                   "teacher_topk_logprobs": [values.tolist() for _, values in rows]}

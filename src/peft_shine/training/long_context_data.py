@@ -31,10 +31,10 @@ from peft_shine.adapters.chunking import check_chunk_sizes, chunk_document
 from peft_shine.adapters.contexts import left_pad
 from peft_shine.errors import ChunkingError
 from peft_shine.qa_data import QARecord
+from peft_shine.training.collate import ShineDataCollator
 from peft_shine.training.data import (
     TEXT_SEPARATOR,
     Example,
-    ShineDataCollator,
     _qa_messages,
     _with_distractors,
     as_qa_records,

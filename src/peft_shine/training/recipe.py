@@ -146,10 +146,12 @@ def train_and_eval_data(args: argparse.Namespace, training) -> tuple[list, list]
 
 def training_placement(args: argparse.Namespace, config: dict[str, Any]) -> Placement:
     """Where the base LM trains: ``--device`` cpu or cuda (each process of ``accelerate launch`` gets its own GPU,
-    so ``cuda:N`` and ``auto-map`` are refused), ``--dtype`` (``auto``: bf16 on a bf16 GPU or when the config sets
-    ``bf16: true``)."""
-    placement = resolve_placement(getattr(args, "device", "auto"), getattr(args, "dtype", "auto"),
-                                  prefer_bf16=str(config.get("bf16", "")).lower() == "true")
+    so ``cuda:N`` and ``auto-map`` are refused), ``--dtype`` (``auto``: the config's ``base_dtype`` if it has one,
+    else bf16 where the device multiplies bf16 fast or when the config sets ``bf16: true``)."""
+    dtype = getattr(args, "dtype", "auto")
+    placement = resolve_placement(getattr(args, "device", "auto"), config.get("base_dtype", "auto") if dtype == "auto"
+                                  else dtype, prefer_bf16=str(config.get("bf16", "")).lower() == "true",
+                                  workload="training")
     if placement.device not in ("cpu", "cuda"):
         raise ConfigError(f"shine train --device {placement.device}: use cpu or cuda (accelerate launch places one "
                           f"process per GPU).")
@@ -163,8 +165,8 @@ def build_model(base: str, training, model_config: dict[str, Any], placement: Pl
     base_lm, tokenizer = load_base_model(base, dtype=(placement or Placement("cpu", FP32)).dtype)
     lengths = {"max_context_length": training.max_context_length,
                "max_conversation_length": training.max_conversation_length}
-    if training.init_from:  # same shapes as the checkpoint; the lengths of this stage (they shape no weight)
-        config = ShineConfig.from_pretrained(training.init_from, **lengths)
+    if training.init_from:  # the checkpoint's shapes, this stage's lengths; `model:` may add a bias LoRA or a gate
+        config = ShineConfig.from_pretrained(training.init_from, **{**lengths, **model_config})
         return ShineModel(config).attach_base_model(base_lm, tokenizer)
     return ShineModel.from_base_model(base_lm, tokenizer, seed=training.seed, **{**lengths, **model_config})
 
@@ -173,7 +175,8 @@ def train(args: argparse.Namespace):
     """Run ``shine train`` and return the finished `ShineTrainer` (final model saved in ``--output``)."""
     config = read_mapping(args.config)
     placement = training_placement(args, config)
-    training = training_arguments(args, {k: v for k, v in config.items() if k != "model"}, placement)
+    training = training_arguments(args, {k: v for k, v in config.items() if k not in ("model", "base_dtype")},
+                                  placement)
     shine = build_model(args.base, training, config.get("model", {}), placement)
     train_data, eval_data = train_and_eval_data(args, training)
     with training.main_process_first(desc="building the datasets"):  # rank 0 fills the teacher caches first

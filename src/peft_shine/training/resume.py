@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from peft_shine.errors import ConfigError, MissingFileError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
-from peft_shine.modeling_shine import ShineModel
+from peft_shine.hypernetwork.lora_head import new_tensor_prefixes
+from peft_shine.modeling_shine import BASE_PREFIX, ShineModel
 from peft_shine.storage.checkpoints import check_checkpoint_folder, check_finite
 
 
@@ -39,7 +40,14 @@ def load_hypernetwork_weights(model: ShineModel, checkpoint: str | Path) -> None
     check_checkpoint_folder(folder)
     state = load_file(str(weights), device="cpu")
     check_finite(state, f"The hypernetwork weights in {folder}")
-    model.load_state_dict(state)
+    new_tensors = new_tensor_prefixes(saved, model.config)  # features the checkpoint was saved without
+    result = model.load_state_dict(state, strict=not new_tensors)
+    if new_tensors:
+        missing = [key for key in result.missing_keys if not key.startswith(BASE_PREFIX)]
+        unexpected = [key for key in missing if not key.startswith(new_tensors)] + list(result.unexpected_keys)
+        if unexpected:
+            raise ConfigError(f"{folder} does not fit this hypernetwork: missing or unexpected {unexpected[:4]}.")
+        model.generated_head.preserve_function(missing)
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "config.json", "model.safetensors")

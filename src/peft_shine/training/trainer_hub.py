@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,19 +62,26 @@ class ShineHubMixin:
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
                     token: str | None = None, revision: str | None = None, private: bool | None = None,
-                    **kwargs: Any) -> CommitInfo | None:
+                    **kwargs: Any) -> CommitInfo | Future | None:
         """Save the final hypernetwork and push it as a SHINE repo: ``config.json`` + safetensors + the SHINE card,
-        one atomic commit, never a pickle or tokenizer files (``blocking`` is accepted; the push always blocks)."""
+        one atomic commit, never a pickle or tokenizer files. Returns the `CommitInfo`; with ``blocking=False`` the
+        upload runs in a background thread after the save and a `concurrent.futures.Future` of it is returned."""
         token = token if token is not None else self.args.hub_token
         if self.hub_model_id is None:
             self.init_hf_repo(token=token, private=private)
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
-        return push_hypernetwork_folder(self.args.output_dir, self.hub_model_id,
-                                        model_card_fields=self.model_card_fields(**kwargs),
-                                        commit_message=commit_message, token=token,
-                                        revision=revision or self.args.hub_revision, private=private)
+        push = functools.partial(push_hypernetwork_folder, self.args.output_dir, self.hub_model_id,
+                                 model_card_fields=self.model_card_fields(**kwargs), commit_message=commit_message,
+                                 token=token, revision=revision or self.args.hub_revision, private=private)
+        if blocking:
+            return push()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shine-push")
+        future = executor.submit(push)
+        executor.shutdown(wait=False)  # the thread finishes the upload; the caller holds the future
+        return future
+
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """``hub_strategy`` pushes during training: the checkpoint's hypernetwork files only, with the SHINE card."""
