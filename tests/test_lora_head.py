@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from conftest import make_shine
 from peft_shine import CheckpointError, ShineModel
 from peft_shine.training.resume import load_hypernetwork_weights
+from test_chunking import DOCUMENT
 from test_modeling import CONTEXTS, perturb_m2p
 
 
@@ -106,3 +107,18 @@ def test_a_checkpoint_saved_with_the_feature_still_loads_strictly(tmp_path):
     with pytest.raises(CheckpointError, match="missing"):
         ShineModel.from_pretrained(tmp_path / "new", base_model=shine.base_lm, tokenizer=shine.tokenizer,
                                    bias_lora_rank=2)
+
+
+def test_chunked_adapters_carry_the_bias_rank():
+    # the pipeline works in the exported rank r + r_b: the chunk LoRAs concatenate at that rank, and the svd
+    # budget may use all of it (checked against chunks × (r + r_b), not chunks × r)
+    shine = make_shine(lora_scale=0.05, bias_lora_rank=1)
+    _perturb_head(shine)
+    exported = shine.config.exported_rank
+    assert exported == shine.config.lora_rank + 1
+    model = shine.generate_adapter(DOCUMENT, "doc", chunking={"chunk_tokens": 160, "combine": "cat"})
+    chunks = len(shine.adapter_info["doc"]["chunk_tokens"])
+    assert chunks >= 4 and model.peft_config["doc"].r == shine.adapter_info["doc"]["rank"] == chunks * exported
+    model = shine.generate_adapter(DOCUMENT, "svd", chunking={"chunk_tokens": 160, "combine": "svd",
+                                                              "rank": chunks * exported})
+    assert model.peft_config["svd"].r == chunks * exported
