@@ -29,19 +29,11 @@ from peft_shine.adapters.combine import combine_lora_weights
 from peft_shine.adapters.generation import AdapterGenerationMixin
 from peft_shine.adapters.store import all_adapters_disabled
 from peft_shine.errors import BaseModelMismatchError, ConfigError, ModelStateError
+from peft_shine.hypernetwork import losses
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
 from peft_shine.hypernetwork.layout import find_decoder_layers, slice_parameter_grid, target_layer_modules
 from peft_shine.hypernetwork.lora_binding import LoraBinder, LoraWeights, capture_layer_outputs, stack_layer_states
 from peft_shine.hypernetwork.lora_head import GeneratedLoraHead
-from peft_shine.hypernetwork.losses import (
-    LossWeights,
-    contrastive_nce,
-    hidden_l1,
-    labelled_positions,
-    per_context_mean,
-    teacher_kl,
-    training_loss,
-)
 from peft_shine.hypernetwork.m2p import M2PTransformer
 from peft_shine.loading import ShineLoadingMixin, check_plain_base, check_tokenizer, first_device, place_hypernetwork
 from peft_shine.storage.base_models import renamed_argument
@@ -115,17 +107,16 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
             for a, b in zip(module.meta_lora_A, module.meta_lora_B):
                 init.normal_(a, std=math.sqrt(self.config.meta_lora_init_scale))
                 init.zeros_(b)  # the meta-LoRA is an exact no-op at initialisation
-        # the head's tensors are reached through their own containers: transformers skips a module without
-        # parameters of its own (the head without a gate), and init.* skips tensors loaded from a checkpoint
+        # the bias LoRA through its own lists (transformers skips a module without parameters of its own, the head
+        # without a gate); init.* skips tensors loaded from a checkpoint
         elif module is self.generated_head.bias_A:
             for a in module:
                 init.normal_(a, std=math.sqrt(self.config.meta_lora_init_scale))
         elif module is self.generated_head.bias_B:
             for b in module:
                 init.zeros_(b)
-        elif isinstance(module, GeneratedLoraHead):
-            if module.gate is not None:
-                init.constant_(module.gate, module.gate_init)
+        elif isinstance(module, GeneratedLoraHead) and module.gate is not None:
+            init.constant_(module.gate, module.gate_init)
         elif isinstance(module, M2PTransformer):
             init.zeros_(module.layer_embedding)
             init.zeros_(module.slot_embedding)
@@ -248,7 +239,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         there), ``targets`` those labels in batch order and ``keep`` the ``(batch, length)`` mask of the positions."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        keep = labelled_positions(labels)
+        keep = losses.labelled_positions(labels)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         with self.apply_lora(lora) as base:
             logits = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -266,7 +257,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         num_items_in_batch: int | torch.Tensor | None = None,
         teacher_topk_ids: torch.Tensor | None = None,
         teacher_topk_logprobs: torch.Tensor | None = None,
-        loss_weights: LossWeights | tuple[float, float] = (1.0, 0.0),
+        loss_weights: losses.LossWeights | tuple[float, float] = (1.0, 0.0),
         context_chunk_owner: torch.Tensor | None = None,
         chunk_combine: str = "mean",
         teacher_hidden: torch.Tensor | None = None,
@@ -291,7 +282,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         combined per document by ``chunk_combine`` (`combine.combine_lora_weights`, what
         ``generate_adapter(..., chunking=...)`` does at inference) before the answer pass.
         """
-        weights = LossWeights.of(loss_weights)
+        weights = losses.LossWeights.of(loss_weights)
         lora = self.generate_lora(context_input_ids, context_attention_mask)
         if context_chunk_owner is not None:
             lora = combine_lora_weights(lora, context_chunk_owner, chunk_combine)
@@ -309,15 +300,15 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         ce, logits, targets = ce_all[:own], logits[:own], targets[:own]
         kd = hidden = contrastive = None
         if weights.kd:
-            kd = teacher_kl(logits, targets, *(None if t is None else t.to(logits.device)
-                                               for t in (teacher_topk_ids, teacher_topk_logprobs)))
+            kd = losses.teacher_kl(logits, targets, *(None if t is None else t.to(logits.device)
+                                                      for t in (teacher_topk_ids, teacher_topk_logprobs)))
         if layers:
             states = torch.stack([captured[i][:rows][keep[:rows].to(captured[i].device)] for i in layers], dim=1)
-            hidden = hidden_l1(states, teacher_hidden.to(states.device))
+            hidden = losses.hidden_l1(states, teacher_hidden.to(states.device))
         if negatives:
-            nll = per_context_mean(ce_all, token_rows, rows * (1 + negatives)).view(1 + negatives, rows).T
-            contrastive = contrastive_nce(nll, weights.temperature)
-        loss = training_loss(ce, token_rows[:own], rows, weights, num_items_in_batch, kd, hidden, contrastive)
+            nll = losses.per_context_mean(ce_all, token_rows, rows * (1 + negatives)).view(1 + negatives, rows).T
+            contrastive = losses.contrastive_nce(nll, weights.temperature)
+        loss = losses.training_loss(ce, token_rows[:own], rows, weights, num_items_in_batch, kd, hidden, contrastive)
         return ShineOutput(loss=loss, num_label_tokens=targets.new_tensor(targets.numel()), ce_sum=ce.detach().sum(),
                            kd_sum=None if kd is None else kd.detach().sum(),
                            contrastive=None if contrastive is None else contrastive.detach().mean())
