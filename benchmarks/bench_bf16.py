@@ -30,7 +30,7 @@ RECIPES = {"stage1": (256, 320, 1), "stage2": (512, 320, 1), "stage2_batch4": (2
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _training_step(shine, context_tokens: int, conversation_tokens: int, contexts: int):
+def training_step(shine, context_tokens: int, conversation_tokens: int, contexts: int):
     """One training step (both passes, backward, AdamW) on ``contexts`` contexts and their conversations."""
     tokenizer = shine.tokenizer
     ids, mask = shine.tokenize_contexts([context_of_length(tokenizer, context_tokens)] * contexts)
@@ -54,7 +54,7 @@ def training_seconds(models: dict, threads: list[int], repeats: int, recipes: di
     for count in threads:
         torch.set_num_threads(count)
         for recipe, shape in recipes.items():
-            steps = {name: _training_step(shine, *shape) for name, shine in models.items()}
+            steps = {name: training_step(shine, *shape) for name, shine in models.items()}
             seconds = interleaved_medians(steps, repeats)
             per_example = {name: value / shape[2] for name, value in seconds.items()}
             rows.append({"recipe": recipe, "threads": count, "context_tokens": shape[0],
