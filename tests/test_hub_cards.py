@@ -10,8 +10,9 @@ import pytest
 from huggingface_hub import HfApi, ModelCard
 
 from hub_server import FakeHub
+from peft_shine.adapters.card_text import templates_dir
 from peft_shine.hub import cards as hub_cards
-from peft_shine.hub.cards import render_adapter_card, render_hypernetwork_card, templates_dir
+from peft_shine.hub.cards import render_adapter_card, render_hypernetwork_card
 
 
 pytest_plugins = ["hub_fixtures"]
@@ -137,7 +138,7 @@ def test_pyproject_ships_templates_and_the_shipped_checkpoint() -> None:
     setuptools_config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert setuptools_config["packages"]["find"]["where"] == ["src"]
     data = setuptools_config["package-data"]["peft_shine"]
-    assert "hub/templates/*.md" in data and "shipped/*/*" in data
+    assert "assets/**/*" in data and "shipped/*/*" in data  # the card templates are in assets/cards/
     package = ROOT / "src" / "peft_shine"
     for folder in [package, *package.rglob("*")]:  # every folder of Python modules is a package (found by find)
         if folder.is_dir() and folder.name != "__pycache__" and any(folder.glob("*.py")):

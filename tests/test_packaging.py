@@ -48,7 +48,7 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
     wheel = build_wheel(ROOT, work / "dist")  # what `shine push space` uploads
     names = zipfile.ZipFile(wheel).namelist()
-    for needed in ("peft_shine/hub/templates/hypernetwork_card.md", "peft_shine/assets/data/squad_sample.jsonl",
+    for needed in ("peft_shine/assets/cards/hypernetwork_card.md", "peft_shine/assets/data/squad_sample.jsonl",
                    "peft_shine/shipped/shine-smollm2-135m-instruct/model.safetensors", "peft_shine_cli.py"):
         assert needed in names
     entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))

@@ -24,6 +24,7 @@ from typing import Any
 
 from peft import PeftModel
 
+from peft_shine.adapters.card_text import render_folder_adapter_card
 from peft_shine.storage.base_models import DEFAULT_BASE_MODEL, embedded_base_path
 from peft_shine.storage.io_utils import atomic_write_text
 from peft_shine.storage.save_targets import card_is_ours, mark_adapter_folder
@@ -35,8 +36,6 @@ _OWNERS = "_peft_shine_card_owners"  # on the PeftModel: the ShineModels whose a
 
 def adapter_card(shine: Any, adapter_name: str, folder: str | Path) -> str:
     """The card of ``shine``'s generated adapter ``adapter_name``, saved in ``folder``."""
-    from peft_shine.hub.cards import render_folder_adapter_card  # the card templates live with the Hub cards (upward)
-
     info = shine.adapter_info.get(adapter_name, {})
     config = shine.peft_model.peft_config[adapter_name]
     hypernetwork = str(getattr(shine, "name_or_path", "") or "")

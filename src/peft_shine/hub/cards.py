@@ -1,8 +1,5 @@
-"""Model cards for the Hub: a SHINE hypernetwork repo and a generated LoRA adapter repo.
-
-The Jinja templates are package data in ``templates/`` (the repository's top-level ``hub_cards/`` links to
-them). Cards are rendered with ``huggingface_hub.ModelCard.from_template``, which fills the YAML front matter from a ``ModelCardData``.
-"""
+"""Model cards for the Hub: a SHINE hypernetwork repo and a generated LoRA adapter repo, built on the card text of
+the core (`peft_shine.adapters.card_text`: the templates, the local adapter card, links and vLLM ranks)."""
 
 from __future__ import annotations
 
@@ -13,23 +10,21 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from peft_shine.adapters.card_text import (
+    ADAPTER_TAGS,
+    ADAPTER_TEMPLATE,
+    hub_link,
+    templates_dir,
+    unique,
+    vllm_max_lora_rank,
+)
 from peft_shine.adapters.contexts import context_sha256 as hash_context
 from peft_shine.errors import ConfigError
 
 
 HYPERNETWORK_TEMPLATE = "hypernetwork_card.md"
-ADAPTER_TEMPLATE = "adapter_card.md"
 HYPERNETWORK_TAGS = ["shine", "hypernetwork", "lora", "peft", "text-generation"]
-ADAPTER_TAGS = ["lora", "peft", "shine"]
-ADAPTER_CARD_MARKER = "<!-- peft-shine adapter card -->"  # in every adapter card we render (local or Hub)
 OWN_CONDITIONS = ("adapter",)  # the hypernetwork's own results; the baselines stay in the text table
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-
-
-def templates_dir() -> Path:
-    """The folder holding the card templates (package data; the repository's ``hub_cards/`` links to them)."""
-    return TEMPLATES_DIR
 
 
 def render_hypernetwork_card(
@@ -61,7 +56,7 @@ def render_hypernetwork_card(
     """
     check_hub_model_id(base_model)
     summary = _training_summary(training)
-    all_datasets = _unique([*(datasets or []), *(summary["datasets"] if summary else [])])
+    all_datasets = unique([*(datasets or []), *(summary["datasets"] if summary else [])])
     results = [dict(row) for row in eval_results or []]
     card_data = _card_data(base_model, "peft-shine", license, [*HYPERNETWORK_TAGS, *(tags or [])],
                            datasets=all_datasets or None, model_name=repo_id.split("/")[-1] if results else None,
@@ -138,8 +133,8 @@ def render_adapter_card(
         card_data,
         template_path=str(templates_dir() / ADAPTER_TEMPLATE),
         repo_id=repo_id,
-        base_link=_hub_link(base_model),
-        hypernetwork_link=_hub_link(hypernetwork_repo),
+        base_link=hub_link(base_model),
+        hypernetwork_link=hub_link(hypernetwork_repo),
         base_model=base_model,
         base_model_revision=base_model_revision,
         hypernetwork_repo=hypernetwork_repo,
@@ -151,68 +146,8 @@ def render_adapter_card(
         generated_at=generated_at,
         lora_rank=lora_rank,
         target_modules=list(target_modules or []),
-        vllm_max_lora_rank=_vllm_max_lora_rank(lora_rank),
+        vllm_max_lora_rank=vllm_max_lora_rank(lora_rank),
     )
-
-
-def render_folder_adapter_card(
-    *,
-    folder: str | Path,
-    base_model: str,
-    hypernetwork: str | None,
-    context_sha256: str | None = None,
-    generation_seconds: float | None = None,
-    chunk_tokens: Sequence[int] | None = None,
-    lora_rank: int | None = None,
-    target_modules: Sequence[str] | None = None,
-    embedded_base: bool = False,
-) -> str:
-    """The card written into a local adapter folder by `ShineModel.save_adapter` and the returned `PeftModel`'s
-    ``save_pretrained``: the same provenance and usage as a Hub adapter card, loading from the folder (by its name,
-    relative to where it lies: the card never records this machine's paths).
-
-    ``base_model`` and ``hypernetwork`` are linked on the Hub only when they are Hub ids (a local folder is named,
-    not linked; ``hypernetwork=None`` is an untrained hypernetwork); ``embedded_base`` adds how to load the
-    embedded base offline. `shine push adapter` replaces this card with the Hub one.
-    """
-    hub_base = _is_hub_id(base_model)
-    tags = [*ADAPTER_TAGS, *([f"base_model:adapter:{base_model}"] if hub_base else [])]
-    card_data = ModelCardData(base_model=base_model if hub_base else None, library_name="peft",
-                              pipeline_tag="text-generation", tags=_unique(tags))
-    name = hypernetwork or "`untrained` (randomly initialised: the adapter carries nothing of its context)"
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(templates_dir() / ADAPTER_TEMPLATE),
-        repo_id=Path(folder).name,
-        load_path=Path(folder).name,  # where the folder is, never this machine's path (the demo serves the card)
-        base_link=_hub_link(base_model),
-        hypernetwork_link=_hub_link(name) if hypernetwork else name,
-        base_model=base_model,
-        context_sha256=context_sha256,
-        generation_seconds=None if generation_seconds is None else f"{generation_seconds:.2f}",
-        chunk_tokens=list(chunk_tokens or []),
-        lora_rank=lora_rank,
-        target_modules=list(target_modules or []),
-        vllm_max_lora_rank=_vllm_max_lora_rank(lora_rank),
-        embedded_base=embedded_base,
-    )
-    return str(card)
-
-
-def is_adapter_card(text: str) -> bool:
-    """Whether ``text`` (a README.md) is an adapter card peft-shine rendered (whether a save may replace one is
-    `peft_shine.storage.save_targets.card_is_ours`)."""
-    return ADAPTER_CARD_MARKER in text
-
-
-def _is_hub_id(name: str) -> bool:
-    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", name or "")
-    return bool(hub_like) and not Path(name).expanduser().exists()
-
-
-def _hub_link(name: str) -> str:
-    """Markdown for a model name: a link to its Hub page for a Hub id, the name alone otherwise."""
-    return f"[`{name}`](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{name}`"
 
 
 def check_hub_model_id(base_model: str) -> None:
@@ -231,7 +166,7 @@ def _card_data(base_model: str, library: str, license: str | None, tags: list[st
                **extra: Any) -> ModelCardData:
     """The YAML metadata shared by both cards: an adapter of ``base_model`` for text generation."""
     return ModelCardData(base_model=base_model, base_model_relation="adapter", library_name=library,
-                         pipeline_tag="text-generation", license=license, tags=_unique(tags), **extra)
+                         pipeline_tag="text-generation", license=license, tags=unique(tags), **extra)
 
 
 def _context_digest(context: str | None, given: str | None) -> str | None:
@@ -249,7 +184,7 @@ def _training_summary(training: Mapping[str, Any] | None) -> dict[str, Any] | No
     if not training:
         return None
     stages = [_stage(stage) for stage in training.get("stages") or []]
-    datasets = _unique([*_as_list(training.get("datasets")), *(d for stage in stages for d in stage["datasets"])])
+    datasets = unique([*_as_list(training.get("datasets")), *(d for stage in stages for d in stage["datasets"])])
     return {"stages": stages, "datasets": datasets, "steps": training.get("steps"), "notes": training.get("notes")}
 
 
@@ -304,20 +239,8 @@ def _code_fence(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
-def _vllm_max_lora_rank(rank: int | None) -> int:
-    """The smallest ``max_lora_rank`` vLLM accepts that fits ``rank`` (16 when unknown)."""
-    if rank is None:
-        return 16
-    return next((value for value in VLLM_LORA_RANKS if value >= rank), rank)
-
-
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
     """``None`` → [], a string → [string], a sequence → list."""
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
-
-
-def _unique(items: Sequence[str]) -> list[str]:
-    """The items without duplicates, first occurrence order."""
-    return list(dict.fromkeys(items))
