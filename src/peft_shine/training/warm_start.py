@@ -39,7 +39,7 @@ import torch
 
 from peft_shine.errors import ConfigError
 from peft_shine.hypernetwork.configuration_shine import ShineConfig
-from peft_shine.hypernetwork.layout import ModuleSpec, slice_offsets
+from peft_shine.hypernetwork.layout import slice_offsets
 from peft_shine.modeling_shine import ShineModel
 from peft_shine.storage.base_models import load_base_model
 
@@ -118,8 +118,7 @@ def kept_slot_rows(config: ShineConfig, kept: list[int]) -> torch.Tensor:
     ``B`` must start and end on a slot boundary (``in·r`` and ``r·out`` multiples of the hidden size), otherwise a
     slot holds numbers of two modules and no subset of slots is one module's."""
     hidden, rows = config.hidden_size, []
-    specs = [ModuleSpec(name, i, o) for name, (i, o) in zip(config.target_modules, config.module_shapes)]
-    for index, (name, a_start, b_start, end) in enumerate(slice_offsets(specs, config.lora_rank)):
+    for index, (name, a_start, b_start, end) in enumerate(slice_offsets(config.module_specs, config.lora_rank)):
         if index not in kept:
             continue
         if a_start % hidden or b_start % hidden or end % hidden:
