@@ -15,7 +15,7 @@ from peft import PeftModel
 import peft_shine
 from conftest import make_shine
 from peft_shine.adapters.card_text import is_adapter_card
-from peft_shine.contexts import context_sha256
+from peft_shine.adapters.contexts import context_sha256
 from tiny_models import make_tiny_lm
 
 

@@ -143,6 +143,13 @@ def test_old_module_paths_import_as_the_moved_modules() -> None:
         assert new in MODULES and old not in MODULES, old
 
 
+def test_an_old_module_path_warns_with_the_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "peft_shine.contexts", raising=False)  # first import in this process
+    with pytest.warns(FutureWarning, match=r"peft_shine\.contexts moved to peft_shine\.adapters\.contexts"):
+        module = importlib.import_module("peft_shine.contexts")
+    assert module is importlib.import_module("peft_shine.adapters.contexts")
+
+
 FRESH_IMPORTS = """
 import importlib, sys
 for module in sys.argv[1:]:

@@ -12,7 +12,7 @@ from peft_shine.hypernetwork.lora_binding import LoraWeights
 from peft_shine.training.monitor import adapter_discrimination, mean_pairwise_cosine
 from peft_shine.training.trainer import ShineTrainer
 from test_contrastive import _batch
-from test_trainer import tiny_shine, training_args, word_dataset
+from test_trainer import random_words, tiny_shine, training_args, word_dataset
 
 
 WORDS = ["abcab", "dcba", "bbbcccd", "cadda"]
@@ -73,3 +73,22 @@ def test_compute_metrics_is_honoured_and_the_held_out_losses_merged(tmp_path):
     assert "eval_runtime" in plain and "eval_samples_per_second" in plain  # the stock evaluate() ran
     quiet = ShineTrainer(shine, training_args(tmp_path, eval_discrimination=False), eval_dataset=data).evaluate()
     assert "eval_own_adapter_top1" not in quiet and quiet["eval_loss"] == pytest.approx(plain["eval_loss"])
+
+
+def test_discrimination_scores_only_the_leading_contexts(tmp_path):
+    from peft_shine.training.monitor import leading_batches
+
+    words = random_words(10, seed=5)
+    shine = tiny_shine()
+    trainer = ShineTrainer(shine, training_args(tmp_path, eval_discrimination_contexts=4),
+                           eval_dataset=word_dataset(words))
+    batches = [trainer._prepare_inputs(batch) for batch in trainer.get_eval_dataloader()]
+    assert [len(leading_batches(batches, n)) for n in (1, 2, 3, 4, 10)] == [1, 1, 2, 2, 5]  # batches of 2
+    metrics = trainer.evaluate()
+    expected = adapter_discrimination(shine.eval(), batches[:2])
+    assert metrics["eval_own_adapter_top1"] == pytest.approx(expected["own_adapter_top1"])
+    assert metrics["eval_adapter_cosine"] == pytest.approx(expected["adapter_cosine"])
+    everything = ShineTrainer(shine, training_args(tmp_path), eval_dataset=word_dataset(words)).evaluate()
+    assert everything["eval_loss"] == pytest.approx(metrics["eval_loss"])  # the losses still cover every context
+    with pytest.raises(ValueError, match="eval_discrimination_contexts"):
+        training_args(tmp_path, eval_discrimination_contexts=1)

@@ -1,6 +1,7 @@
 """Module paths from before the core moved into folders keep importing: ``import peft_shine.adapter_store`` gives
-the module `peft_shine.adapters.store` itself (the same object, so patching either name patches both). The package
-itself imports only the new paths (`tests/test_house.py` checks it)."""
+the module `peft_shine.adapters.store` itself (the same object, so patching either name patches both), with a
+``FutureWarning`` naming the new path, once per process and old path. The package itself imports only the new paths
+(`tests/test_house.py` checks it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import sys
+import warnings
 from types import ModuleType
 
 
@@ -47,8 +49,11 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: ModuleType) -> None:
         """Put the module at the new path in ``sys.modules`` under the old name (the import system then returns it
-        instead of the empty placeholder it created)."""
-        sys.modules[module.__name__] = importlib.import_module(MOVED_MODULES[module.__name__])
+        instead of the empty placeholder it created), warning once that the path moved."""
+        new = MOVED_MODULES[module.__name__]
+        warnings.warn(f"{module.__name__} moved to {new}; import {new} instead (the old path will be removed in a "
+                      f"future release)", FutureWarning, stacklevel=2)
+        sys.modules[module.__name__] = importlib.import_module(new)
 
 
 def install() -> None:

@@ -275,7 +275,8 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
         by ``num_items_in_batch`` (then: the number of contexts) or the row count. With a contrastive weight every
         conversation is also scored, in the same batched answer pass, under the adapters of ``negatives`` other
         contexts of the batch (the batch rolled by 1..negatives) and `losses.contrastive_nce` asks its own adapter
-        to be the most likely. The conversation batch may hold ``k`` rows per context (rows grouped contiguously).
+        to be the most likely. The conversation batch may hold ``k`` rows per context (rows grouped contiguously;
+        a row without labels, a separate-QA filler, counts in no term).
 
         With ``context_chunk_owner`` the context rows are **chunks** (`peft_shine.adapters.chunking`) and
         ``context_chunk_owner[i]`` the document of chunk ``i``: the chunk LoRAs, generated in one batched pass, are
@@ -307,7 +308,7 @@ class ShineModel(AdapterGenerationMixin, ShineLoadingMixin, PreTrainedModel):
             hidden = losses.hidden_l1(states, teacher_hidden.to(states.device))
         if negatives:
             nll = losses.per_context_mean(ce_all, token_rows, rows * (1 + negatives)).view(1 + negatives, rows).T
-            contrastive = losses.contrastive_nce(nll, weights.temperature)
+            contrastive = losses.contrastive_nce(nll, weights.temperature)[keep[:rows].any(-1)]  # filler rows: none
         loss = losses.training_loss(ce, token_rows[:own], rows, weights, num_items_in_batch, kd, hidden, contrastive)
         return ShineOutput(loss=loss, num_label_tokens=targets.new_tensor(targets.numel()), ce_sum=ce.detach().sum(),
                            kd_sum=None if kd is None else kd.detach().sum(),

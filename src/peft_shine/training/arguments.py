@@ -36,7 +36,12 @@ class ShineTrainingArguments(TrainingArguments):
     min_completion_keep: float = field(default=0.7, metadata={"help": "Stage 1: least share of words a "
                                                                       "completion context keeps."})
     max_completion_keep: float = field(default=0.9, metadata={"help": "Stage 1: largest share of words kept."})
-    qa_mode: str = field(default="mixed", metadata={"help": f"Stage 2 examples: one of {QA_MODES}."})
+    qa_mode: str = field(default="mixed", metadata={"help": f"Stage 2 examples: one of {QA_MODES} ('separate': each "
+                                                            "question in its own conversation, several per context)."})
+    questions_per_example: int = field(default=4, metadata={"help": "qa_mode 'separate': the most questions (rows) "
+                                                                    "sharing one context encoding."})
+    eval_qa_mode: str | None = field(default=None, metadata={"help": "QA mode of the held-out monitor set (default: "
+                                                                     "qa_mode; e.g. 'multi' to keep a curve comparable)."})
     num_distractors: int = field(default=2, metadata={"help": "Stage 2 single-QA: other contexts added (the "
                                                                "least number with chunk_tokens)."})
     chunk_tokens: int | None = field(default=None, metadata={
@@ -77,6 +82,9 @@ class ShineTrainingArguments(TrainingArguments):
     eval_discrimination: bool = field(default=True, metadata={
         "help": "Also report, at evaluation, the own-adapter top-1 rate among the held-out contexts' adapters, its "
                 "margin, and the adapters' mean pairwise cosine (`training.monitor`)."})
+    eval_discrimination_contexts: int = field(default=16, metadata={
+        "help": "eval_discrimination: the held-out contexts (per process) scored under each other's adapters; the "
+                "cost is this number squared answer passes, whatever the size of the held-out set."})
     eval_controls: bool = field(default=True, metadata={"help": "Also report the no-adapter and wrong-context "
                                                                 "losses at evaluation."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep False for SHINE."})
@@ -86,8 +94,15 @@ class ShineTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage must be one of {STAGES}, got {self.stage!r}.")
-        if self.qa_mode not in QA_MODES:
-            raise ConfigError(f"qa_mode must be one of {QA_MODES}, got {self.qa_mode!r}.")
+        for name in ("qa_mode", "eval_qa_mode"):
+            if getattr(self, name) not in (*QA_MODES, *((None,) if name == "eval_qa_mode" else ())):
+                raise ConfigError(f"{name} must be one of {QA_MODES}, got {getattr(self, name)!r}.")
+        if self.eval_discrimination_contexts < 2:
+            raise ConfigError(f"eval_discrimination_contexts must be at least 2 (or eval_discrimination: false), got "
+                              f"{self.eval_discrimination_contexts}.")
+        if self.qa_mode == "separate" and (self.distills or self.questions_per_example < 1):
+            raise ConfigError("qa_mode 'separate' trains on gold answers with questions_per_example >= 1: use "
+                              "objective 'ce' or 'ce+contrastive' (teacher targets follow multi/single conversations).")
         if not 0.0 < self.min_completion_keep <= self.max_completion_keep <= 1.0:
             raise ConfigError("Need 0 < min_completion_keep <= max_completion_keep <= 1.")
         if self.objective not in OBJECTIVES:

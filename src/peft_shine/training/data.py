@@ -21,7 +21,10 @@ new token would keep an embedding row that nothing trains; ordinary words alread
 
 Stage 2 — instruction tuning from QA records (`build_qa_examples`): *multi-QA* (all questions about one context in
 one conversation, in a random order) and/or *single-QA with distractors* (one question; its paragraph at a random
-position among other records' paragraphs, added while they fit; chunk-wise: `training.long_context_data`).
+position among other records' paragraphs, added while they fit; chunk-wise: `training.long_context_data`), or
+*separate QA* (a context's questions each in its own one-question conversation, several sharing one context
+encoding: the answer pass sees exactly the inference prompt, and no answer is a hint for the next question as in a
+multi-QA conversation; the example's ``input_ids``/``labels`` are then lists of rows).
 
 Chat formatting uses the base model's **own** chat template, unchanged (so training and inference prompts are
 identical); QA conversations open with the short-answer system turn of `prompting.build_prompt`, stage-1
@@ -55,7 +58,7 @@ logger = logging.getLogger(__name__)
 RECONSTRUCTION_INSTRUCTION = "Repeat the text."
 COMPLETION_INSTRUCTION = "Continue the text from the start."
 TEXT_SEPARATOR = "\n\n"
-QA_MODES = ("multi", "single", "mixed")
+QA_MODES = ("multi", "single", "mixed", "separate")
 Example = dict[str, Any]
 Message = dict[str, str]
 
@@ -285,6 +288,17 @@ def _with_distractors(index: int, contexts: Sequence[str], lengths: Sequence[int
     return separator.join(chosen)
 
 
+def split_evenly(items: Sequence, most: int) -> list[list]:
+    """``items`` in order, cut into the fewest groups of at most ``most`` items, their sizes differing by at most
+    one (5 items, at most 4 a group: 3 + 2, not 4 + 1)."""
+    if most < 1:
+        raise ConfigError(f"questions_per_example must be at least 1, got {most}.")
+    count = -(-len(items) // most)
+    size, extra = divmod(len(items), count) if count else (0, 0)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [list(items[bounds[i]:bounds[i + 1]]) for i in range(count)]
+
+
 def build_qa_examples(
     records: Iterable[QARecord | Mapping[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
@@ -293,10 +307,13 @@ def build_qa_examples(
     num_distractors: int = 2,
     seed: int = 0,
     separator: str = TEXT_SEPARATOR,
+    questions_per_example: int = 4,
 ) -> list[Example]:
     """Stage-2 examples from QA records: ``mode`` ``"multi"`` (one conversation per context with all its
     questions), ``"single"`` (one question per example, up to ``num_distractors`` other contexts added while the
-    whole fits ``max_context_length``) or ``"mixed"`` (both). The gold answer is each record's first answer."""
+    whole fits ``max_context_length``), ``"mixed"`` (both) or ``"separate"`` (a context's questions in random order,
+    cut evenly into groups of at most ``questions_per_example``; each group one example of one-question
+    conversations under ``"conversations"``). The gold answer is each record's first answer."""
     if mode not in QA_MODES:
         raise ConfigError(f"mode must be one of {QA_MODES}, got {mode!r}.")
     rng = random.Random(seed)
@@ -307,6 +324,10 @@ def build_qa_examples(
     if mode in ("multi", "mixed"):
         for context, group in by_context.items():
             examples.append({"context": context, "messages": _qa_messages(rng.sample(group, len(group)))})
+    if mode == "separate":
+        for context, group in by_context.items():
+            for part in split_evenly(rng.sample(group, len(group)), questions_per_example):
+                examples.append({"context": context, "conversations": [_qa_messages([record]) for record in part]})
     if mode in ("single", "mixed"):
         contexts = list(by_context)
         lengths = [len(ids) for ids in tokenizer(contexts, add_special_tokens=False)["input_ids"]]
@@ -325,9 +346,19 @@ def build_qa_examples(
 
 def _encode_example(example: Example, tokenizer: PreTrainedTokenizerBase, max_context_length: int,
                     max_conversation_length: int) -> dict[str, Any]:
-    input_ids, labels, dropped = encode_conversation(tokenizer, example["messages"], max_conversation_length)
+    """One example's ids; a ``"conversations"`` example gives a list of rows (a row too long is dropped)."""
     context_ids = _ids(tokenizer, example["context"])[:max_context_length]
-    return {"context_input_ids": context_ids, "input_ids": input_ids, "labels": labels, "dropped_turns": dropped}
+    if example.get("conversations") is None:
+        input_ids, labels, dropped = encode_conversation(tokenizer, example["messages"], max_conversation_length)
+        return {"context_input_ids": context_ids, "input_ids": input_ids, "labels": labels, "dropped_turns": dropped}
+    rows = [encode_conversation(tokenizer, messages, max_conversation_length) for messages in example["conversations"]]
+    return {"context_input_ids": context_ids, "input_ids": [ids for ids, _, _ in rows if ids],
+            "labels": [labels for ids, labels, _ in rows if ids], "dropped_turns": sum(row[2] for row in rows)}
+
+
+def conversation_tokens(input_ids: Sequence) -> int:
+    """Answer-pass tokens of an example: its conversation's length, or the sum of its rows' (separate QA)."""
+    return sum(len(row) for row in input_ids) if input_ids and isinstance(input_ids[0], Sequence) else len(input_ids)
 
 
 def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_context_length: int,
@@ -340,7 +371,8 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: PreTrainedTokenize
     if not examples:
         raise DataError("No examples to tokenise (is the data empty?).")
     raw = datasets.Dataset.from_list(list(examples))
-    raw_columns = [name for name in raw.column_names if not keep_raw or name not in ("context", "messages")]
+    raw_columns = [name for name in raw.column_names
+                   if not keep_raw or name not in ("context", "messages", "conversations")]
     encoded = raw.map(_encode_example, remove_columns=raw_columns, num_proc=num_proc, desc="Tokenising",
                       fn_kwargs={"tokenizer": tokenizer, "max_context_length": max_context_length,
                                  "max_conversation_length": max_conversation_length})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from peft_shine.hypernetwork.lora_binding import LoraWeights
-from peft_shine.hypernetwork.losses import per_context_mean, topk_kl
+from peft_shine.hypernetwork.losses import labelled_positions, per_context_mean, topk_kl
 from peft_shine.modeling_shine import ShineModel
 
 
@@ -85,6 +85,11 @@ def mean_pairwise_cosine(loras: list[LoraWeights]) -> float | None:
     return cosine[upper[0], upper[1]].mean().item()
 
 
+def keep_rows(labels: torch.Tensor) -> torch.Tensor:
+    """The rows of a batch with at least one labelled token."""
+    return labelled_positions(labels).any(-1).cpu()
+
+
 @torch.no_grad()
 def adapter_discrimination(shine: ShineModel, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Own-adapter top-1 rate and mean margin (nats per token, best other minus own) of every conversation of
@@ -107,7 +112,8 @@ def adapter_discrimination(shine: ShineModel, batches: list[dict[str, torch.Tens
             ce = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
             columns.append(per_context_mean(ce, keep.nonzero()[:, 0], rows).cpu())
         nll.append(torch.stack(columns, dim=1))
-    nll, own = torch.cat(nll), torch.cat(owners)
+    labelled = torch.cat([keep_rows(batch["labels"]) for batch in batches])  # separate-QA fillers have no labels
+    nll, own = torch.cat(nll)[labelled], torch.cat(owners)[labelled]
     if nll.shape[1] < 2:
         return {}
     own_nll = nll.gather(1, own[:, None])[:, 0]
@@ -117,12 +123,25 @@ def adapter_discrimination(shine: ShineModel, batches: list[dict[str, torch.Tens
             "adapter_cosine": mean_pairwise_cosine(loras)}
 
 
+def leading_batches(batches: list[dict[str, torch.Tensor]], contexts: int) -> list[dict[str, torch.Tensor]]:
+    """The first batches holding ``contexts`` contexts (the last one may bring up to a batch more): what
+    `adapter_discrimination` scores, so its cost (contexts² answer passes) does not grow with the held-out set."""
+    chosen, count = [], 0
+    for batch in batches:
+        if count >= contexts:
+            break
+        chosen.append(batch)
+        count += batch["context_input_ids"].shape[0]
+    return chosen
+
+
 def held_out_metrics(shine: ShineModel, batches: list[dict[str, torch.Tensor]], controls: bool, chunk_combine: str,
-                     reduce, prefix: str, discrimination: bool = True) -> dict[str, float]:
+                     reduce, prefix: str, discrimination: bool = True,
+                     discrimination_contexts: int = 16) -> dict[str, float]:
     """The evaluation metrics of ``batches`` (on this process; ``reduce`` sums a tensor over processes):
     ``{prefix}_loss`` (token-weighted), with ``controls`` ``_no_adapter`` / ``_wrong_context`` (and ``{prefix}_kd...``
-    with teacher targets), and with ``discrimination`` the `adapter_discrimination` values of this process's batches
-    (unchunked batches only)."""
+    with teacher targets), and with ``discrimination`` the `adapter_discrimination` values of this process's first
+    ``discrimination_contexts`` contexts (`leading_batches`; unchunked batches only)."""
     totals = torch.zeros(3, 3, dtype=torch.float64)
     for batch in batches:
         totals += held_out_losses(shine, batch, controls, chunk_combine)
@@ -135,6 +154,7 @@ def held_out_metrics(shine: ShineModel, batches: list[dict[str, torch.Tensor]], 
             if has_teacher:
                 metrics[f"{prefix}_kd{suffix}"] = (totals[i, 2] / totals[i, 1]).item()
     if discrimination and batches and all("context_chunk_owner" not in batch for batch in batches):
-        metrics.update({f"{prefix}_{name}": value for name, value in adapter_discrimination(shine, batches).items()
+        scored = leading_batches(batches, discrimination_contexts)
+        metrics.update({f"{prefix}_{name}": value for name, value in adapter_discrimination(shine, scored).items()
                         if value is not None})
     return metrics

@@ -48,6 +48,7 @@ from peft_shine.training.data import (
     as_qa_records,
     build_pretraining_examples,
     build_qa_examples,
+    conversation_tokens,
     texts_from_column,
     tokenize_examples,
 )
@@ -83,6 +84,7 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
         examples = build_chunked_qa_examples(data, args.num_distractors, args.max_num_distractors, seed=seed)
         return tokenize_chunked_examples(examples, tokenizer, args.chunk_tokens, args.max_conversation_length)
     teacher_cache = Path(args.teacher_cache_dir or Path(args.output_dir) / "teacher-cache")
+    mode = (args.eval_qa_mode or args.qa_mode) if held_out else args.qa_mode
     if args.stage == "pretrain":
         examples = build_pretraining_examples(
             texts_from_column(data, args.text_column), tokenizer, args.max_context_length,
@@ -93,9 +95,11 @@ def build_dataset(args: ShineTrainingArguments, tokenizer, data: Any, seed: int 
             data = with_teacher_answers(as_qa_records(data), teacher.base_lm, tokenizer,
                                         teacher_cache, args.teacher_batch_size,
                                         peft_disabled=teacher._peft_disabled)
-        examples = build_qa_examples(data, tokenizer, args.max_context_length, mode=args.qa_mode,
-                                     num_distractors=args.num_distractors, seed=seed)
-    distill = (args.distills if distill is None else distill) and teacher is not None
+        examples = build_qa_examples(data, tokenizer, args.max_context_length, mode=mode,
+                                     num_distractors=args.num_distractors, seed=seed,
+                                     questions_per_example=args.questions_per_example)
+    separate = args.stage != "pretrain" and mode == "separate"  # rows of one-question conversations: no targets
+    distill = (args.distills if distill is None else distill) and teacher is not None and not separate
     dataset = with_lengths(tokenize_examples(examples, tokenizer, args.max_context_length,
                                              args.max_conversation_length, keep_raw=distill), args)
     if not distill:
@@ -114,7 +118,7 @@ def with_lengths(dataset, args: ShineTrainingArguments):
     if args.train_sampling_strategy not in ("group_by_length", "batch_rebalance") \
             or args.length_column_name in dataset.column_names:
         return dataset
-    lengths = [len(context) + len(conversation)
+    lengths = [len(context) + conversation_tokens(conversation)
                for context, conversation in zip(dataset["context_input_ids"], dataset["input_ids"])]
     return dataset.add_column(args.length_column_name, lengths)
 
@@ -216,7 +220,7 @@ class ShineTrainer(NonFiniteWeightsGuard, ShineHubMixin, Trainer):
         loop runs first when ``compute_metrics`` is given (its metrics are kept), then the held-out metrics of
         `training.monitor.held_out_metrics` are merged in: ``{prefix}_loss`` token-weighted over all processes, with
         ``eval_controls`` ``_no_adapter`` and ``_wrong_context``, and with ``eval_discrimination`` the own-adapter
-        top-1 rate, margin and the adapters' mean pairwise cosine."""
+        top-1 rate, margin and the adapters' mean pairwise cosine over ``eval_discrimination_contexts`` contexts."""
         if self.compute_metrics is not None:
             output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                              metric_key_prefix)
@@ -229,7 +233,8 @@ class ShineTrainer(NonFiniteWeightsGuard, ShineHubMixin, Trainer):
         batches = [self._prepare_inputs(batch) for batch in dataloader]
         reduce = lambda totals: self.accelerator.reduce(totals.to(self.args.device), reduction="sum").cpu()  # noqa: E731
         output.metrics.update(held_out_metrics(shine, batches, self.args.eval_controls, self.args.chunk_combine,
-                                               reduce, metric_key_prefix, self.args.eval_discrimination))
+                                               reduce, metric_key_prefix, self.args.eval_discrimination,
+                                               self.args.eval_discrimination_contexts))
         shine.train(was_training)
         return output
 
