@@ -67,6 +67,21 @@ def test_training_killed_with_sigkill_resumes_from_its_last_checkpoint(run_folde
     assert (output / "model.safetensors").exists() and (output / "config.json").exists()
 
 
+def test_a_resumed_run_does_not_evaluate_its_checkpoint_step_again(run_folder, tmp_path):
+    from peft_shine.cli import main
+
+    config = {**json.loads((run_folder / "config.json").read_text()), "eval_strategy": "steps", "eval_steps": 2,
+              "eval_on_start": True}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    common = ["train", "--stage", "pretrain", "--data", str(run_folder / "texts.jsonl"), "--base",
+              str(run_folder / "base"), "--config", str(tmp_path / "config.json"), "--eval-fraction", "0.1",
+              "--output", str(tmp_path / "run")]
+    assert main([*common, "--max-steps", "2"]) == 0
+    assert main([*common, "--max-steps", "4", "--resume"]) == 0
+    history = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [0, 2, 4]
+
+
 _tokenizer = make_char_tokenizer()
 DOCUMENTED = ("empty", "No examples", "dropped", "max_conversation_length", "max_context_length", "field")
 text_strategy = st.one_of(st.text(max_size=80), st.text(alphabet=st.characters(categories=["Cc", "Zs", "Lo"]),

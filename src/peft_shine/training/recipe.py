@@ -26,7 +26,7 @@ from peft_shine.storage.base_models import load_base_model
 from peft_shine.storage.io_utils import read_mapping
 from peft_shine.training.data import texts_from_column
 from peft_shine.training.data_files import check_text_data_file
-from peft_shine.training.resume import last_complete_checkpoint
+from peft_shine.training.resume import evaluated_at_save, last_complete_checkpoint
 from peft_shine.training.trainer import ShineTrainer, ShineTrainingArguments, build_dataset
 
 
@@ -186,8 +186,10 @@ def train(args: argparse.Namespace):
                     if eval_data else None)  # the monitor always reports the KL to the in-context teacher
     if eval_set is None:
         training.eval_strategy = IntervalStrategy.NO
-    trainer = ShineTrainer(shine, training, train_dataset=train_set, eval_dataset=eval_set)
     resume = str(last_complete_checkpoint(args.output)) if args.resume == "latest" else args.resume
+    if resume and training.eval_on_start and evaluated_at_save(resume):
+        training.eval_on_start = False  # the monitor of the checkpoint's step is already in the run's history
+    trainer = ShineTrainer(shine, training, train_dataset=train_set, eval_dataset=eval_set)
     trainer.train(resume_from_checkpoint=resume)
     evaluated = {entry["step"] for entry in trainer.state.log_history if "eval_loss" in entry}
     if eval_set is not None and trainer.state.global_step not in evaluated:

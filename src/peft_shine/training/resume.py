@@ -3,6 +3,7 @@ complete Trainer checkpoint to resume from (an interrupted write is skipped, nev
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -63,3 +64,11 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path:
             return folder
         logger.warning("Skipping incomplete checkpoint %s (interrupted while it was being written).", folder)
     raise MissingFileError(f"No complete checkpoint to resume from in {output_dir}: start without --resume.")
+
+
+def evaluated_at_save(checkpoint: str | Path) -> bool:
+    """Whether a Trainer checkpoint's own step was evaluated before it was saved (its ``trainer_state.json`` logs
+    an evaluation loss at its ``global_step``): a resumed run then needs no evaluation on start."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    return any("eval_loss" in entry and entry.get("step") == state.get("global_step")
+               for entry in state.get("log_history", []))
