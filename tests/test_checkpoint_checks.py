@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,6 +26,15 @@ def _rewrite(folder, change) -> None:
     tensors = load_file(folder / "model.safetensors")
     change(tensors)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_loading_logs_no_tensor_parallel_noise(folder):
+    """As a user's script sees it (its own interpreter, transformers' default logging): transformers 5.25 reported
+    every tensor of the plan-less hypernetwork as "not sharded" on each load."""
+    code = f"from peft_shine import ShineModel; ShineModel.from_pretrained({str(folder)!r}, load_base_model=False)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not sharded" not in result.stderr and "TP rules" not in result.stderr
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

@@ -69,8 +69,11 @@ def load_checkpoint_safely(loader: Callable, path: str | os.PathLike, args: tupl
 @contextmanager
 def _quiet_loading_report() -> Iterator[None]:
     """Silence transformers' loading report (logged by ``modeling_utils``) while loading: `_check_complete` raises
-    its own, clearer error naming the tensors."""
-    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils", "transformers.utils.loading_report")]
+    its own, clearer error naming the tensors. The tensor-parallel plan check is silenced too: transformers runs it
+    only while ``modeling_utils``' level is WARNING or above, and for a model without a plan (the hypernetwork) it
+    reports every tensor as "not sharded"."""
+    names = ("transformers.modeling_utils", "transformers.utils.loading_report", "transformers.distributed.tensor_parallel")
+    loggers = [logging.getLogger(name) for name in names]
     previous = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
